@@ -1,0 +1,469 @@
+"""The kvsim command line: argument parsing and formatting only; every number comes from the library.
+
+Bad input prints one line on stderr and exits 2. Heavy packages (torch, pandas, streamlit) are imported
+only by the subcommands that need them, so `kvsim predict` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-2-7B shape in fp16
+    "--layers": ("layers", 32),
+    "--heads": ("heads", 32),
+    "--kv-heads": ("kv_heads", None),
+    "--head-dim": ("head_dim", 128),
+    "--hidden": ("hidden", 4096),
+    "--intermediate": ("intermediate", 11008),
+    "--vocab": ("vocab", 32000),
+    "--window": ("window", 0),
+}
+WORKLOAD_FLAGS = {"--seq": ("seq", 1024), "--gen": ("gen", 1), "--batch": ("batch", 1), "--tp": ("tp", 1),
+                  "--pp": ("pp", 1)}
+JSON_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+             "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
+             "peak_memory_bytes", "capacity_bytes", "fits", "max_batch", "max_context", "prefill_flops",
+             "prefill_bytes", "decode_flops", "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s",
+             "e2e_s", "decode_tokens_per_s", "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
+SWEEP_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
+              "peak_memory_bytes", "fits", "max_batch", "ttft_s", "tpot_s", "decode_tokens_per_s",
+              "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound")
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise CliError(message)
+
+
+# ----------------------------------------------------------------------------------------------- values
+def parse_values(text: str, flag: str, integer: bool = True, limit: int = 10_000_000) -> list:
+    """'1,2,4' | '1024..32768*2' | '0..100+10' (stop included) | mixtures separated by commas."""
+    out: list = []
+    conv = int if integer else float
+    for item in filter(None, (s.strip() for s in str(text).split(","))):
+        try:
+            if ".." in item:
+                start_s, rest = item.split("..", 1)
+                if "*" in rest:
+                    stop_s, by_s, mult = *rest.split("*", 1), True
+                elif "+" in rest:
+                    stop_s, by_s, mult = *rest.split("+", 1), False
+                else:
+                    raise CliError(f"{flag}: range {item!r} needs *factor or +step")
+                start, stop = conv(float(start_s)), conv(float(stop_s))
+                by = float(by_s)
+                if start > stop:
+                    raise CliError(f"{flag}: range {item!r} runs backwards")
+                if (mult and (by <= 1 or start <= 0)) or (not mult and by <= 0):
+                    raise CliError(f"{flag}: range {item!r} never reaches its end")
+                v = start
+                while v <= stop * (1 + 1e-12):
+                    out.append(conv(v) if not integer else int(round(v)))
+                    if len(out) > limit:
+                        raise CliError(f"{flag}: more than {limit} values")
+                    v = v * by if mult else v + by
+            else:
+                f = float(item)
+                if integer and not f.is_integer():
+                    raise ValueError
+                out.append(conv(f))
+        except ValueError:
+            raise CliError(f"{flag}: cannot read {item!r} as a {'whole number' if integer else 'number'}") \
+                from None
+    if not out:
+        raise CliError(f"{flag}: no values")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _add_model_args(p: argparse.ArgumentParser, sweep: bool):
+    g = p.add_argument_group("model (one of: a preset, a config.json, or sizes)")
+    g.add_argument("--model", help="model preset (kvsim list models)" + ("; comma list allowed" if sweep else ""))
+    g.add_argument("--hf-config", help="path to a transformers config.json (or its folder)")
+    for flag, (dest, default) in SIZE_FLAGS.items():
+        g.add_argument(flag, dest=dest, default=None, metavar="N" + ("|LIST" if sweep else ""),
+                       help=f"default {default if default is not None else 'heads (MHA)'}")
+    g.add_argument("--dtype", dest="weight_dtype", default=None,
+                   help="weight dtype (fp16, bf16, fp32, fp8, int8, int4); default: the model's, fp16 for sizes")
+
+
+def _models(args, sweep: bool):
+    """The ModelSpec(s) the arguments describe."""
+    from . import from_hf_config, load_json, load_model, uniform
+
+    sized = {dest: getattr(args, dest) for _, (dest, _) in SIZE_FLAGS.items() if getattr(args, dest) is not None}
+    chosen = [name for name, on in (("--model", args.model), ("--hf-config", args.hf_config), ("size flags", sized))
+              if on]
+    if len(chosen) > 1:
+        raise CliError(f"give one of --model, --hf-config or size flags, not {' and '.join(chosen)}")
+    if args.model:
+        names = [s.strip() for s in args.model.split(",")] if sweep else [args.model]
+        return [load_model(n) for n in names]
+    if args.hf_config:
+        return [from_hf_config(load_json(args.hf_config), name=Path(args.hf_config).stem)]
+    values = {}
+    for flag, (dest, default) in SIZE_FLAGS.items():
+        raw = sized.get(dest)
+        if raw is None:
+            values[dest] = [default]
+        elif sweep:
+            values[dest] = parse_values(raw, flag)
+        else:
+            values[dest] = [_one_int(raw, flag)]
+    import itertools
+    models = []
+    keys = list(values)
+    for combo in itertools.product(*(values[k] for k in keys)):
+        v = dict(zip(keys, combo))
+        kv = v["kv_heads"] if v["kv_heads"] is not None else v["heads"]
+        for name in ("layers", "heads", "head_dim", "hidden", "intermediate", "vocab"):
+            if v[name] <= 0:
+                raise CliError(f"--{name.replace('_', '-')} must be positive, got {v[name]}")
+        if kv <= 0:
+            raise CliError(f"--kv-heads must be positive, got {kv}")
+        if v["window"] < 0:
+            raise CliError(f"--window must not be negative, got {v['window']}")
+        name = f"custom-L{v['layers']}-H{v['heads']}-KV{kv}-D{v['head_dim']}"
+        models.append(uniform(name, n_layers=v["layers"], hidden=v["hidden"], vocab=v["vocab"], n_heads=v["heads"],
+                              n_kv_heads=kv, head_dim=v["head_dim"], intermediate=v["intermediate"],
+                              window=v["window"], weight_dtype="fp16"))
+    return models
+
+
+def _one_int(raw, flag) -> int:
+    vals = parse_values(raw, flag)
+    if len(vals) != 1:
+        raise CliError(f"{flag} takes one value here; use `kvsim sweep` for several")
+    return vals[0]
+
+
+def _add_common(p: argparse.ArgumentParser, sweep: bool):
+    _add_model_args(p, sweep)
+    p.add_argument("--hardware", default="h100-sxm",
+                   help="hardware preset (kvsim list hardware)" + ("; comma list allowed" if sweep else ""))
+    w = p.add_argument_group("workload")
+    for flag, (dest, default) in WORKLOAD_FLAGS.items():
+        w.add_argument(flag, dest=dest, default=str(default), metavar="N" + ("|LIST" if sweep else ""),
+                       help={"--seq": "prompt tokens", "--gen": "generated tokens (>= 1)",
+                             "--batch": "sequences decoded together", "--tp": "tensor-parallel degree",
+                             "--pp": "pipeline-parallel degree"}[flag] + f" (default {default})")
+    w.add_argument("--kv-dtype", default=None, help="KV dtype (fp16, bf16, fp32, fp8, int8); default: the "
+                                                    "weight dtype when 16 bits or wider, else bf16")
+    p.add_argument("--policy", action="append", default=[], metavar="SPEC",
+                   help="KV policy name or name:key=value,...; repeat to compose in order"
+                        + ("; alternatives separated by ';' (none: skip this slot)" if sweep else ""))
+    p.add_argument("--profile", default=None, help="calibrated efficiency profile JSON (default: the datasheet "
+                                                   "roofline, a lower bound on time)")
+    p.add_argument("--quadrature", type=int, default=8, help="decode steps evaluated for the mean TPOT")
+
+
+def _profile(args):
+    from .profile import load_profile
+    return load_profile(args.profile) if args.profile else None
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def cmd_predict(args) -> int:
+    from . import Workload, load_hardware, parse_composition, predict
+    from .units import fmt_bytes, fmt_count, fmt_seconds
+
+    model = _models(args, sweep=False)[0]
+    hw = load_hardware(args.hardware)
+    policy = parse_composition(args.policy)
+    wl = Workload(prompt=_one_int(args.seq, "--seq"), gen=_one_int(args.gen, "--gen"),
+                  batch=_one_int(args.batch, "--batch"), tp=_one_int(args.tp, "--tp"), pp=_one_int(args.pp, "--pp"),
+                  kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature)
+    prof = _profile(args)
+    pred = predict(model, hw, policy, wl, prof)
+    values = {k: _scalar(getattr(pred, k)) if k != "max_context" else None for k in JSON_KEYS}
+    mc = int(pred.max_context().ravel()[0])
+    values["max_context"] = None if mc == (2**63 - 1) else mc
+    layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
+    for note in pred.notes:
+        print(f"note: {note}", file=sys.stderr)
+    inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "seq": wl.prompt, "gen": wl.gen,
+              "batch": wl.batch, "tp": wl.tp, "pp": wl.pp, "kv_dtype": pred._engine.cost.kv_dtype,
+              "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet"}
+    if args.format == "json":
+        out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes}
+        print(json.dumps(out, indent=2))
+    elif args.format == "csv":
+        keys = list(inputs) + list(JSON_KEYS)
+        row = {**inputs, **values}
+        print(",".join(keys))
+        print(",".join(_csv_cell(row[k]) for k in keys))
+    else:
+        v = values
+        mc_s = "unbounded" if v["max_context"] is None else f"{v['max_context']:,}"
+        rows = [
+            ("model", f"{model.name} ({fmt_count(model.n_params())} params, {inputs['weight_dtype']})"),
+            ("hardware", f"{hw.display} ({fmt_bytes(hw.memory_bytes)})"),
+            ("policy", inputs["policy"]),
+            ("workload", f"prompt {wl.prompt}, gen {wl.gen}, batch {wl.batch}, tp {wl.tp}, pp {wl.pp}, "
+                         f"KV {inputs['kv_dtype']}"),
+            ("", ""),
+            ("KV cache", f"{fmt_bytes(v['kv_cache_bytes'])}  ({v['kv_cache_bytes']:,} B; "
+                         f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device)"),
+            ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
+            ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
+            ("activations (peak)", fmt_bytes(v["activation_peak_bytes"])),
+            ("peak memory / device", f"{fmt_bytes(v['peak_memory_bytes'])} of {fmt_bytes(v['capacity_bytes'])}"
+                                     f" -> {'fits' if v['fits'] else 'DOES NOT FIT'}"),
+            ("max batch", f"{v['max_batch']:,} at this prompt and gen"),
+            ("max context", f"{mc_s} tokens at batch {wl.batch}"),
+            ("", ""),
+            ("prefill", f"{fmt_count(v['prefill_flops'])}FLOP, {fmt_bytes(v['prefill_bytes'])} moved"),
+            ("decode step (mean)", f"{fmt_count(v['decode_flops'])}FLOP, {fmt_bytes(v['decode_bytes'])} moved"),
+            ("TTFT", f"{fmt_seconds(v['ttft_s'])}  ({v['bound_prefill']}-bound)"),
+            ("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
+                     f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),
+            ("decode throughput", f"{v['decode_tokens_per_s']:,.1f} tokens/s"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        for k, val in rows:
+            print(f"{k:<{width}}  {val}" if k else "")
+        if not prof:
+            print("\n(times: datasheet roofline, a lower bound; pass --profile for calibrated predictions)")
+    return 0
+
+
+def _scalar(x):
+    a = x.ravel()[0] if hasattr(x, "ravel") else x
+    if hasattr(a, "item"):
+        a = a.item()
+    return a
+
+
+def _csv_cell(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    if v is None:
+        return ""
+    s = str(v)
+    return f'"{s}"' if ("," in s or '"' in s) else s
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+def _policy_slots(specs: list[str]):
+    import itertools
+
+    from . import parse_composition
+    slots = []
+    for spec in specs or ["full"]:
+        alts = [s.strip() for s in spec.split(";") if s.strip()]
+        if not alts:
+            raise CliError("--policy: empty alternative list")
+        slots.append(alts)
+    combos = []
+    for choice in itertools.product(*slots):
+        parts = [c for c in choice if c.lower() != "none"]
+        combos.append(parse_composition(parts))
+    return combos
+
+
+def cmd_sweep(args) -> int:
+    from . import Workload, load_hardware, predict
+
+    models = _models(args, sweep=True)
+    hws = [load_hardware(h.strip()) for h in args.hardware.split(",")]
+    policies = _policy_slots(args.policy)
+    seqs = np.array(parse_values(args.seq, "--seq"), dtype=np.int64)
+    gens = np.array(parse_values(args.gen, "--gen"), dtype=np.int64)
+    batches = np.array(parse_values(args.batch, "--batch"), dtype=np.int64)
+    tps = parse_values(args.tp, "--tp")
+    pps = parse_values(args.pp, "--pp")
+    prof = _profile(args)
+    # An outer-product grid by broadcasting: per-sequence work is computed once per (seq, gen), not per batch.
+    S, G, B = seqs[:, None, None], gens[None, :, None], batches[None, None, :]
+    flat = [a.ravel() for a in np.meshgrid(seqs, gens, batches, indexing="ij")]
+    header = ["model", "hardware", "policy", "seq", "gen", "batch", "tp", "pp", "kv_dtype", *SWEEP_KEYS]
+    sink, finish = _open_out(args.out)
+    try:
+        sink.write(",".join(header) + "\n")
+        rows = 0
+        noted: set[str] = set()
+        for model in models:
+            for hw in hws:
+                for pol in policies:
+                    for tp in tps:
+                        for pp in pps:
+                            wl = Workload(prompt=S, gen=G, batch=B, tp=tp, pp=pp, kv_dtype=args.kv_dtype,
+                                          weight_dtype=args.weight_dtype, quadrature=args.quadrature)
+                            pred = predict(model, hw, pol, wl, prof)
+                            for n in pred.notes:
+                                if n not in noted:
+                                    noted.add(n)
+                                    print(f"note: {n}", file=sys.stderr)
+                            cols = pred.columns()
+                            prefix = f"{model.name},{hw.name},{_csv_cell(pol.spec())}"
+                            rows += _write_block(sink, prefix, *flat, tp, pp, pred._engine.cost.kv_dtype, cols)
+    except BaseException:
+        finish(False)
+        raise
+    finish(True)
+    if args.out:
+        print(f"wrote {rows:,} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_block(sink, prefix, S, G, B, tp, pp, kv_dtype, cols) -> int:
+    """Format a block of rows with one %-format per row: about a microsecond per field."""
+    fmt_parts = [prefix, "%d", "%d", "%d", str(tp), str(pp), kv_dtype]
+    data = [S, G, B]
+    for k in SWEEP_KEYS:
+        a = cols[k]
+        if a.dtype.kind == "b":
+            fmt_parts.append("%s")
+            data.append(np.where(a, "true", "false"))
+        elif a.dtype.kind in "iu":
+            fmt_parts.append("%d")
+            data.append(a)
+        elif a.dtype.kind == "f":
+            fmt_parts.append("%.9g")
+            data.append(a)
+        else:
+            fmt_parts.append("%s")
+            data.append(a)
+    fmt = ",".join(fmt_parts) + "\n"
+    lists = [d.tolist() for d in data]
+    n = len(lists[0])
+    chunk = 65536
+    for start in range(0, n, chunk):
+        sink.write("".join(fmt % row for row in zip(*(l[start:start + chunk] for l in lists))))
+    return n
+
+
+def _open_out(path: str | None):
+    """stdout, or a temporary file beside `path` renamed over it only when everything was written."""
+    if not path:
+        return sys.stdout, lambda ok: sys.stdout.flush()
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        raise CliError(f"--out: folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    f = os.fdopen(fd, "w", buffering=1 << 20)
+
+    def finish(ok: bool):
+        f.close()
+        if ok:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return f, finish
+
+
+# ------------------------------------------------------------------------------------------------- list
+def cmd_list(args) -> int:
+    from .presets import hardware_names, load_hardware, load_model, model_names
+    from .units import fmt_bytes, fmt_count
+
+    if args.what == "models":
+        for n in model_names():
+            m = load_model(n)
+            kinds = sorted({type(l.mixer).__name__ + ("(window)" if getattr(l.mixer, "window", 0) else "")
+                            for l in m.layers})
+            print(f"{n:18s} {fmt_count(m.n_params()):>8s} params  {m.n_layers:3d} layers  {', '.join(kinds)}")
+    elif args.what == "hardware":
+        for n in hardware_names():
+            h = load_hardware(n)
+            print(f"{n:10s} {h.display:55s} {fmt_bytes(h.memory_bytes):>10s}  {h.memory_bandwidth / 1e9:7.0f} GB/s"
+                  f"  {h.peak_flops('bf16') / 1e12:7.1f} TFLOP/s bf16 (dense)")
+    else:
+        from .policies import describe
+        support = _harness_support()
+        for d in describe():
+            alias = f" (= {d['family']} with {', '.join(f'{k}={v}' for k, v in d['preset'].items())})" \
+                if d["preset"] else ""
+            print(f"{d['name']}{alias}  [{d['role']}]\n    {d['summary']}")
+            for prm in d["params"]:
+                print(f"    {prm['name']} = {prm['default']}: {prm['help']}")
+            if support is not None:
+                print(f"    measured/: {support(d['name'])}")
+    return 0
+
+
+def _harness_support():
+    try:
+        from measured.support import describe_support
+    except ImportError:
+        return None
+    return describe_support
+
+
+# -------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kvsim", description="What will this KV-cache choice cost me?")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    pr = sub.add_parser("predict", help="predict memory, bytes, FLOP and latency for one configuration")
+    _add_common(pr, sweep=False)
+    pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag")
+    _add_common(sw, sweep=True)
+    sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
+    ls = sub.add_parser("list", help="list presets and policies")
+    ls.add_argument("what", choices=("models", "hardware", "policies"))
+    for name, module, helptext in EXTERNAL:
+        ext = sub.add_parser(name, help=helptext, add_help=False)
+        ext.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+# Subcommands implemented outside the numpy-only core, imported only when used.
+EXTERNAL = (
+    ("measure", "measured.cli", "run policies on real transformers models; CSV of measured bytes and latency"),
+    ("quality", "measured.cli", "perplexity and passkey accuracy with a compressed cache (real weights)"),
+    ("validate", "measured.cli", "check predicted == measured cache bytes for every policy"),
+    ("probe", "calibrate.cli", "micro-benchmark this device into a hardware profile"),
+    ("calibrate", "calibrate.cli", "fit efficiency parameters to measurements; held-out error"),
+    ("app", "app.launch", "open the Streamlit what-if explorer"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import KvsimError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler = {"predict": cmd_predict, "sweep": cmd_sweep, "list": cmd_list}.get(args.cmd)
+        if handler is not None:
+            return handler(args)
+        import importlib
+        module = dict((n, m) for n, m, _ in EXTERNAL)[args.cmd]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise CliError(f"`kvsim {args.cmd}` needs extra packages ({e.name}); install kvsim[all]") from None
+        return mod.main(args.cmd, args.rest)
+    except (CliError, KvsimError) as e:
+        print(f"kvsim: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Bytes and FLOP per phase, and roofline time.
+
+Accounting follows LLM-Viewer's per-operator analysis at the granularity of operation classes, per layer:
+  gemm         weight matmuls: FLOP = 2 x active parameters x tokens; bytes = weights read
+  attention    FLOP = scores and weighted values over the tokens read; bytes = KV read + KV written
+  elementwise  activation traffic (norms, residuals, activations, rope): each intermediate written once and
+               read once
+  policy       the KV policy's own work (scoring, selection, dequantisation, page metadata)
+  comm         tensor-parallel all-reduces over the interconnect
+  host         offloaded KV streamed over the host link
+Each class's time in a layer is max(FLOP / achieved compute, bytes / achieved bandwidth); layers add up;
+fixed overheads from the profile are added per step, per layer and per prompt token. With offload and
+overlap, a step takes the larger of device time and host-link time.
+
+All functions take numpy arrays for the prompt length, generated tokens and batch, and broadcast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import KvsimError
+from .hardware import HardwareSpec
+from .model import MLA, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from .policies.base import LayerCtx
+from .policies.compose import Compose
+from .profile import Profile
+from .units import DTYPE_BITS, canonical_dtype
+
+
+@dataclass(frozen=True)
+class Group:
+    """Identical layers evaluated once: `count` layers like `layer`, seen by the policy through `ctx`."""
+
+    members: tuple[int, ...]  # indices of the layers in the group
+    layer: Layer
+    ctx: LayerCtx | None  # None for layers without a per-token cache of their own
+    source: LayerCtx | None  # for layers that read another layer's cache (CLA/YOCO)
+    on_host: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+
+def layer_contexts(model: ModelSpec, kv_bits: int) -> list[LayerCtx | None]:
+    """The policy view of each layer; None for layers with no per-token cache of their own."""
+    layouts = [l.mixer.kv_layout() if l.has_kv else None for l in model.layers]
+    evictable = [i for i, lay in enumerate(layouts) if lay is not None and lay.evictable]
+    own = [i for i, lay in enumerate(layouts) if lay is not None]
+    ctxs: list[LayerCtx | None] = []
+    for i, lay in enumerate(layouts):
+        if lay is None:
+            ctxs.append(None)
+            continue
+        rank = evictable.index(i) if i in evictable else -1
+        ctxs.append(LayerCtx(i, lay, rank, len(evictable), own.index(i), len(own), kv_bits))
+    return ctxs
+
+
+def _policy_key(policy: Compose, ctx: LayerCtx | None) -> tuple:
+    """What makes a layer's policy behaviour differ from its neighbours'."""
+    if ctx is None:
+        return ()
+    key: list = [ctx.rank < 0, policy.on_host(ctx), ctx.layout]
+    sel = policy.select
+    if ctx.rank >= 0 and hasattr(sel, "layer_budget"):
+        key.append(sel.layer_budget(ctx))
+    if policy.merge is not None:
+        key.append(policy.merge.pair_position(ctx))
+    return tuple(key)
+
+
+def group_layers(model: ModelSpec, policy: Compose, kv_bits: int) -> list[Group]:
+    ctxs = layer_contexts(model, kv_bits)
+    groups: dict[tuple, list] = {}
+    for i, layer in enumerate(model.layers):
+        ctx = ctxs[i]
+        src = None
+        if isinstance(layer.mixer, Attention) and layer.mixer.shares_kv_with >= 0:
+            src = ctxs[layer.mixer.shares_kv_with]
+        key = (layer, _policy_key(policy, ctx), _policy_key(policy, src))
+        if key in groups:
+            groups[key][0].append(i)
+        else:
+            groups[key] = [[i], ctx, src]
+    return [Group(tuple(members), layer, ctx, src, ctx is not None and policy.on_host(ctx))
+            for (layer, _, _), (members, ctx, src) in groups.items()]
+
+
+def causal_pairs(p: np.ndarray, span: int) -> np.ndarray:
+    """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all)."""
+    full = p * (p + 1) // 2
+    if not span:
+        return full
+    return np.where(p <= span, full, span * (span + 1) // 2 + (p - span) * span)
+
+
+def expected_experts(moe: MoE, tokens: np.ndarray) -> np.ndarray:
+    """Experts whose weights a batch of `tokens` routed tokens touches, with uniform independent routing."""
+    miss = (1.0 - moe.top_k / moe.n_experts) ** np.asarray(tokens, dtype=np.float64)
+    return moe.n_experts * (1.0 - miss)
+
+
+def _mlp_weight_bytes(model: ModelSpec, layer: Layer, tokens: np.ndarray, wbytes: float) -> np.ndarray:
+    mlp = layer.mlp
+    if mlp is None:
+        return np.zeros_like(tokens, dtype=np.float64)
+    if isinstance(mlp, MoE):
+        h = model.hidden
+        dense = mlp.active_params(h) - mlp.top_k * mlp.expert_params(h)
+        return (dense + expected_experts(mlp, tokens) * mlp.expert_params(h)) * wbytes
+    return np.full(np.shape(tokens), mlp.params(model.hidden) * wbytes, dtype=np.float64)
+
+
+def _activation_width(model: ModelSpec, layer: Layer) -> tuple[int, int]:
+    """(sum of per-token intermediate widths written in one layer, widest live set) in elements."""
+    h = model.hidden
+    mixer = layer.mixer
+    if isinstance(mixer, Attention):
+        mix = mixer.n_heads * mixer.head_dim + mixer.n_kv_heads * (mixer.head_dim + mixer.dv) + mixer.n_heads * mixer.dv
+    elif isinstance(mixer, MLA):
+        mix = (mixer.n_heads * (mixer.qk_nope_head_dim + mixer.qk_rope_head_dim) + mixer.kv_lora_rank
+               + mixer.n_heads * (mixer.qk_nope_head_dim + 2 * mixer.v_head_dim))
+    elif isinstance(mixer, Mamba):
+        mix = 3 * mixer.d_inner + mixer.conv_channels
+    else:
+        mix = 3 * mixer.n_heads * mixer.key_dim + 2 * mixer.n_heads * mixer.value_dim
+    inter = layer.mlp.active_intermediate() if layer.mlp is not None else 0
+    written = 5 * h + mix + 3 * inter  # norm outs, o-proj out, residual adds, mlp outs
+    live = 2 * h + max(mix, 3 * inter)
+    return written, live
+
+
+def _state_bytes(model: ModelSpec, mixer, sbytes: float) -> float:
+    if isinstance(mixer, Mamba):
+        return mixer.state_elements() * sbytes
+    if isinstance(mixer, LinearAttention):
+        return mixer.state_elements(model.hidden) * sbytes
+    return 0.0
+
+
+@dataclass
+class Phase:
+    """Sums over layers for one forward pass of the whole batch, on one device. Fields start as scalar 0
+    and grow to the broadcast shape of what is added, so step-independent work stays small. `flops` and
+    `bytes` are per device for the whole batch."""
+
+    compute_s: object = 0.0
+    memory_s: object = 0.0
+    time_s: object = 0.0  # roofline time of the device work, overheads excluded
+    host_s: object = 0.0
+    comm_s: object = 0.0
+    flops: object = 0.0
+    bytes: object = 0.0
+    policy_layers: int = 0
+
+    def add(self, n: int, flops, bytes_, timer, totals: bool = True) -> None:
+        c, m = timer(flops, bytes_)
+        self.time_s = self.time_s + n * np.maximum(c, m)
+        if totals:
+            self.compute_s = self.compute_s + n * c
+            self.memory_s = self.memory_s + n * m
+            self.flops = self.flops + n * flops
+            self.bytes = self.bytes + n * bytes_
+
+    def __add__(self, other: "Phase") -> "Phase":
+        return Phase(*(getattr(self, f) + getattr(other, f) for f in
+                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers")))
+
+
+class CostModel:
+    """Bytes, FLOP and time for one (model, hardware, policy, dtypes, parallelism, profile)."""
+
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str,
+                 weight_dtype: str | None, tp: int, pp: int, profile: Profile):
+        if tp < 1 or pp < 1:
+            raise KvsimError("tensor and pipeline parallel degrees must be positive")
+        if pp > model.n_layers:
+            raise KvsimError(f"pipeline degree {pp} exceeds the model's {model.n_layers} layers")
+        self.model, self.hw, self.policy, self.profile = model, hardware, policy, profile
+        self.tp, self.pp = tp, pp
+        self.kv_dtype = canonical_dtype(kv_dtype)
+        self.weight_dtype = canonical_dtype(weight_dtype or model.weight_dtype)
+        self.kv_bits = DTYPE_BITS[self.kv_dtype]
+        if self.kv_bits % 8:
+            raise KvsimError("the KV dtype must be at least a byte wide; use a quantization policy for fewer bits")
+        self.wbytes = DTYPE_BITS[self.weight_dtype] / 8
+        # Activations stay in 16-bit when weights are stored in 8 bits or fewer (weight-only quantization).
+        self.act_dtype = self.weight_dtype if DTYPE_BITS[self.weight_dtype] >= 16 else "bf16"
+        self.abytes = DTYPE_BITS[self.act_dtype] // 8
+        self.groups = group_layers(model, policy, self.kv_bits)
+        bw = profile.memory_bandwidth or hardware.memory_bandwidth
+        peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
+        self.bw = bw * profile.mem_efficiency
+        self.peak = peak * profile.compute_efficiency
+        self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
+                              for g in self.groups]
+
+    def _policy_works(self, ctx: LayerCtx) -> bool:
+        pol = self.policy
+        return pol.select.name != "full" or pol.reader is not None or pol.quant is not None or \
+            pol.lowrank is not None or pol.merge is not None
+
+    # ----- helpers -----
+    def kv_share(self, ctx: LayerCtx) -> float:
+        """Fraction of a layer's logical KV that one tensor-parallel device holds (KV heads split; MQA and
+        MLA latents replicated)."""
+        heads = ctx.layout.n_kv_heads
+        return max(1, heads // self.tp) / heads
+
+    def _on_device(self, ctx: LayerCtx, nbytes):
+        """Integer bytes one device holds of a layer's `nbytes`."""
+        heads = ctx.layout.n_kv_heads
+        return nbytes * max(1, heads // self.tp) // heads
+
+    def _time_class(self, flops, bytes_) -> tuple[np.ndarray, np.ndarray]:
+        """(compute time, memory time) of one operation class in one layer. Achieved compute saturates
+        as flops / (flops + compute_half_flops); achieved bandwidth as bytes / (bytes + mem_half_bytes)."""
+        prof = self.profile
+        compute = flops / self.peak
+        if prof.compute_half_flops:
+            compute = compute + prof.compute_half_flops / self.peak * (flops > 0)
+        memory = bytes_ / self.bw
+        if prof.mem_half_bytes:
+            memory = memory + prof.mem_half_bytes / self.bw * (bytes_ > 0)
+        return compute, memory
+
+    # ----- KV bytes -----
+    def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all") -> np.ndarray:
+        """Per-sequence KV bytes over all layers (payload, metadata and policy state, not shared parts).
+        place: "all", "device" (layers kept on the device) or "host" (offloaded layers)."""
+        total = 0
+        for grp in self.groups:
+            if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
+                continue
+            b = self.policy.peak_bytes(grp.ctx, p, g) if peak else self.policy.stored_bytes(grp.ctx, p, g)
+            if per_device:
+                b = self._on_device(grp.ctx, b)
+            total = total + grp.count * b
+        return np.asarray(total, dtype=np.int64)
+
+    def kv_layer_stored(self, p, g) -> list[tuple[int, np.ndarray]]:
+        """(layer index, per-sequence bytes) for every layer with a cache of its own."""
+        out = []
+        for grp in self.groups:
+            if grp.ctx is None:
+                continue
+            b = self.policy.stored_bytes(grp.ctx, p, g)
+            out.extend((i, b) for i in grp.members)
+        return sorted(out, key=lambda t: t[0])
+
+    def shared_bytes(self, per_device: bool = False) -> int:
+        total = 0
+        for grp in self.groups:
+            if grp.ctx is not None:
+                b = self.policy.shared_bytes(grp.ctx)
+                total += grp.count * (self._on_device(grp.ctx, b) if per_device else b)
+        return int(total)
+
+    def state_bytes(self) -> int:
+        """Per-sequence recurrent state of SSM and linear-attention layers."""
+        return int(sum(grp.count * _state_bytes(self.model, grp.layer.mixer, self.abytes) for grp in self.groups))
+
+    # ----- weights -----
+    def weight_bytes(self) -> int:
+        return -(-self.model.n_params() * DTYPE_BITS[self.weight_dtype] // 8)
+
+    # ----- phases -----
+    def _attention(self, grp: Group, p, s, prefill: bool):
+        """(FLOP, bytes, host-link bytes) of one layer's attention or state work, per sequence, all devices."""
+        mixer, pol = grp.layer.mixer, self.policy
+        if isinstance(mixer, (Mamba, LinearAttention)):
+            state = _state_bytes(self.model, mixer, self.abytes)
+            return (p if prefill else 1) * mixer.step_flops(), 2.0 * state, 0.0
+        ctx = grp.ctx if grp.ctx is not None else grp.source
+        if prefill:
+            pairs = causal_pairs(p, ctx.layout.span)
+            flops = pairs * ctx.layout.n_q_heads * (2 * ctx.layout.score_dim + 2 * ctx.layout.value_dim + 5)
+            written = pol.stored_bytes(grp.ctx, p, 0) if grp.ctx is not None else 0
+            return flops, written, (written if grp.on_host else 0)
+        segs = pol.read_segments(ctx, p, s)
+        flops = pol.attn_flops(ctx, pol.tokens_of(segs))
+        moved = pol.bytes_of(ctx, segs) + (pol.write_bytes(ctx) if grp.ctx is not None else 0)
+        return flops, moved, (moved if grp.on_host else 0)
+
+    def fixed_phase(self, p, b, prefill: bool) -> Phase:
+        """The part of a forward pass that does not depend on how full the cache is: weight matmuls,
+        activation traffic, embeddings and logits, all-reduces."""
+        model, tp, h = self.model, self.tp, self.model.hidden
+        tokens = b * p if prefill else b
+        ph = Phase()
+        link = self.hw.interconnect_bandwidth
+        for grp in self.groups:
+            layer, n = grp.layer, grp.count
+            active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
+            w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
+            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, self._time_class)
+            written, _ = _activation_width(model, layer)
+            ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, self._time_class)
+            if tp > 1:
+                if not link:
+                    raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
+                volume = 2 * tokens * h * self.abytes * 2 * (tp - 1) / tp  # two all-reduces per layer
+                ph.comm_s = ph.comm_s + n * volume / link
+        head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
+        head_bytes = (model.vocab * h * self.wbytes + tokens * h * self.abytes * 3) / tp
+        ph.add(1, head_flops, head_bytes, self._time_class)
+        return ph
+
+    def cache_phase(self, p, b, s, prefill: bool, totals: bool = True) -> Phase:
+        """The part that depends on the cache: attention (or SSM state) and the KV policy's own work, for
+        the prefill or for decode step s+1. Per-sequence work is summed at the shape of (p, s) and scaled by
+        the batch once; only each class's roofline max needs the full shape. With totals=False the
+        compute/memory split is skipped (times, FLOP and bytes are still summed)."""
+        tp = self.tp
+        ph = Phase()
+        host = flops = traffic = 0.0
+        for grp, active in zip(self.groups, self.policy_active):
+            n = grp.count
+            a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)
+            kv_ctx = grp.ctx or grp.source
+            # KV heads split across devices; MQA heads and MLA latents are replicated, read on every device
+            share = self.kv_share(kv_ctx) if kv_ctx is not None else 1.0 / tp
+            a_flops, a_bytes = a_flops / tp, a_bytes * share
+            ph.add(n, a_flops * b, a_bytes * b, self._time_class, totals=totals)
+            flops, traffic = flops + n * a_flops, traffic + n * a_bytes
+            if grp.on_host:
+                host = host + n * a_host
+            if grp.ctx is not None and grp.ctx.rank >= 0 and active:
+                pf, pb = self.policy.prefill_cost(grp.ctx, p) if prefill else self.policy.step_cost(grp.ctx, p, s)
+                pf, pb = pf / tp, pb / tp
+                ph.add(n, pf * b, pb * b, self._time_class, totals=totals)
+                flops, traffic = flops + n * pf, traffic + n * pb
+                ph.policy_layers += n
+        if not totals:
+            ph.flops, ph.bytes = flops, traffic  # per sequence: the caller averages, then scales by batch
+        if self.hw.host_bandwidth:
+            ph.host_s = host * b / self.hw.host_bandwidth
+        elif np.any(host):
+            raise KvsimError(f"{self.hw.name} lists no host link bandwidth for offload")
+        return ph
+
+    def phase(self, p, b, s, prefill: bool) -> Phase:
+        """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""
+        return self.fixed_phase(p, b, prefill) + self.cache_phase(p, b, s, prefill)
+
+    def phase_time(self, ph: Phase, p, prefill: bool) -> np.ndarray:
+        prof = self.profile
+        device = ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
+        if prefill:
+            device = device + prof.prefill_token_overhead_s * p
+        else:
+            device = device + prof.policy_layer_overhead_s * ph.policy_layers
+        overlap = self.policy.place is not None and self.policy.place.overlap
+        return np.maximum(device, ph.host_s) if overlap else device + ph.host_s
+
+    @staticmethod
+    def bound(ph: Phase, total: np.ndarray) -> np.ndarray:
+        """Which resource limits the phase: the largest of compute, memory, host link, interconnect and
+        fixed overheads."""
+        overhead = total - np.maximum(ph.time_s, ph.host_s) - ph.comm_s
+        terms = np.stack(np.broadcast_arrays(ph.compute_s, ph.memory_s, ph.host_s, ph.comm_s, overhead))
+        names = np.array(["compute", "memory", "host-link", "interconnect", "overhead"])
+        return names[np.argmax(terms, axis=0)]
+
+    # ----- memory -----
+    def activation_peak(self, p, b, prefill: bool) -> np.ndarray:
+        """Largest live activation set: one layer's intermediates for the whole batch, plus fp32 logits."""
+        tokens = b * p if prefill else b
+        live = max(_activation_width(self.model, g.layer)[1] for g in self.groups)
+        return -(-(tokens * live * self.abytes + b * self.model.vocab * 4) // self.tp)
+
+    def decode_workspace(self, p, g) -> np.ndarray:
+        """Per-sequence transient KV during a decode step, per device: one layer's grown copy of a
+        concatenated cache or dequantised copy of a compressed one (the largest layer), plus two layers of
+        device buffers for offloaded layers (the one in use and the one being fetched)."""
+        worst = 0
+        fetched = 0
+        for grp in self.groups:
+            if grp.ctx is None:
+                continue
+            lay = grp.ctx.layout
+            share = self.kv_share(grp.ctx)
+            raw = self.policy.read_tokens(grp.ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
+            worst = np.maximum(worst, self._on_device(grp.ctx, raw))
+            if grp.on_host:
+                fetched = np.maximum(fetched, 2 * self._on_device(grp.ctx, self.policy.read_bytes(grp.ctx, p, g)))
+        return np.asarray(worst + fetched, dtype=np.int64)

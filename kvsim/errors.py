@@ -1,0 +1,5 @@
+"""The one exception type a user ever sees: the CLI prints its message on one line and exits 2."""
+
+
+class KvsimError(ValueError):
+    """Bad input: an unknown preset, an invalid size or policy parameter, a malformed file."""

@@ -1,0 +1,272 @@
+"""The one adapter from a transformers config.json (a plain dict) to a ModelSpec. Offline, no remote code.
+
+Families: Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma-2/Gemma-3, GPT-2, Mixtral, DeepSeek-V2/V3, Mamba,
+Mamba-2, Jamba; other decoder-only configs with Llama-style keys are read as Llama and say so in `notes`.
+With strict=True (presets) every key must be one this adapter reads or knowingly ignores, so a typo in a
+preset cannot silently change a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .errors import KvsimError
+from .model import MLA, MLP, Attention, Layer, Mamba, ModelSpec, MoE
+
+# Keys that carry no information about memory, bandwidth or FLOPs.
+_IGNORED = {
+    "architectures", "model_type", "transformers_version", "bos_token_id", "eos_token_id", "pad_token_id",
+    "unk_token_id", "initializer_range", "rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "use_cache",
+    "rope_theta", "rope_scaling", "rope_parameters", "attention_dropout", "hidden_act", "hidden_activation",
+    "activation_function", "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_type", "summary_use_proj",
+    "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "scale_attn_weights",
+    "pretraining_tp", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+    "router_aux_loss_coef", "output_router_logits", "router_jitter_noise", "_name_or_path", "_model_name_or_path",
+    "n_ctx", "task_specific_params", "topk_method", "n_group", "topk_group", "scoring_func", "norm_topk_prob",
+    "routed_scaling_factor", "aux_loss_alpha", "seq_aux", "ep_size", "num_nextn_predict_layers", "time_step_min",
+    "time_step_max", "time_step_init_scheme", "time_step_scale", "time_step_floor", "rescale_prenorm_residual",
+    "residual_in_fp32", "use_mambapy", "chunk_size", "time_step_limit", "num_logits_to_keep", "mamba_dt_rank_auto",
+    "use_mamba_kernels", "bidirectional", "use_bidirectional_attention", "_sliding_window_pattern",
+    "sliding_window_pattern", "cache_implementation", "quantization_config", "dtype", "torch_dtype",
+    "max_window_layers", "use_sliding_window", "rope_local_base_freq", "head_dim", "tie_word_embeddings",
+    "mlp_bias", "attention_bias", "layer_types", "sliding_window", "max_position_embeddings", "vocab_size",
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "reorder_and_upcast_attn", "scale_attn_by_inverse_layer_idx", "n_positions", "n_embd", "n_layer", "n_head",
+    "n_inner", "num_local_experts", "num_experts_per_tok", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim",
+    "qk_nope_head_dim", "v_head_dim", "n_routed_experts", "moe_intermediate_size", "n_shared_experts",
+    "first_k_dense_replace", "moe_layer_freq", "state_size", "conv_kernel", "expand", "time_step_rank",
+    "use_bias", "use_conv_bias", "num_heads", "n_groups", "attn_layer_period", "attn_layer_offset",
+    "expert_layer_period", "expert_layer_offset", "num_experts", "mamba_d_state", "mamba_d_conv", "mamba_expand",
+    "mamba_dt_rank", "mamba_conv_bias", "mamba_proj_bias", "layers_block_type", "norm_before_gate",
+    "norm_eps", "is_decoder", "add_cross_attention", "tie_embeddings", "hidden_dropout", "attention_probs_dropout_prob",
+}
+
+
+def load_json(path: str | Path) -> dict:
+    """Read a config.json; any failure becomes a one-line KvsimError."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise KvsimError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KvsimError(f"cannot read {p}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise KvsimError(f"malformed config.json {p}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise KvsimError(f"malformed config.json {p}: expected a JSON object")
+    return data
+
+
+def _get(cfg: dict, key: str, default=None, *, required: bool = False, kind=int):
+    value = cfg.get(key, default)
+    if value is None:
+        if required:
+            raise KvsimError(f"config is missing {key!r}")
+        return default
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise KvsimError(f"config {key!r} must be an integer, got {value!r}")
+        value = int(value)
+        if value < 0:
+            raise KvsimError(f"config {key!r} must not be negative, got {value}")
+        return value
+    if kind is bool and not isinstance(value, bool):
+        raise KvsimError(f"config {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _dtype(cfg: dict) -> str:
+    raw = cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(str(raw), "bf16")
+
+
+def _layer_types(cfg: dict, n_layers: int) -> list[str]:
+    """Per-layer attention type: 'full' or 'sliding', from `layer_types` or each family's older keys."""
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n_layers:
+            raise KvsimError(f"config 'layer_types' must list {n_layers} entries")
+        out = []
+        for t in types:
+            if t in ("full_attention", "attention"):
+                out.append("full")
+            elif t in ("sliding_attention", "chunked_attention"):
+                out.append("sliding")
+            else:
+                raise KvsimError(f"config layer type {t!r} is not an attention type kvsim reads here")
+        return out
+    mt = cfg.get("model_type", "")
+    window = cfg.get("sliding_window")
+    if mt == "gemma2":
+        return ["sliding" if i % 2 == 0 else "full" for i in range(n_layers)]
+    if mt in ("gemma3", "gemma3_text"):
+        period = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern") or 6
+        return ["full" if (i + 1) % period == 0 else "sliding" for i in range(n_layers)]
+    if mt in ("qwen2", "qwen2_moe", "qwen3") and window:
+        if not cfg.get("use_sliding_window", False):
+            return ["full"] * n_layers
+        first = cfg.get("max_window_layers", n_layers)
+        return ["sliding" if i >= first else "full" for i in range(n_layers)]
+    return ["sliding" if window else "full"] * n_layers
+
+
+def _attention(cfg: dict, window: int) -> Attention:
+    hidden = _get(cfg, "hidden_size", required=True)
+    heads = _get(cfg, "num_attention_heads", required=True)
+    kv_heads = _get(cfg, "num_key_value_heads", heads)
+    if heads == 0 or kv_heads == 0:
+        raise KvsimError("config attention heads must be positive")
+    head_dim = _get(cfg, "head_dim", None) or hidden // heads
+    mt = cfg.get("model_type", "")
+    qkv_bias = mt in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False))
+    o_bias = bool(cfg.get("attention_bias", False)) and mt not in ("qwen2", "qwen2_moe")
+    qk_norm = mt in ("gemma3", "gemma3_text", "qwen3", "qwen3_moe")
+    return Attention(heads, kv_heads, head_dim, window=window, qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm)
+
+
+def _llama_like(cfg: dict, notes: list[str]) -> ModelSpec:
+    n_layers = _get(cfg, "num_hidden_layers", required=True)
+    hidden = _get(cfg, "hidden_size", required=True)
+    window = _get(cfg, "sliding_window", 0) or 0
+    types = _layer_types(cfg, n_layers)
+    if "sliding" in types and not window:
+        raise KvsimError("config has sliding layers but no 'sliding_window'")
+    mt = cfg.get("model_type", "")
+    gemma = mt.startswith("gemma")
+    mlp_bias = bool(cfg.get("mlp_bias", False))
+    if mt == "mixtral" or cfg.get("num_local_experts"):
+        mlp = MoE(_get(cfg, "num_local_experts", required=True), _get(cfg, "num_experts_per_tok", 2),
+                  _get(cfg, "intermediate_size", required=True))
+    else:
+        mlp = MLP(_get(cfg, "intermediate_size", required=True), gated=True, bias=mlp_bias)
+    norms = 4 if mt in ("gemma2", "gemma3", "gemma3_text") else 2
+    full, sliding = _attention(cfg, 0), _attention(cfg, window) if window else None
+    layers = tuple(Layer(sliding if t == "sliding" else full, mlp, norms=norms) for t in types)
+    tied = cfg.get("tie_word_embeddings", gemma)
+    return ModelSpec(cfg.get("_kvsim_name", mt or "hf-model"), hidden, _get(cfg, "vocab_size", required=True),
+                     layers, tied_embeddings=bool(tied), weight_dtype=_dtype(cfg),
+                     max_context=_get(cfg, "max_position_embeddings", 0) or 0, notes=tuple(notes))
+
+
+def _gpt2(cfg: dict) -> ModelSpec:
+    hidden = _get(cfg, "n_embd", required=True)
+    heads = _get(cfg, "n_head", required=True)
+    inner = _get(cfg, "n_inner", None) or 4 * hidden
+    attn = Attention(heads, heads, hidden // heads, qkv_bias=True, o_bias=True)
+    layer = Layer(attn, MLP(inner, gated=False, bias=True), norms=2)
+    n_pos = _get(cfg, "n_positions", 1024)
+    return ModelSpec(cfg.get("_kvsim_name", "gpt2"), hidden, _get(cfg, "vocab_size", required=True),
+                     (layer,) * _get(cfg, "n_layer", required=True), tied_embeddings=True,
+                     weight_dtype=_dtype(cfg) if ("dtype" in cfg or "torch_dtype" in cfg) else "fp32",
+                     learned_positions=n_pos, norm_bias=True, max_context=n_pos)
+
+
+def _deepseek(cfg: dict) -> ModelSpec:
+    n_layers = _get(cfg, "num_hidden_layers", required=True)
+    hidden = _get(cfg, "hidden_size", required=True)
+    mla = MLA(_get(cfg, "num_attention_heads", required=True), _get(cfg, "kv_lora_rank", required=True),
+              _get(cfg, "qk_rope_head_dim", required=True), _get(cfg, "qk_nope_head_dim", required=True),
+              _get(cfg, "v_head_dim", required=True), q_lora_rank=_get(cfg, "q_lora_rank", 0) or 0)
+    dense = MLP(_get(cfg, "intermediate_size", required=True))
+    moe = MoE(_get(cfg, "n_routed_experts", required=True), _get(cfg, "num_experts_per_tok", required=True),
+              _get(cfg, "moe_intermediate_size", required=True), n_shared=_get(cfg, "n_shared_experts", 0) or 0,
+              router_bias=cfg.get("model_type") == "deepseek_v3")
+    first_dense = _get(cfg, "first_k_dense_replace", 0)
+    freq = _get(cfg, "moe_layer_freq", 1) or 1
+    layers = tuple(Layer(mla, moe if (i >= first_dense and i % freq == 0) else dense) for i in range(n_layers))
+    return ModelSpec(cfg.get("_kvsim_name", cfg.get("model_type", "deepseek")), hidden,
+                     _get(cfg, "vocab_size", required=True), layers,
+                     tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=_dtype(cfg),
+                     max_context=_get(cfg, "max_position_embeddings", 0) or 0)
+
+
+def _mamba(cfg: dict) -> ModelSpec:
+    hidden = _get(cfg, "hidden_size", required=True)
+    expand = _get(cfg, "expand", 2)
+    d_inner = _get(cfg, "intermediate_size", None) or expand * hidden
+    d_state = _get(cfg, "state_size", 16)
+    conv = _get(cfg, "conv_kernel", 4)
+    bias, conv_bias = bool(cfg.get("use_bias", False)), bool(cfg.get("use_conv_bias", True))
+    if cfg.get("model_type") == "mamba2":
+        heads = _get(cfg, "num_heads", required=True)
+        d_inner = heads * _get(cfg, "head_dim", required=True)
+        mixer = Mamba(d_inner, d_state, conv, version=2, n_heads=heads, n_groups=_get(cfg, "n_groups", 1),
+                      conv_bias=conv_bias, proj_bias=bias)
+    else:
+        rank = cfg.get("time_step_rank", "auto")
+        dt_rank = math.ceil(hidden / 16) if rank == "auto" else _get(cfg, "time_step_rank")
+        mixer = Mamba(d_inner, d_state, conv, version=1, dt_rank=dt_rank, conv_bias=conv_bias, proj_bias=bias)
+    layers = (Layer(mixer, None, norms=1),) * _get(cfg, "num_hidden_layers", required=True)
+    return ModelSpec(cfg.get("_kvsim_name", cfg.get("model_type", "mamba")), hidden,
+                     _get(cfg, "vocab_size", required=True), layers,
+                     tied_embeddings=bool(cfg.get("tie_word_embeddings", True)), weight_dtype=_dtype(cfg))
+
+
+def _jamba(cfg: dict) -> ModelSpec:
+    n_layers = _get(cfg, "num_hidden_layers", required=True)
+    hidden = _get(cfg, "hidden_size", required=True)
+    attn = _attention(cfg, 0)
+    d_state = _get(cfg, "mamba_d_state", 16)
+    dt_rank = cfg.get("mamba_dt_rank", "auto")
+    dt_rank = math.ceil(hidden / 16) if dt_rank == "auto" else _get(cfg, "mamba_dt_rank")
+    mamba = Mamba(_get(cfg, "mamba_expand", 2) * hidden, d_state, _get(cfg, "mamba_d_conv", 4), version=1,
+                  dt_rank=dt_rank, conv_bias=bool(cfg.get("mamba_conv_bias", True)),
+                  proj_bias=bool(cfg.get("mamba_proj_bias", False)))
+    dense = MLP(_get(cfg, "intermediate_size", required=True))
+    moe = MoE(_get(cfg, "num_experts", 16), _get(cfg, "num_experts_per_tok", 2),
+              _get(cfg, "intermediate_size", required=True))
+    a_period, a_off = _get(cfg, "attn_layer_period", 8), _get(cfg, "attn_layer_offset", 4)
+    e_period, e_off = _get(cfg, "expert_layer_period", 2), _get(cfg, "expert_layer_offset", 1)
+    layers = []
+    for i in range(n_layers):
+        mixer = attn if i % a_period == a_off else mamba
+        mlp = moe if (moe.n_experts > 1 and i % e_period == e_off) else dense
+        layers.append(Layer(mixer, mlp, norms=2))
+    return ModelSpec(cfg.get("_kvsim_name", "jamba"), hidden, _get(cfg, "vocab_size", required=True),
+                     tuple(layers), tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                     weight_dtype=_dtype(cfg), max_context=_get(cfg, "max_position_embeddings", 0) or 0)
+
+
+_LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "mixtral",
+                 "smollm", "tinyllama", "phi3", "granite", "olmo", "olmo2", "starcoder2"}
+
+
+def from_hf_config(cfg: dict, name: str | None = None, strict: bool = False) -> ModelSpec:
+    """Turn a transformers config dict into a ModelSpec; raise KvsimError on anything it cannot read."""
+    if not isinstance(cfg, dict):
+        raise KvsimError("config must be a JSON object")
+    if "text_config" in cfg and isinstance(cfg["text_config"], dict):  # multimodal wrappers (Gemma-3 4B+)
+        inner = dict(cfg["text_config"])
+        inner.setdefault("model_type", cfg.get("model_type", ""))
+        cfg = inner
+    if strict:
+        unknown = sorted(k for k in cfg if k not in _IGNORED and not k.startswith("_kvsim"))
+        if unknown:
+            raise KvsimError(f"config has keys kvsim does not read: {', '.join(unknown)}")
+    cfg = dict(cfg)
+    if name:
+        cfg["_kvsim_name"] = name
+    mt = cfg.get("model_type", "")
+    try:
+        if mt == "gpt2":
+            spec = _gpt2(cfg)
+        elif mt in ("deepseek_v2", "deepseek_v3"):
+            spec = _deepseek(cfg)
+        elif mt in ("mamba", "mamba2", "falcon_mamba"):
+            spec = _mamba(cfg)
+        elif mt == "jamba":
+            spec = _jamba(cfg)
+        else:
+            notes = [] if mt in _LLAMA_FAMILY else [f"model_type {mt or '(none)'!r} read as a Llama-style decoder"]
+            spec = _llama_like(cfg, notes)
+    except KvsimError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise KvsimError(f"cannot read config ({mt or 'no model_type'}): {e}") from None
+    return spec
+

@@ -1,0 +1,382 @@
+"""Model architecture as data: a ModelSpec is a tuple of per-layer specs.
+
+A layer is a token mixer (attention of any shape, MLA, an SSM or a linear-attention state) plus an MLP
+(dense or mixture of experts). MHA, GQA and MQA are values of `n_kv_heads`; sliding-window, block-sparse
+and cross-layer-shared attention are values of `Attention`'s fields, so hybrids need no extra code.
+
+Cache semantics (what the harness in measured/ holds, byte for byte):
+- full attention keeps every processed token;
+- a sliding window of span W (each query sees itself and the W-1 tokens before it) keeps min(t, W-1)
+  tokens between steps, as transformers' DynamicSlidingWindowLayer does;
+- block-sparse attention with random blocks keeps everything (any past block may be drawn); without
+  random blocks it keeps the global tokens plus the local span;
+- a layer that shares another layer's KV (CLA/YOCO) keeps nothing of its own;
+- MLA keeps the compressed latent plus the decoupled RoPE key (one "head" shared by all query heads);
+- SSM and linear-attention layers keep a state whose size does not depend on the sequence length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from .errors import KvsimError
+from .units import canonical_dtype
+
+
+def _positive(obj, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise KvsimError(f"{type(obj).__name__}.{name} must be an integer, got {value!r}")
+        if value < 0 or (value == 0 and name not in allow_zero):
+            raise KvsimError(f"{type(obj).__name__}.{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """How one layer's per-token cache looks: what policies see.
+
+    `k_dim`/`v_dim` are stored elements per token per KV head; `score_dim`/`value_dim` are the widths the
+    attention arithmetic runs over per query head (they differ for MLA, whose values come from the latent)."""
+
+    n_kv_heads: int
+    k_dim: int
+    v_dim: int
+    n_q_heads: int
+    score_dim: int
+    value_dim: int
+    span: int  # attention span in tokens, including the query itself; 0 means unbounded
+    keep_cap: int  # tokens kept between steps by the architecture itself; 0 means unbounded
+    evictable: bool  # the cache grows without bound, so eviction policies apply
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_q_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class Attention:
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    v_head_dim: int = 0  # 0: same as head_dim
+    window: int = 0  # attention span W (query + W-1 previous tokens); 0: full attention
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Gemma-3, Qwen3)
+    # Block-sparse attention (Longformer/BigBird): each query sees `local_blocks` blocks around it,
+    # `global_blocks` blocks at the start of the sequence and `random_blocks` random earlier blocks.
+    block: int = 0
+    local_blocks: int = 0
+    global_blocks: int = 0
+    random_blocks: int = 0
+    shares_kv_with: int = -1  # index of the layer whose cache this layer reads (CLA/YOCO); -1: own cache
+
+    def __post_init__(self):
+        _positive(self, "n_heads", "n_kv_heads", "head_dim")
+        _positive(self, "v_head_dim", "window", "block", "local_blocks", "global_blocks", "random_blocks",
+                  allow_zero=("v_head_dim", "window", "block", "local_blocks", "global_blocks", "random_blocks"))
+        if self.n_heads % self.n_kv_heads:
+            raise KvsimError(f"heads ({self.n_heads}) must be a multiple of KV heads ({self.n_kv_heads})")
+        if self.window == 1:
+            raise KvsimError("a sliding window must span at least 2 tokens")
+        if self.block and not (self.local_blocks or self.global_blocks):
+            raise KvsimError("block-sparse attention needs local_blocks or global_blocks")
+
+    @property
+    def dv(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def sparse(self) -> bool:
+        return self.block > 0
+
+    def params(self, hidden: int) -> int:
+        q = self.n_heads * self.head_dim
+        kv = self.n_kv_heads * (self.head_dim + self.dv)
+        o = self.n_heads * self.dv
+        n = hidden * (q + kv) + o * hidden
+        if self.qkv_bias:
+            n += q + kv
+        if self.o_bias:
+            n += hidden
+        if self.qk_norm:
+            n += 2 * self.head_dim
+        return n
+
+    def kv_layout(self) -> KVLayout:
+        if self.sparse:
+            glob = self.global_blocks * self.block
+            local = self.local_blocks * self.block
+            span = glob + local + self.random_blocks * self.block
+            keep = 0 if self.random_blocks else glob + local - 1
+        else:
+            span = self.window
+            keep = self.window - 1 if self.window else 0
+        return KVLayout(self.n_kv_heads, self.head_dim, self.dv, self.n_heads, self.head_dim, self.dv,
+                        span=span, keep_cap=keep, evictable=keep == 0)
+
+
+@dataclass(frozen=True)
+class MLA:
+    """Multi-head latent attention (DeepSeek-V2/V3)."""
+
+    n_heads: int
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int = 0  # 0: queries projected directly from the hidden state
+    cache: str = "latent"  # "latent": as DeepSeek caches it; "decompressed": per-head K and V
+
+    def __post_init__(self):
+        _positive(self, "n_heads", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+        _positive(self, "q_lora_rank", allow_zero=("q_lora_rank",))
+        if self.cache not in ("latent", "decompressed"):
+            raise KvsimError(f"MLA cache must be 'latent' or 'decompressed', got {self.cache!r}")
+
+    def params(self, hidden: int) -> int:
+        qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+        if self.q_lora_rank:
+            q = hidden * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * self.n_heads * qk
+        else:
+            q = hidden * self.n_heads * qk
+        kv_a = hidden * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
+        kv_b = self.kv_lora_rank * self.n_heads * (self.qk_nope_head_dim + self.v_head_dim)
+        o = self.n_heads * self.v_head_dim * hidden
+        return q + kv_a + kv_b + o
+
+    def kv_layout(self) -> KVLayout:
+        if self.cache == "latent":
+            # Weight absorption: scores run over latent + rope dims, values over the latent.
+            c, r = self.kv_lora_rank, self.qk_rope_head_dim
+            return KVLayout(1, c + r, 0, self.n_heads, c + r, c, span=0, keep_cap=0, evictable=True)
+        qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+        return KVLayout(self.n_heads, qk, self.v_head_dim, self.n_heads, qk, self.v_head_dim,
+                        span=0, keep_cap=0, evictable=True)
+
+
+@dataclass(frozen=True)
+class Mamba:
+    """Selective state-space layer: Mamba-1 (version=1) or Mamba-2 (version=2, with heads and groups)."""
+
+    d_inner: int
+    d_state: int
+    d_conv: int = 4
+    version: int = 1
+    n_heads: int = 0  # Mamba-2 only
+    n_groups: int = 1  # Mamba-2 only
+    dt_rank: int = 0  # Mamba-1 only
+    conv_bias: bool = True
+    proj_bias: bool = False
+
+    def __post_init__(self):
+        _positive(self, "d_inner", "d_state", "d_conv", "n_groups")
+        if self.version not in (1, 2):
+            raise KvsimError(f"Mamba version must be 1 or 2, got {self.version}")
+        if self.version == 1 and self.dt_rank <= 0:
+            raise KvsimError("Mamba-1 needs dt_rank > 0")
+        if self.version == 2 and (self.n_heads <= 0 or self.d_inner % self.n_heads):
+            raise KvsimError("Mamba-2 needs n_heads > 0 dividing d_inner")
+
+    @property
+    def conv_channels(self) -> int:
+        return self.d_inner if self.version == 1 else self.d_inner + 2 * self.n_groups * self.d_state
+
+    def state_elements(self) -> int:
+        """Conv window plus SSM state, per sequence: constant in sequence length."""
+        return self.conv_channels * self.d_conv + self.d_inner * self.d_state
+
+    def params(self, hidden: int) -> int:
+        conv = self.conv_channels * self.d_conv + (self.conv_channels if self.conv_bias else 0)
+        if self.version == 1:
+            in_proj = hidden * 2 * self.d_inner
+            x_proj = self.d_inner * (self.dt_rank + 2 * self.d_state)
+            dt_proj = self.dt_rank * self.d_inner + self.d_inner
+            a_d = self.d_inner * self.d_state + self.d_inner
+            n = in_proj + conv + x_proj + dt_proj + a_d
+        else:
+            in_proj = hidden * (2 * self.d_inner + 2 * self.n_groups * self.d_state + self.n_heads)
+            n = in_proj + conv + 3 * self.n_heads + self.d_inner  # dt_bias, A_log, D, gated norm
+        n += self.d_inner * hidden  # out_proj
+        if self.proj_bias:
+            n += (2 * self.d_inner if self.version == 1 else 2 * self.d_inner + 2 * self.n_groups * self.d_state
+                  + self.n_heads) + hidden
+        return n
+
+    def step_flops(self) -> int:
+        """Per token, outside the projections: conv, discretisation, state update, readout."""
+        return 2 * self.conv_channels * self.d_conv + 6 * self.d_inner * self.d_state
+
+
+@dataclass(frozen=True)
+class LinearAttention:
+    """Linear attention / RWKV-style recurrent state: n_heads x key_dim x value_dim, plus token-shift vectors."""
+
+    n_heads: int
+    key_dim: int
+    value_dim: int
+    shift_states: int = 0  # vectors of size `hidden` kept per sequence (RWKV's token shift: 2)
+    gate: bool = True
+
+    def __post_init__(self):
+        _positive(self, "n_heads", "key_dim", "value_dim")
+        _positive(self, "shift_states", allow_zero=("shift_states",))
+
+    def state_elements(self, hidden: int) -> int:
+        return self.n_heads * self.key_dim * self.value_dim + self.shift_states * hidden
+
+    def params(self, hidden: int) -> int:
+        qk = 2 * hidden * self.n_heads * self.key_dim
+        v = hidden * self.n_heads * self.value_dim * (2 if self.gate else 1)
+        return qk + v + self.n_heads * self.value_dim * hidden
+
+    def step_flops(self) -> int:
+        return 4 * self.n_heads * self.key_dim * self.value_dim
+
+
+@dataclass(frozen=True)
+class MLP:
+    intermediate: int
+    gated: bool = True  # SwiGLU/GeGLU: gate, up and down projections
+    bias: bool = False
+
+    def __post_init__(self):
+        _positive(self, "intermediate")
+
+    def params(self, hidden: int) -> int:
+        n = (3 if self.gated else 2) * hidden * self.intermediate
+        if self.bias:
+            n += (2 if self.gated else 1) * self.intermediate + hidden
+        return n
+
+    def active_params(self, hidden: int) -> int:
+        return self.params(hidden)
+
+    def active_intermediate(self) -> int:
+        return self.intermediate
+
+
+@dataclass(frozen=True)
+class MoE:
+    n_experts: int
+    top_k: int
+    expert_intermediate: int
+    n_shared: int = 0
+    shared_intermediate: int = 0  # per shared expert; 0: expert_intermediate
+    gated: bool = True
+    router_bias: bool = False  # DeepSeek-V3's per-expert score correction bias
+
+    def __post_init__(self):
+        _positive(self, "n_experts", "top_k", "expert_intermediate")
+        _positive(self, "n_shared", "shared_intermediate", allow_zero=("n_shared", "shared_intermediate"))
+        if self.top_k > self.n_experts:
+            raise KvsimError(f"top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
+
+    def _expert(self, hidden: int, inter: int) -> int:
+        return (3 if self.gated else 2) * hidden * inter
+
+    def params(self, hidden: int) -> int:
+        shared = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
+        router = hidden * self.n_experts + (self.n_experts if self.router_bias else 0)
+        return router + self.n_experts * self._expert(hidden, self.expert_intermediate) + shared
+
+    def active_params(self, hidden: int) -> int:
+        """Parameters one token multiplies with: router, top-k experts, shared experts."""
+        shared = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
+        return hidden * self.n_experts + self.top_k * self._expert(hidden, self.expert_intermediate) + shared
+
+    def expert_params(self, hidden: int) -> int:
+        return self._expert(hidden, self.expert_intermediate)
+
+    def active_intermediate(self) -> int:
+        return self.top_k * self.expert_intermediate + self.n_shared * (self.shared_intermediate
+                                                                        or self.expert_intermediate)
+
+
+Mixer = Attention | MLA | Mamba | LinearAttention
+
+
+@dataclass(frozen=True)
+class Layer:
+    mixer: Mixer
+    mlp: MLP | MoE | None = None
+    norms: int = 2  # normalisation modules in the layer (Gemma-2/3 have four)
+
+    @property
+    def has_kv(self) -> bool:
+        """Whether the layer keeps a per-token cache of its own."""
+        if isinstance(self.mixer, Attention):
+            return self.mixer.shares_kv_with < 0
+        return isinstance(self.mixer, MLA)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hidden: int
+    vocab: int
+    layers: tuple[Layer, ...]
+    tied_embeddings: bool = False
+    weight_dtype: str = "bf16"
+    learned_positions: int = 0  # rows of a learned position table (GPT-2's wpe)
+    norm_bias: bool = False  # LayerNorm with a bias (GPT-2) rather than RMSNorm
+    final_norm: bool = True
+    max_context: int = 0  # trained context limit; 0 when unknown
+    source: str = ""
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self):
+        _positive(self, "hidden", "vocab")
+        if not self.layers:
+            raise KvsimError("a model needs at least one layer")
+        object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype))
+        for i, layer in enumerate(self.layers):
+            mixer = layer.mixer
+            if isinstance(mixer, Attention) and mixer.shares_kv_with >= 0:
+                src = mixer.shares_kv_with
+                if src >= i:
+                    raise KvsimError(f"layer {i} shares KV with layer {src}, which is not an earlier layer")
+                if not self.layers[src].has_kv:
+                    raise KvsimError(f"layer {i} shares KV with layer {src}, which keeps no cache of its own")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def _norm_params(self) -> int:
+        return self.hidden * (2 if self.norm_bias else 1)
+
+    def layer_params(self, i: int) -> int:
+        layer = self.layers[i]
+        n = layer.mixer.params(self.hidden) + layer.norms * self._norm_params()
+        if layer.mlp is not None:
+            n += layer.mlp.params(self.hidden)
+        return n
+
+    def embedding_params(self) -> int:
+        n = self.vocab * self.hidden + self.learned_positions * self.hidden
+        if not self.tied_embeddings:
+            n += self.vocab * self.hidden
+        return n
+
+    def n_params(self) -> int:
+        n = self.embedding_params() + sum(self.layer_params(i) for i in range(self.n_layers))
+        return n + (self._norm_params() if self.final_norm else 0)
+
+    def with_(self, **changes) -> "ModelSpec":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return ModelSpec(**values)
+
+
+def uniform(name: str, *, n_layers: int, hidden: int, vocab: int, n_heads: int, n_kv_heads: int,
+            head_dim: int, intermediate: int, window: int = 0, weight_dtype: str = "bf16",
+            tied_embeddings: bool = False, gated: bool = True) -> ModelSpec:
+    """A decoder of identical attention + MLP layers: the shape the CLI builds from size flags."""
+    if n_layers <= 0:
+        raise KvsimError(f"layers must be positive, got {n_layers}")
+    layer = Layer(Attention(n_heads, n_kv_heads, head_dim, window=window), MLP(intermediate, gated=gated))
+    return ModelSpec(name, hidden, vocab, (layer,) * n_layers, tied_embeddings=tied_embeddings,
+                     weight_dtype=weight_dtype)

@@ -1,0 +1,134 @@
+"""KV policies: one small file per family, named here. Adding a policy is one file plus one line below.
+
+The registry is a literal table of names to modules, imported on first use: nothing registers itself as a
+side effect of an import. Aliases (int8, int4, fp8) are a family plus preset parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from ..errors import KvsimError
+from .base import Policy
+from .compose import Compose, compose
+
+# name -> (module, class, preset parameters)
+REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "full": ("full", "Full", {}),
+    "window": ("window", "Window", {}),
+    "streamingllm": ("window", "StreamingLLM", {}),
+    "h2o": ("h2o", "H2O", {}),
+    "tova": ("tova", "TOVA", {}),
+    "snapkv": ("snapkv", "SnapKV", {}),
+    "pyramidkv": ("pyramid", "PyramidKV", {}),
+    "dynamickv": ("pyramid", "DynamicKV", {}),
+    "adakv": ("adakv", "AdaKV", {}),
+    "duo": ("duo", "DuoAttention", {}),
+    "quest": ("quest", "Quest", {}),
+    "rocketkv": ("rocketkv", "RocketKV", {}),
+    "lru": ("lru", "LRU", {}),
+    "keynorm": ("keynorm", "KeyNorm", {}),
+    "kmeans": ("kmeans", "KMeans", {}),
+    "learned": ("learned", "Learned", {}),
+    "minicache": ("minicache", "MiniCache", {}),
+    "quant": ("quant", "Quant", {}),
+    "int8": ("quant", "Quant", {"bits": 8}),
+    "int4": ("quant", "Quant", {"bits": 4, "group": 32}),
+    "fp8": ("quant", "Quant", {"bits": 8, "kind": "fp"}),
+    "kivi": ("quant", "Kivi", {}),
+    "mixed": ("mixed", "MixedPrecision", {}),
+    "lowrank": ("lowrank", "LowRank", {}),
+    "offload": ("offload", "Offload", {}),
+}
+
+
+def policy_class(name: str) -> type[Policy]:
+    if name not in REGISTRY:
+        raise KvsimError(f"unknown policy {name!r}; valid: {', '.join(REGISTRY)}")
+    module, cls, _ = REGISTRY[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def make(name: str, **params) -> Policy:
+    """Build a policy by registry name; alias presets apply first, explicit parameters override them."""
+    cls = policy_class(name)
+    kwargs = {**REGISTRY[name][2], **params}
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise KvsimError(f"policy {name} has no parameter {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(valid)) or '(none)'}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise KvsimError(f"policy {name}: {e}") from None
+
+
+def _coerce(policy: str, field: dataclasses.Field, raw: str):
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    try:
+        if kind == "bool":
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError(raw)
+            return int(value)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except ValueError:
+        raise KvsimError(f"policy {policy}: {field.name} must be {kind}, got {raw!r}") from None
+
+
+def parse_policy(text: str) -> Policy:
+    """'h2o:budget=1024,recent=128' -> H2O(budget=1024, recent=128)."""
+    text = text.strip()
+    if not text:
+        raise KvsimError("empty policy spec")
+    name, _, rest = text.partition(":")
+    name = name.strip().lower()
+    cls = policy_class(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise KvsimError(f"policy {name}: expected key=value, got {item!r}")
+        if key not in fields:
+            raise KvsimError(f"policy {name} has no parameter {key!r}; valid: {', '.join(fields) or '(none)'}")
+        params[key] = _coerce(name, fields[key], raw.strip())
+    return make(name, **params)
+
+
+def parse_composition(specs: list[str] | tuple[str, ...] | str | None) -> Compose:
+    """Several --policy specs, composed in the order given."""
+    if specs is None:
+        return Compose(())
+    if isinstance(specs, str):
+        specs = [specs]
+    return Compose(tuple(parse_policy(s) for s in specs))
+
+
+def describe() -> list[dict]:
+    """Every registered name with its summary, role, schedule and parameters (for `kvsim list policies`)."""
+    out = []
+    for name, (_, _, preset) in REGISTRY.items():
+        cls = policy_class(name)
+        params = [{"name": f.name, "default": preset.get(f.name, f.default), "help": f.metadata.get("help", "")}
+                  for f in dataclasses.fields(cls)]
+        out.append({"name": name, "family": cls.name, "role": cls.role, "summary": cls.summary,
+                    "preset": preset, "params": params})
+    return out
+
+
+__all__ = ["REGISTRY", "Compose", "Policy", "compose", "describe", "make", "parse_composition", "parse_policy",
+           "policy_class"]

@@ -1,0 +1,242 @@
+"""Composition: any selection with any sparse read, cross-layer merge, encoding chain and placement.
+
+A single policy is a composition of one. The cost model (cost.py) talks only to `Compose`: for one layer it
+asks for stored bytes, bytes and tokens read per step, bytes written, and the policy's own FLOP and bytes.
+Layers whose cache the architecture already bounds (sliding windows) keep their own rule: selection and
+merging apply only to layers whose cache grows without bound; encodings and placement apply to all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import KvsimError
+from .base import ENCODE, MERGE, PLACE, READ, ROLE_ORDER, SELECT, LayerCtx, Policy, Segment, i64
+from .full import Full
+from .lowrank import LowRank
+
+
+@dataclass(frozen=True)
+class Compose:
+    parts: tuple[Policy, ...] = ()
+    select: Policy = field(init=False, repr=False, compare=False)
+    reader: Policy | None = field(init=False, repr=False, compare=False)
+    merge: Policy | None = field(init=False, repr=False, compare=False)
+    lowrank: LowRank | None = field(init=False, repr=False, compare=False)
+    quant: Policy | None = field(init=False, repr=False, compare=False)
+    place: Policy | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        by_role: dict[str, list[Policy]] = {r: [] for r in ROLE_ORDER}
+        for part in self.parts:
+            if not isinstance(part, Policy):
+                raise KvsimError(f"not a policy: {part!r}")
+            by_role[part.role].append(part)
+        for role in (SELECT, READ, MERGE, PLACE):
+            if len(by_role[role]) > 1:
+                names = " and ".join(p.name for p in by_role[role])
+                raise KvsimError(f"cannot compose {names}: both are {role} policies")
+        select = by_role[SELECT][0] if by_role[SELECT] else Full()
+        reader = by_role[READ][0] if by_role[READ] else None
+        own_reader = getattr(select, "reader", None)
+        if own_reader is not None:
+            if reader is not None:
+                raise KvsimError(f"{select.name} already does sparse reads; drop {reader.name}")
+            reader = own_reader()
+        encoders = by_role[ENCODE]
+        lows = [e for e in encoders if isinstance(e, LowRank)]
+        quants = [e for e in encoders if not isinstance(e, LowRank)]
+        if len(lows) > 1 or len(quants) > 1:
+            raise KvsimError("compose at most one low-rank and one quantization policy")
+        if lows and quants and encoders.index(quants[0]) < encoders.index(lows[0]):
+            raise KvsimError("put lowrank before the quantization: it is the low-rank coordinates that are "
+                             "quantized")
+        merge = by_role[MERGE][0] if by_role[MERGE] else None
+        if merge is not None and not isinstance(select, Full):
+            raise KvsimError(f"{merge.name} merges the full cache; it does not compose with {select.name}")
+        if select.name == "mixed" and encoders:
+            raise KvsimError("mixed already chooses each token's precision; it does not compose with "
+                             f"{encoders[0].name}")
+        quant = quants[0] if quants else None
+        if quant is not None and getattr(select, "data_dependent", False):
+            gran = quant.granularity()
+            quantum = getattr(select, "quantum", 1)
+            if gran > 1 and (quantum % gran or select.budget % gran):
+                raise KvsimError(f"{select.name} splits its budget at run time; with {quant.name} storing "
+                                 f"{gran}-token groups, set quantum and budget to multiples of {gran}")
+        set_ = object.__setattr__
+        set_(self, "select", select)
+        set_(self, "reader", reader)
+        set_(self, "merge", merge)
+        set_(self, "lowrank", lows[0] if lows else None)
+        set_(self, "quant", quant)
+        set_(self, "place", by_role[PLACE][0] if by_role[PLACE] else None)
+
+    # ----- naming -----
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.parts) or "full"
+
+    def spec(self) -> str:
+        return " ".join(p.spec() for p in self.parts) or "full"
+
+    def notes(self, p) -> list[str]:
+        out: list[str] = []
+        for part in self.parts:
+            out.extend(part.notes(np.asarray(p)))
+        return out
+
+    @property
+    def data_dependent(self) -> bool:
+        return bool(getattr(self.select, "data_dependent", False))
+
+    # ----- which tokens -----
+    def _bounded(self, ctx: LayerCtx, p, g) -> list[Segment]:
+        return [Segment(ctx.heads, np.minimum(i64(p) + g, ctx.layout.keep_cap))]
+
+    def segments(self, ctx: LayerCtx, p, g) -> list[Segment]:
+        """Resident segments after the prefill and g decode steps."""
+        if ctx.rank < 0:
+            return self._bounded(ctx, p, g)
+        if self.merge is not None:
+            merged = self.merge.segments(ctx, p, g, reading=False)
+            if merged is not None:
+                return merged
+        return self.select.kept(ctx, i64(p), i64(g))
+
+    def peak_segments(self, ctx: LayerCtx, p, gmax) -> list[Segment]:
+        if ctx.rank < 0 or self.merge is not None:
+            return self.segments(ctx, p, gmax)
+        return self.select.peak(ctx, i64(p), i64(gmax))
+
+    def read_segments(self, ctx: LayerCtx, p, g) -> list[Segment]:
+        """What decode step g+1 reads (besides the token it appends)."""
+        if ctx.rank < 0:
+            segs = self._bounded(ctx, p, g)
+        elif self.merge is not None and (m := self.merge.segments(ctx, p, g, reading=True)) is not None:
+            segs = m
+        else:
+            segs = self.select.read(ctx, i64(p), i64(g))
+        if self.reader is not None:
+            segs = self.reader.read(ctx, segs)
+        span = ctx.layout.span
+        if span:
+            segs = [Segment(s.heads, np.minimum(s.tokens, span - 1), s.encoding, s.extra_bits_per_token)
+                    for s in segs]
+        return segs
+
+    # ----- bytes -----
+    def dims(self, ctx: LayerCtx) -> tuple[int, int]:
+        k, v = ctx.layout.k_dim, ctx.layout.v_dim
+        return self.lowrank.ranks(k, v) if self.lowrank is not None else (k, v)
+
+    def _head_bytes(self, ctx: LayerCtx, seg: Segment) -> np.ndarray:
+        k, v = self.dims(ctx)
+        enc = seg.encoding if seg.encoding is not None else self.quant
+        n = i64(seg.tokens)
+        if enc is None:
+            b = n * (k + v) * ctx.elem_bits // 8
+        else:
+            b = enc.head_bytes(k, v, n, ctx.elem_bits)
+        return b + n * seg.extra_bits_per_token // 8
+
+    def _segments_bytes(self, ctx: LayerCtx, segs: list[Segment]) -> np.ndarray:
+        total = 0
+        for s in segs:
+            if s.heads:
+                total = total + s.heads * self._head_bytes(ctx, s)
+        return i64(total)
+
+    def _state_bytes(self, ctx: LayerCtx, p, g, kept: list[Segment]) -> np.ndarray:
+        state = 0 if ctx.rank < 0 else self.select.state_bytes(ctx, i64(p), i64(g))
+        if self.reader is not None:
+            state = state + self.reader.state_bytes(ctx, kept)
+        return i64(state)
+
+    def stored_bytes(self, ctx: LayerCtx, p, g) -> np.ndarray:
+        """Per-sequence bytes resident in this layer after the prefill and g steps, metadata and state included."""
+        kept = self.segments(ctx, p, g)
+        return self._segments_bytes(ctx, kept) + self._state_bytes(ctx, p, g, kept)
+
+    def peak_bytes(self, ctx: LayerCtx, p, gmax) -> np.ndarray:
+        """Largest per-sequence stored bytes over steps 0..gmax."""
+        kept = self.peak_segments(ctx, p, gmax)
+        state = self._state_bytes(ctx, p, gmax, kept)
+        return self._segments_bytes(ctx, kept) + state
+
+    def read_bytes(self, ctx: LayerCtx, p, g) -> np.ndarray:
+        return self._segments_bytes(ctx, self.read_segments(ctx, p, g))
+
+    def read_tokens(self, ctx: LayerCtx, p, g) -> np.ndarray:
+        """Head-tokens read by decode step g+1 (summed over KV heads), the appended token excluded."""
+        return self.tokens_of(self.read_segments(ctx, p, g))
+
+    @staticmethod
+    def tokens_of(segs: list[Segment]) -> np.ndarray:
+        """Head-tokens in a list of segments."""
+        return i64(sum(s.heads * i64(s.tokens) for s in segs))
+
+    def bytes_of(self, ctx: LayerCtx, segs: list[Segment]) -> np.ndarray:
+        return self._segments_bytes(ctx, segs)
+
+    def write_bytes(self, ctx: LayerCtx) -> int:
+        """Bytes one decode step writes for its new token, all heads of the layer."""
+        k, v = self.dims(ctx)
+        per_head = self.quant.write_bytes(k, v, ctx.elem_bits) if self.quant is not None else \
+            (k + v) * ctx.elem_bits // 8
+        return ctx.heads * per_head
+
+    def shared_bytes(self, ctx: LayerCtx) -> int:
+        """Per-layer bytes shared by all sequences (scorer weights, low-rank bases)."""
+        n = self.select.shared_bytes(ctx) if ctx.rank >= 0 else 0
+        if self.lowrank is not None:
+            n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim, ctx.heads, ctx.elem_bits)
+        return n
+
+    def on_host(self, ctx: LayerCtx) -> bool:
+        return self.place is not None and self.place.offloaded(ctx.kv_rank, ctx.n_kv)
+
+    # ----- arithmetic -----
+    def attn_dims(self, ctx: LayerCtx) -> tuple[int, int]:
+        """Widths that attention scores and values run over per query head."""
+        if self.lowrank is None:
+            return ctx.layout.score_dim, ctx.layout.value_dim
+        return self.lowrank.ranks(ctx.layout.score_dim, ctx.layout.value_dim)
+
+    def attn_flops(self, ctx: LayerCtx, tokens) -> np.ndarray:
+        """Attention FLOP for `tokens` head-tokens read (plus the appended token per head), per sequence."""
+        sd, vd = self.attn_dims(ctx)
+        n = i64(tokens) + ctx.heads
+        flops = n * ctx.layout.group * (2 * sd + 2 * vd + 5)
+        if self.lowrank is not None:  # project the query down and lift the output back, per query head
+            flops = flops + ctx.layout.n_q_heads * 2 * (ctx.layout.score_dim * sd + vd * ctx.layout.value_dim)
+        return flops
+
+    def step_cost(self, ctx: LayerCtx, p, g) -> tuple[np.ndarray, np.ndarray]:
+        """Policy-only (FLOP, bytes) of decode step g+1, per sequence: scoring, selection, dequantisation."""
+        p, g = i64(p), i64(g)
+        flops, traffic = (self.select.step_cost(ctx, p, g) if ctx.rank >= 0 else (0, 0))
+        if self.reader is not None:
+            f, b = self.reader.step_cost(ctx, self.segments(ctx, p, g))
+            flops, traffic = flops + f, traffic + b
+        if self.quant is not None:
+            k, v = self.dims(ctx)
+            flops = flops + self.quant.dequant_flops(k, v, self.read_tokens(ctx, p, g))
+        return i64(flops), i64(traffic)
+
+    def prefill_cost(self, ctx: LayerCtx, p) -> tuple[np.ndarray, np.ndarray]:
+        p = i64(p)
+        flops, traffic = (self.select.prefill_cost(ctx, p) if ctx.rank >= 0 else (0, 0))
+        if self.merge is not None and ctx.rank >= 0:
+            f, b = self.merge.prefill_cost(ctx, p)
+            flops, traffic = flops + f, traffic + b
+        if self.lowrank is not None:  # fitting the bases: a thin SVD of the prompt's keys and values per head
+            k, v = ctx.layout.k_dim, ctx.layout.v_dim
+            flops = flops + ctx.heads * 4 * p * (k * k + v * v)
+        return i64(flops), i64(traffic)
+
+
+def compose(*policies: Policy) -> Compose:
+    return Compose(tuple(policies))

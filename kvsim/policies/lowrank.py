@@ -1,0 +1,32 @@
+"""Low-rank K/V storage (LORC, Palu)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import ENCODE, Policy, param
+
+
+@dataclass(frozen=True)
+class LowRank(Policy):
+    """Low-rank K/V (LORC, Palu): each head's keys and values are stored as rank-r coordinates in a basis
+    fitted at the prefill (one basis per layer and KV head, shared by the batch). Attention runs in the
+    rank-r space: q is projected once per step, the output is lifted back once per step."""
+
+    name = "lowrank"
+    role = ENCODE
+    summary = "Low-rank projection of K and V to rank r per head (LORC/Palu); bases counted"
+    when = "on write"
+
+    rank: int = param(32, "rank kept for keys, per head", lo=1)
+    rank_v: int = param(0, "rank kept for values; 0: same as rank", lo=0)
+
+    def ranks(self, k_dim: int, v_dim: int) -> tuple[int, int]:
+        return min(self.rank, k_dim), min(self.rank_v or self.rank, v_dim)
+
+    def granularity(self) -> int:
+        return 1
+
+    def shared_bytes(self, k_dim: int, v_dim: int, heads: int, elem_bits: int) -> int:
+        rk, rv = self.ranks(k_dim, v_dim)
+        return heads * (k_dim * rk + v_dim * rv) * elem_bits // 8

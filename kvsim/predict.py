@@ -1,0 +1,257 @@
+"""predict(model, hardware, policy, workload, profile) -> Prediction.
+
+Every field of a Prediction is a numpy array broadcast over the workload's prompt, gen and batch arrays,
+so one call evaluates a whole sweep. Memory figures are per device; KV and weight totals are also given
+for the whole model. Times use the profile (the datasheet roofline unless a calibrated profile is given).
+
+Conventions: `prompt` tokens are prefilled, which yields the first generated token; the remaining gen - 1
+tokens take one decode step each. kv_cache_bytes is what is resident after the last step. TPOT is the mean
+decode step time: exact for up to `quadrature` steps, a midpoint rule over `quadrature` points beyond.
+With gen = 1 there is no decode step; decode figures then describe the first one that would follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import CostModel
+from .errors import KvsimError
+from .hardware import HardwareSpec
+from .model import ModelSpec
+from .policies import Compose, Policy, compose
+from .profile import DATASHEET, Profile
+from .units import DTYPE_BITS
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt: object = 1024  # prompt tokens (array-like)
+    gen: object = 1  # generated tokens, >= 1 (array-like)
+    batch: object = 1  # sequences decoded together (array-like)
+    tp: int = 1
+    pp: int = 1
+    kv_dtype: str | None = None  # None: the weight dtype when 16 bits or wider, else bf16
+    weight_dtype: str | None = None  # None: the model's
+    quadrature: int = 8  # decode steps evaluated for the mean TPOT
+
+
+def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(np.isfinite(a))):
+        raise KvsimError(f"{name} must be numeric")
+    if a.dtype.kind == "f" and np.any(a != np.floor(a)):
+        raise KvsimError(f"{name} must be whole numbers")
+    a = a.astype(np.int64)
+    if np.any(a < minimum):
+        raise KvsimError(f"{name} must be >= {minimum}, got {int(a.min())}")
+    return a
+
+
+@dataclass
+class Prediction:
+    kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives
+    kv_cache_bytes_per_device: np.ndarray  # of that, what one device's memory holds (offloaded layers excluded)
+    kv_peak_bytes: np.ndarray  # largest device-resident KV during the request, per device
+    kv_shared_bytes: np.ndarray  # per-layer policy data shared by the batch (scorer weights, bases)
+    kv_host_bytes: np.ndarray  # part of the KV kept in host memory (offload)
+    state_bytes: np.ndarray  # SSM / linear-attention recurrent state, whole batch
+    weights_bytes: np.ndarray
+    weights_bytes_per_device: np.ndarray
+    activation_peak_bytes: np.ndarray  # per device
+    peak_memory_bytes: np.ndarray  # per device
+    capacity_bytes: float
+    fits: np.ndarray
+    max_batch: np.ndarray  # at this prompt and gen
+    prefill_flops: np.ndarray  # per device
+    prefill_bytes: np.ndarray
+    decode_flops: np.ndarray  # mean per decode step, per device
+    decode_bytes: np.ndarray
+    ttft_s: np.ndarray
+    tpot_s: np.ndarray
+    tpot_first_s: np.ndarray
+    tpot_last_s: np.ndarray
+    e2e_s: np.ndarray
+    decode_tokens_per_s: np.ndarray  # whole batch
+    throughput_tokens_per_s: np.ndarray  # generated tokens of the batch over the whole request
+    bound_prefill: np.ndarray
+    bound_decode: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    _engine: object = field(default=None, repr=False)
+
+    @property
+    def bound(self) -> np.ndarray:
+        return self.bound_decode
+
+    def max_context(self) -> np.ndarray:
+        """Largest prompt that fits in device memory at this batch and gen (bisection, per point)."""
+        return self._engine.max_context()
+
+    def kv_bytes_per_layer(self) -> list[tuple[int, np.ndarray]]:
+        """(layer index, bytes for the whole batch) after the last step, layers with a cache only."""
+        return self._engine.per_layer()
+
+    KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+            "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
+            "peak_memory_bytes", "fits", "max_batch", "prefill_flops", "prefill_bytes", "decode_flops",
+            "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "e2e_s", "decode_tokens_per_s",
+            "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every output as a flat array of the broadcast shape."""
+        shape = np.broadcast_shapes(*(np.shape(getattr(self, k)) for k in self.KEYS))
+        return {k: np.broadcast_to(getattr(self, k), shape).ravel() for k in self.KEYS}
+
+
+class _Engine:
+    """Holds the cost model and workload arrays so max_context and per-layer bytes can be asked later."""
+
+    def __init__(self, cost: CostModel, p, gen, b, capacity: float):
+        self.cost, self.p, self.gen, self.b, self.capacity = cost, p, gen, b, capacity
+
+    def peak_memory(self, p, gen, b) -> tuple[np.ndarray, ...]:
+        c = self.cost
+        steps = gen - 1
+        weights = -(-c.weight_bytes() // (c.tp * c.pp))
+        shared = c.shared_bytes(per_device=True)
+        state = -(-c.state_bytes() // c.tp)
+        kv_prefill = c.kv_stored(p, 0, per_device=True, place="device")
+        kv_peak = c.kv_stored(p, steps, peak=True, per_device=True, place="device")
+        act_pre = c.activation_peak(p, b, True)
+        act_dec = c.activation_peak(p, b, False) + b * c.decode_workspace(p, np.maximum(steps - 1, 0))
+        pp = c.pp
+        prefill = -(-b * (kv_prefill + state) // pp) + act_pre
+        decode = -(-b * (kv_peak + state) // pp) + act_dec
+        total = weights + -(-shared // pp) + np.maximum(prefill, decode)
+        return total, weights, shared, kv_peak, np.maximum(act_pre, act_dec)
+
+    def max_context(self) -> np.ndarray:
+        p0 = np.broadcast_to(self.p, np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b)))
+        lo = np.zeros(p0.shape, dtype=np.int64)  # fits (0 tokens: trivially, unless weights do not)
+        hi = np.full(p0.shape, 2**36, dtype=np.int64)
+        fits_hi = self.peak_memory(hi, self.gen, self.b)[0] <= self.capacity
+        for _ in range(37):
+            mid = (lo + hi + 1) // 2
+            ok = self.peak_memory(np.maximum(mid, 1), self.gen, self.b)[0] <= self.capacity
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid - 1)
+        weights_fit = self.peak_memory(np.ones_like(lo), self.gen, self.b)[0] <= self.capacity
+        out = np.where(weights_fit, lo, 0)
+        return np.where(fits_hi, np.iinfo(np.int64).max, out)
+
+    def per_layer(self):
+        steps = self.gen - 1
+        return [(i, b * self.b) for i, b in self.cost.kv_layer_stored(self.p, steps)]
+
+
+def _weights(steps: np.ndarray, k: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode steps (0-based resident index) to evaluate and their weights for the mean: every step when
+    there are at most k, else the midpoints of k equal intervals. Shapes: (k,) + steps' shape, padded to
+    `ndim` trailing dimensions so they broadcast against the workload."""
+    steps = steps.reshape((1,) * (ndim - steps.ndim) + steps.shape)
+    ks = np.arange(k).reshape((k,) + (1,) * ndim)
+    small = steps <= k
+    idx = np.where(small, np.minimum(ks, np.maximum(steps - 1, 0)), ((ks + 0.5) * steps / k).astype(np.int64))
+    w = np.where(small, (ks < steps) / np.maximum(steps, 1), 1.0 / k)
+    return idx, w
+
+
+def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy | None = None,
+            workload: Workload | None = None, profile: Profile | None = None) -> Prediction:
+    wl = workload or Workload()
+    profile = profile or DATASHEET
+    if policy is None:
+        policy = Compose(())
+    elif isinstance(policy, Policy):
+        policy = compose(policy)
+    if wl.quadrature < 1:
+        raise KvsimError("quadrature must be at least 1")
+    p = _as_int_array("prompt", wl.prompt, 1)
+    gen = _as_int_array("gen", wl.gen, 1)
+    b = _as_int_array("batch", wl.batch, 1)
+    wdt = wl.weight_dtype or model.weight_dtype
+    kv_dtype = wl.kv_dtype or (wdt if DTYPE_BITS.get(wdt, 16) >= 16 else "bf16")
+    cost = CostModel(model, hardware, policy, kv_dtype=kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
+                     pp=wl.pp, profile=profile)
+    capacity = int(hardware.memory_bytes - profile.reserved_bytes)
+    eng = _Engine(cost, p, gen, b, capacity)
+    steps = gen - 1
+
+    # prefill
+    pre = cost.phase(p, b, np.zeros_like(p), prefill=True)
+    ttft = cost.phase_time(pre, p, prefill=True)
+
+    # decode: step s+1 reads what is resident after s steps. The weight and activation work is the same
+    # every step; only the cache-dependent part is evaluated at each quadrature step.
+    fixed = cost.fixed_phase(p, b, prefill=False)
+    first = fixed + cost.cache_phase(p, b, np.zeros_like(p), prefill=False)
+    last = fixed + cost.cache_phase(p, b, np.maximum(steps - 1, 0), prefill=False)
+    tpot_first = cost.phase_time(first, p, prefill=False)
+    tpot_last = cost.phase_time(last, p, prefill=False)
+    k = int(min(wl.quadrature, max(1, int(np.max(steps)))))
+    if k <= 2:  # every step is the first or the last one
+        w_last = np.where(steps >= 2, 0.5, 0.0)
+        tpot = (1 - w_last) * tpot_first + w_last * tpot_last
+        decode_flops = (1 - w_last) * first.flops + w_last * last.flops
+        decode_bytes = (1 - w_last) * first.bytes + w_last * last.bytes
+    else:
+        ndim = len(np.broadcast_shapes(p.shape, gen.shape, b.shape))
+        idx, w = _weights(np.maximum(steps, 1), k, ndim)
+        var = cost.cache_phase(p, b, idx, prefill=False, totals=False)
+        step_t = cost.phase_time(fixed + var, p, prefill=False)
+        tpot = np.sum(step_t * w, axis=0)
+        decode_flops = fixed.flops + b * np.sum(var.flops * w, axis=0)
+        decode_bytes = fixed.bytes + b * np.sum(var.bytes * w, axis=0)
+    # the bound of the decode phase is taken at the mean-time step's shape: use the last step (largest cache)
+    bound_decode = cost.bound(last, tpot_last)
+    bound_prefill = cost.bound(pre, ttft)
+
+    e2e = ttft + steps * tpot
+    total, weights_dev, shared_dev, kv_peak_dev, act = eng.peak_memory(p, gen, b)
+    fixed = weights_dev + -(-shared_dev // cost.pp)
+    per_seq = eng.peak_memory(p, gen, np.ones_like(b))[0] - fixed
+    room = capacity - fixed
+    max_batch = np.where(room > 0, np.floor(room / per_seq), 0).astype(np.int64)
+
+    kv_total = b * cost.kv_stored(p, steps)
+    kv_dev = b * cost.kv_stored(p, steps, per_device=True, place="device") // cost.pp
+    notes = policy.notes(p)
+    if model.max_context and np.any(p + gen > model.max_context):
+        notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
+    notes.extend(model.notes)
+    return Prediction(
+        kv_cache_bytes=kv_total,
+        kv_cache_bytes_per_device=kv_dev,
+        kv_peak_bytes=b * kv_peak_dev // cost.pp,
+        kv_shared_bytes=np.asarray(cost.shared_bytes()),
+        kv_host_bytes=b * cost.kv_stored(p, steps, place="host"),
+        state_bytes=b * np.asarray(round(cost.state_bytes()), dtype=np.int64),
+        weights_bytes=np.asarray(cost.weight_bytes(), dtype=np.int64),
+        weights_bytes_per_device=np.asarray(weights_dev),
+        activation_peak_bytes=act,
+        peak_memory_bytes=total,
+        capacity_bytes=int(capacity),
+        fits=total <= capacity,
+        max_batch=max_batch,
+        prefill_flops=pre.flops,
+        prefill_bytes=pre.bytes,
+        decode_flops=decode_flops,
+        decode_bytes=decode_bytes,
+        ttft_s=ttft,
+        tpot_s=tpot,
+        tpot_first_s=tpot_first,
+        tpot_last_s=tpot_last,
+        e2e_s=e2e,
+        decode_tokens_per_s=b / tpot,
+        throughput_tokens_per_s=b * gen / e2e,
+        bound_prefill=bound_prefill,
+        bound_decode=bound_decode,
+        notes=notes,
+        _engine=eng,
+    )
+
+
+def replace(wl: Workload, **changes) -> Workload:
+    return dataclasses.replace(wl, **changes)

@@ -1,0 +1,84 @@
+"""Presets are data (TOML files beside this module), read lazily on first use; unknown keys are rejected.
+
+A model preset is the model's own transformers config (under [config]) plus where it came from, so it goes
+through the same adapter as a user's config.json. A hardware preset holds datasheet numbers in named units.
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from pathlib import Path
+
+from ..errors import KvsimError
+from ..hardware import HardwareSpec
+from ..model import ModelSpec
+from ..units import GB, GiB
+
+_DIR = Path(__file__).parent
+_MODEL_KEYS = {"source", "published_params", "params_tolerance", "config"}
+_HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
+            "dense_tflops"}
+
+
+def _names(kind: str) -> list[str]:
+    return sorted(p.stem for p in (_DIR / kind).glob("*.toml"))
+
+
+def model_names() -> list[str]:
+    return _names("models")
+
+
+def hardware_names() -> list[str]:
+    return _names("hardware")
+
+
+@functools.lru_cache(maxsize=None)
+def _read(kind: str, name: str, allowed: frozenset) -> dict:
+    path = _DIR / kind / f"{name}.toml"
+    if not path.is_file():
+        valid = ", ".join(_names(kind))
+        raise KvsimError(f"unknown {kind[:-1] if kind != 'hardware' else 'hardware'} preset {name!r}; valid: {valid}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise KvsimError(f"preset {path.name} is malformed: {e}") from None
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise KvsimError(f"preset {path.name} has unknown keys: {', '.join(unknown)}")
+    return data
+
+
+def model_entry(name: str) -> dict:
+    """The raw preset (config, source, published_params)."""
+    return _read("models", name, frozenset(_MODEL_KEYS))
+
+
+@functools.lru_cache(maxsize=None)
+def load_model(name: str) -> ModelSpec:
+    from ..hf import from_hf_config
+
+    entry = model_entry(name)
+    if "config" not in entry:
+        raise KvsimError(f"model preset {name} has no [config] table")
+    spec = from_hf_config(entry["config"], name=name, strict=True)
+    return spec.with_(source=entry.get("source", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def load_hardware(name: str) -> HardwareSpec:
+    d = _read("hardware", name, frozenset(_HW_KEYS))
+    missing = [k for k in ("display", "source", "memory_gib", "bandwidth_gb_s", "dense_tflops") if k not in d]
+    if missing:
+        raise KvsimError(f"hardware preset {name} is missing: {', '.join(missing)}")
+    return HardwareSpec(
+        name=name,
+        display=d["display"],
+        memory_bytes=int(d["memory_gib"] * GiB),
+        memory_bandwidth=float(d["bandwidth_gb_s"]) * GB,
+        flops={k: float(v) * 1e12 for k, v in d["dense_tflops"].items()},
+        interconnect_bandwidth=float(d.get("interconnect_gb_s", 0)) * GB,
+        host_bandwidth=float(d.get("host_gb_s", 0)) * GB,
+        source=d["source"],
+        notes=d.get("notes", ""),
+    )

@@ -1,0 +1,83 @@
+"""Efficiency profile: how much of the datasheet a real stack achieves, and its fixed overheads.
+
+The default profile is the datasheet roofline itself: efficiencies of 1 and no overheads. Its times are
+a physical lower bound ("no implementation can beat this"), never a guess dressed up as a prediction.
+Calibrated profiles (calibrate/profiles/*.json) replace these numbers with fitted ones and carry the
+held-out error they were measured to have.
+
+Achieved bandwidth for an operation class moving B bytes is
+    bandwidth * mem_efficiency * B / (B + mem_half_bytes)
+so small transfers (one layer's KV at short context) reach less of the peak than large ones; compute
+follows the same saturating form with compute_half_flops.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import KvsimError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "datasheet"
+    mem_efficiency: float = 1.0  # fraction of peak bandwidth reached by large streams
+    compute_efficiency: float = 1.0  # fraction of dense peak FLOP/s reached by large GEMMs
+    mem_half_bytes: float = 0.0  # bytes per operation class at which bandwidth is half of its plateau
+    compute_half_flops: float = 0.0  # FLOP per operation class at which compute is half of its plateau
+    step_overhead_s: float = 0.0  # per forward pass (a decode step, or the prefill)
+    layer_overhead_s: float = 0.0  # per layer per forward pass (kernel launches, framework dispatch)
+    prefill_token_overhead_s: float = 0.0  # per prompt token in the prefill, beyond the roofline
+    policy_layer_overhead_s: float = 0.0  # per layer per decode step when a KV policy does work there
+    reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
+    # Hardware figures measured by `kvsim probe` replace the datasheet ones when set (0: use the datasheet).
+    memory_bandwidth: float = 0.0
+    peak_flops: float = 0.0
+    device: str = ""
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.type == "float":
+                v = getattr(self, f.name)
+                if not isinstance(v, (int, float)) or v != v or v < 0:
+                    raise KvsimError(f"profile {self.name}: {f.name} must be a non-negative number, got {v!r}")
+        if not 0 < self.mem_efficiency <= 1.5 or not 0 < self.compute_efficiency <= 1.5:
+            raise KvsimError(f"profile {self.name}: efficiencies must be in (0, 1.5]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Profile":
+        known = {f.name for f in fields(cls)}
+        params = data.get("params", data)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise KvsimError(f"profile has unknown keys: {', '.join(unknown)}")
+        kwargs = dict(params)
+        meta = {k: v for k, v in data.items() if k != "params"} if "params" in data else kwargs.pop("meta", {})
+        kwargs["meta"] = meta
+        return cls(**kwargs)
+
+
+DATASHEET = Profile()
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a calibrated profile JSON ({"params": {...}, "heldout": {...}, ...})."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise KvsimError(f"profile not found: {p}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise KvsimError(f"cannot read profile {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise KvsimError(f"profile {p} must be a JSON object")
+    try:
+        return Profile.from_dict(data)
+    except TypeError as e:
+        raise KvsimError(f"profile {p}: {e}") from None

@@ -1,0 +1,108 @@
+"""The command line, run as a user would: exit codes, one-line errors, JSON keys, sweep rows."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+REQUIRED_JSON = {"kv_cache_bytes", "weights_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "decode_tokens_per_s",
+                 "max_batch", "bound"}
+
+
+def run(*args, ok=True):
+    r = subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=120)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_predict_from_sizes_is_the_issue_example():
+    out = run("predict", "--heads", "32", "--kv-heads", "8", "--seq", "8192", "--format", "json").stdout
+    d = json.loads(out)
+    assert REQUIRED_JSON <= set(d)
+    assert d["kv_cache_bytes"] == 32 * 8 * 128 * 8192 * 2 * 2  # 1 GiB
+    assert d["bound"] in ("memory", "compute", "overhead", "host-link", "interconnect")
+
+
+def test_predict_table_and_csv():
+    assert "KV cache" in run("predict", "--model", "gpt2", "--seq", "512").stdout
+    rows = list(csv.DictReader(io.StringIO(run("predict", "--model", "gpt2", "--format", "csv").stdout)))
+    assert len(rows) == 1 and int(rows[0]["kv_cache_bytes"]) > 0
+
+
+def test_policy_composition_and_profile(tmp_path):
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"params": {"name": "t", "mem_efficiency": 0.5}, "heldout": {}}))
+    a = json.loads(run("predict", "--model", "llama-3-8b", "--seq", "4096", "--gen", "64", "--format", "json",
+                       "--policy", "h2o:budget=1024,recent=128", "--policy", "kivi:bits=2").stdout)
+    b = json.loads(run("predict", "--model", "llama-3-8b", "--seq", "4096", "--gen", "64", "--format", "json",
+                       "--policy", "h2o:budget=1024,recent=128", "--policy", "kivi:bits=2",
+                       "--profile", str(prof)).stdout)
+    assert a["kv_cache_bytes"] == b["kv_cache_bytes"] and b["tpot_s"] > a["tpot_s"] * 1.9
+
+
+def test_sweep_ranges_lists_and_alternatives():
+    out = run("sweep", "--model", "llama-3-8b", "--seq", "1024..8192*2", "--batch", "1,4",
+              "--policy", "full;h2o:budget=512", "--policy", "none;kivi").stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 4 * 2 * 2 * 2
+    assert {r["seq"] for r in rows} == {"1024", "2048", "4096", "8192"}
+    assert REQUIRED_JSON <= set(rows[0])
+    step = list(csv.DictReader(io.StringIO(run("sweep", "--seq", "5..20+5", "--heads", "8,16").stdout)))
+    assert [r["seq"] for r in step] == ["5", "10", "15", "20"] * 2
+    assert [r["model"] for r in step][::4] == ["custom-L32-H8-KV8-D128", "custom-L32-H16-KV16-D128"]
+
+
+def test_sweep_out_is_atomic(tmp_path):
+    target = tmp_path / "s.csv"
+    target.write_text("precious")
+    r = run("sweep", "--seq", "1..4+1", "--batch", "0", "--out", str(target), ok=False)
+    assert r.returncode == 2 and target.read_text() == "precious"  # a failed sweep leaves the old file
+    run("sweep", "--seq", "1..4+1", "--out", str(target))
+    assert len(target.read_text().splitlines()) == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_list_commands():
+    assert "llama-3-8b" in run("list", "models").stdout
+    assert "h100-sxm" in run("list", "hardware").stdout
+    out = run("list", "policies").stdout
+    assert "h2o" in out and "budget" in out and "kivi" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--model", "llama-9"], "unknown model preset"),
+    (["predict", "--heads", "30", "--kv-heads", "8"], "multiple of KV heads"),
+    (["predict", "--layers", "0"], "must be positive"),
+    (["predict", "--seq", "-5"], "prompt must be >= 1"),
+    (["predict", "--policy", "h2o:budgt=3"], "no parameter"),
+    (["predict", "--policy", "zip"], "unknown policy"),
+    (["predict", "--hardware", "h900"], "unknown hardware preset"),
+    (["predict", "--model", "gpt2", "--heads", "8"], "give one of"),
+    (["predict", "--seq", "1,2"], "use `kvsim sweep`"),
+    (["sweep", "--seq", "10..1*2"], "runs backwards"),
+    (["sweep", "--seq", "1..10*1"], "never reaches"),
+    (["predict", "--hf-config", "/nonexistent/config.json"], "not found"),
+    (["predict", "--frobnicate"], "unrecognized arguments"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = run(*args, ok=False)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if not l.startswith("note:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_malformed_config_json(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text('{"model_type": "llama", "hidden_size": 64,')
+    r = run("predict", "--hf-config", str(p), ok=False)
+    assert r.returncode == 2 and "malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_budget_larger_than_sequence_is_clamped_and_said():
+    r = run("predict", "--seq", "100", "--policy", "h2o:budget=1024")
+    assert "clamped" in r.stderr

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from kvsim import KvsimError, Profile, Workload, load_hardware, load_model, parse_composition, predict
+
+H100 = load_hardware("h100-sxm")
+LLAMA = load_model("llama-3-8b")
+
+
+def test_max_batch_is_the_largest_that_fits():
+    wl = Workload(prompt=4096, gen=512)
+    pred = predict(LLAMA, H100, None, wl)
+    mb = int(pred.max_batch)
+    assert mb > 1
+    at = predict(LLAMA, H100, None, Workload(prompt=4096, gen=512, batch=mb))
+    over = predict(LLAMA, H100, None, Workload(prompt=4096, gen=512, batch=mb + 1))
+    assert bool(at.fits) and not bool(over.fits)
+
+
+def test_max_context_is_the_largest_that_fits():
+    pred = predict(LLAMA, H100, None, Workload(prompt=1000, gen=16, batch=4))
+    mc = int(pred.max_context())
+    assert bool(predict(LLAMA, H100, None, Workload(prompt=mc, gen=16, batch=4)).fits)
+    assert not bool(predict(LLAMA, H100, None, Workload(prompt=mc + 1, gen=16, batch=4)).fits)
+
+
+def test_vectorised_equals_pointwise():
+    pol = parse_composition(["h2o:budget=512", "kivi"])
+    p = np.array([100, 2000, 9000])[:, None]
+    b = np.array([1, 16])[None, :]
+    grid = predict(LLAMA, H100, pol, Workload(prompt=p, gen=300, batch=b))
+    for i, pi in enumerate([100, 2000, 9000]):
+        for j, bj in enumerate([1, 16]):
+            one = predict(LLAMA, H100, pol, Workload(prompt=pi, gen=300, batch=bj))
+            for key in ("kv_cache_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "max_batch"):
+                assert np.asarray(getattr(grid, key))[i, j] == pytest.approx(float(getattr(one, key)))
+
+
+def test_quadrature_close_to_exact_mean():
+    for spec in ([], ["h2o:budget=1024"], ["kmeans:clusters=256,recent=64,every=64"], ["mixed:every=16"]):
+        pol = parse_composition(spec)
+        for p, gen in ((100, 3000), (900, 700), (3000, 50)):
+            approx = predict(LLAMA, H100, pol, Workload(prompt=p, gen=gen, batch=8)).tpot_s
+            exact = predict(LLAMA, H100, pol, Workload(prompt=p, gen=gen, batch=8, quadrature=gen)).tpot_s
+            assert abs(approx / exact - 1) < 0.01
+
+
+def test_tensor_parallel_splits_kv_heads_and_replicates_mqa():
+    gqa = predict(LLAMA, H100, None, Workload(prompt=4096, tp=8))
+    assert int(gqa.kv_cache_bytes_per_device) * 8 == int(gqa.kv_cache_bytes)
+    assert float(gqa.tpot_s) < float(predict(LLAMA, H100, None, Workload(prompt=4096)).tpot_s)
+    gemma = load_model("gemma-3-270m")  # one KV head: every device holds it
+    mqa = predict(gemma, H100, None, Workload(prompt=4096, tp=4))
+    assert int(mqa.kv_cache_bytes_per_device) == int(mqa.kv_cache_bytes)
+
+
+def test_offload_moves_kv_off_the_device_and_onto_the_link():
+    wl = Workload(prompt=32768, gen=64, batch=4)
+    base = predict(LLAMA, H100, None, wl)
+    off = predict(LLAMA, H100, parse_composition(["offload:fraction=1.0"]), wl)
+    assert int(off.kv_host_bytes) == int(base.kv_cache_bytes)
+    assert float(off.peak_memory_bytes) < float(base.peak_memory_bytes)
+    assert off.bound_decode.item() == "host-link" and float(off.tpot_s) > float(base.tpot_s)
+    serial = predict(LLAMA, H100, parse_composition(["offload:fraction=1.0,overlap=false"]), wl)
+    assert float(serial.tpot_s) > float(off.tpot_s)
+
+
+def test_profile_efficiency_slows_and_overheads_add():
+    wl = Workload(prompt=2048, gen=64)
+    ideal = predict(LLAMA, H100, None, wl)
+    slow = predict(LLAMA, H100, None, wl, Profile(name="x", mem_efficiency=0.5, layer_overhead_s=1e-5))
+    assert float(slow.tpot_s) == pytest.approx(2 * float(ideal.tpot_s) + 32e-5, rel=1e-6)
+
+
+def test_moe_decode_reads_only_touched_experts():
+    mix = load_model("mixtral-8x7b")
+    one = predict(mix, H100, None, Workload(prompt=128, gen=2, batch=1))
+    many = predict(mix, H100, None, Workload(prompt=128, gen=2, batch=256))
+    assert float(one.decode_bytes) < 0.4 * float(many.decode_bytes)  # 2 of 8 experts vs nearly all
+
+
+@pytest.mark.parametrize("wl, message", [
+    (Workload(prompt=0), "prompt must be >= 1"),
+    (Workload(gen=0), "gen must be >= 1"),
+    (Workload(batch=[1, -2]), "batch must be >= 1"),
+    (Workload(prompt=1.5), "whole numbers"),
+    (Workload(tp=0), "parallel degrees"),
+    (Workload(pp=99), "exceeds"),
+    (Workload(kv_dtype="int4"), "byte wide"),
+    (Workload(kv_dtype="fp12"), "unknown dtype"),
+])
+def test_bad_workloads(wl, message):
+    with pytest.raises((KvsimError, ValueError), match=message):
+        predict(LLAMA, H100, None, wl)
+
+
+def test_notes_say_budget_was_clamped():
+    pred = predict(LLAMA, H100, parse_composition(["h2o:budget=4096"]), Workload(prompt=1000))
+    assert any("clamped" in n for n in pred.notes)
