@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError as CliError  # one class, whichever module runs as __main__
+
 SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-2-7B shape in fp16
     "--layers": ("layers", 32),
     "--heads": ("heads", 32),
@@ -36,10 +38,6 @@ JSON_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv
 SWEEP_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
               "peak_memory_bytes", "fits", "max_batch", "ttft_s", "tpot_s", "decode_tokens_per_s",
               "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound")
-
-
-class CliError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +77,8 @@ def parse_values(text: str, flag: str, integer: bool = True, limit: int = 10_000
                 if integer and not f.is_integer():
                     raise ValueError
                 out.append(conv(f))
+        except CliError:
+            raise
         except ValueError:
             raise CliError(f"{flag}: cannot read {item!r} as a {'whole number' if integer else 'number'}") \
                 from None
@@ -258,29 +258,13 @@ def _csv_cell(v) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ sweep
-def _policy_slots(specs: list[str]):
-    import itertools
-
-    from . import parse_composition
-    slots = []
-    for spec in specs or ["full"]:
-        alts = [s.strip() for s in spec.split(";") if s.strip()]
-        if not alts:
-            raise CliError("--policy: empty alternative list")
-        slots.append(alts)
-    combos = []
-    for choice in itertools.product(*slots):
-        parts = [c for c in choice if c.lower() != "none"]
-        combos.append(parse_composition(parts))
-    return combos
-
-
 def cmd_sweep(args) -> int:
     from . import Workload, load_hardware, predict
 
     models = _models(args, sweep=True)
     hws = [load_hardware(h.strip()) for h in args.hardware.split(",")]
-    policies = _policy_slots(args.policy)
+    from .policies import alternatives
+    policies = alternatives(args.policy)
     seqs = np.array(parse_values(args.seq, "--seq"), dtype=np.int64)
     gens = np.array(parse_values(args.gen, "--gen"), dtype=np.int64)
     batches = np.array(parse_values(args.batch, "--batch"), dtype=np.int64)
@@ -422,9 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
     ls = sub.add_parser("list", help="list presets and policies")
     ls.add_argument("what", choices=("models", "hardware", "policies"))
-    for name, module, helptext in EXTERNAL:
-        ext = sub.add_parser(name, help=helptext, add_help=False)
-        ext.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, _, helptext in EXTERNAL:
+        sub.add_parser(name, help=helptext)  # listed in --help; their own parsers take the arguments
     return p
 
 
@@ -444,19 +427,17 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        handler = {"predict": cmd_predict, "sweep": cmd_sweep, "list": cmd_list}.get(args.cmd)
-        if handler is not None:
-            return handler(args)
-        import importlib
-        module = dict((n, m) for n, m, _ in EXTERNAL)[args.cmd]
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            raise CliError(f"`kvsim {args.cmd}` needs extra packages ({e.name}); install kvsim[all]") from None
-        return mod.main(args.cmd, args.rest)
-    except (CliError, KvsimError) as e:
+        external = {n: m for n, m, _ in EXTERNAL}
+        if argv and argv[0] in external:
+            import importlib
+            try:
+                mod = importlib.import_module(external[argv[0]])
+            except ImportError as e:
+                raise CliError(f"`kvsim {argv[0]}` needs extra packages ({e.name}); install kvsim[all]") from None
+            return mod.main(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"predict": cmd_predict, "sweep": cmd_sweep, "list": cmd_list}[args.cmd](args)
+    except KvsimError as e:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -229,14 +229,19 @@ class CostModel:
         return compute, memory
 
     # ----- KV bytes -----
-    def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all") -> np.ndarray:
+    def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all",
+                  prefill: bool = False) -> np.ndarray:
         """Per-sequence KV bytes over all layers (payload, metadata and policy state, not shared parts).
-        place: "all", "device" (layers kept on the device) or "host" (offloaded layers)."""
+        place: "all", "device" (layers kept on the device) or "host" (offloaded layers); prefill: what is
+        resident at the end of the prefill (g ignored)."""
         total = 0
         for grp in self.groups:
             if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
                 continue
-            b = self.policy.peak_bytes(grp.ctx, p, g) if peak else self.policy.stored_bytes(grp.ctx, p, g)
+            if prefill:
+                b = self.policy.prefill_bytes(grp.ctx, p)
+            else:
+                b = self.policy.peak_bytes(grp.ctx, p, g) if peak else self.policy.stored_bytes(grp.ctx, p, g)
             if per_device:
                 b = self._on_device(grp.ctx, b)
             total = total + grp.count * b

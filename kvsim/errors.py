@@ -3,3 +3,7 @@
 
 class KvsimError(ValueError):
     """Bad input: an unknown preset, an invalid size or policy parameter, a malformed file."""
+
+
+class UsageError(KvsimError):
+    """A command line that cannot be read (unknown flag, malformed list or range)."""

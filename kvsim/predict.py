@@ -117,7 +117,7 @@ class _Engine:
         weights = -(-c.weight_bytes() // (c.tp * c.pp))
         shared = c.shared_bytes(per_device=True)
         state = -(-c.state_bytes() // c.tp)
-        kv_prefill = c.kv_stored(p, 0, per_device=True, place="device")
+        kv_prefill = c.kv_stored(p, 0, per_device=True, place="device", prefill=True)
         kv_peak = c.kv_stored(p, steps, peak=True, per_device=True, place="device")
         act_pre = c.activation_peak(p, b, True)
         act_dec = c.activation_peak(p, b, False) + b * c.decode_workspace(p, np.maximum(steps - 1, 0))

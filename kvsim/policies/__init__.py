@@ -118,6 +118,20 @@ def parse_composition(specs: list[str] | tuple[str, ...] | str | None) -> Compos
     return Compose(tuple(parse_policy(s) for s in specs))
 
 
+def alternatives(specs: list[str] | None) -> list[Compose]:
+    """Compositions for a sweep: each --policy slot lists alternatives separated by ';' ('none' leaves the
+    slot empty); the result is every combination, one alternative per slot."""
+    import itertools
+
+    slots = []
+    for spec in specs or ["full"]:
+        alts = [s.strip() for s in spec.split(";") if s.strip()]
+        if not alts:
+            raise KvsimError("--policy: empty alternative list")
+        slots.append(alts)
+    return [parse_composition([c for c in choice if c.lower() != "none"]) for choice in itertools.product(*slots)]
+
+
 def describe() -> list[dict]:
     """Every registered name with its summary, role, schedule and parameters (for `kvsim list policies`)."""
     out = []
@@ -130,5 +144,5 @@ def describe() -> list[dict]:
     return out
 
 
-__all__ = ["REGISTRY", "Compose", "Policy", "compose", "describe", "make", "parse_composition", "parse_policy",
+__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "make", "parse_composition", "parse_policy",
            "policy_class"]

@@ -162,8 +162,9 @@ class Selector(Policy):
     # True where the split of the budget across layers or heads is decided at run time from attention
     # scores (AdaKV, DynamicKV): per-layer or per-head figures are then averages, totals stay exact.
     data_dependent: ClassVar[bool] = False
-    # Whether the policy only applies to layers whose cache grows without bound (not sliding-window layers).
-    evicts: ClassVar[bool] = True
+    # True where compression waits until every layer has seen the prompt (a budget split across layers):
+    # the whole uncompressed prompt is then resident at the end of the prefill.
+    defers: ClassVar[bool] = False
 
     def kept(self, ctx: LayerCtx, p: np.ndarray, g: np.ndarray) -> list[Segment]:
         raise KvsimError(f"{self.name} does not say which tokens it keeps")

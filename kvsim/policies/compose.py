@@ -160,6 +160,12 @@ class Compose:
         kept = self.segments(ctx, p, g)
         return self._segments_bytes(ctx, kept) + self._state_bytes(ctx, p, g, kept)
 
+    def prefill_bytes(self, ctx: LayerCtx, p) -> np.ndarray:
+        """Per-sequence bytes resident at the end of the prefill, before a deferred compression."""
+        if ctx.rank >= 0 and self.merge is None and getattr(self.select, "defers", False):
+            return self._segments_bytes(ctx, [Segment(ctx.heads, i64(p))])
+        return self.stored_bytes(ctx, p, 0)
+
     def peak_bytes(self, ctx: LayerCtx, p, gmax) -> np.ndarray:
         """Largest per-sequence stored bytes over steps 0..gmax."""
         kept = self.peak_segments(ctx, p, gmax)

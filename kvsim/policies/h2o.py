@@ -16,7 +16,7 @@ class H2O(ScoredEviction):
     flops_per_resident = 1  # add this step's attention weight, per query head
 
     # Its size only changes which tokens are kept; whether it is zero changes the state (positions).
-    recent: int = param(128, "most recent tokens always kept (part of the budget)", lo=0, quality_only=True)
+    recent: int = param(32, "most recent tokens always kept (part of the budget)", lo=0, quality_only=True)
 
     @property
     def state_bits(self) -> int:  # type: ignore[override]

@@ -32,7 +32,7 @@ class MixedPrecision(Selector):
     group: int = param(0, "channels per quantization group (0: whole row)", lo=0)
     every: int = param(1, "re-decide every N decode steps; 0: only after the prefill", lo=0)
 
-    state_bits = 32 + 32  # fp32 accumulated score and int32 position per resident token and head
+    state_bits = 32  # fp32 accumulated score per resident token and head
 
     @property
     def when(self) -> str:  # type: ignore[override]
@@ -61,6 +61,8 @@ class MixedPrecision(Selector):
         return self._segments(ctx, end)
 
     def state_bytes(self, ctx, p, g):
+        if self.every == 0:
+            return np.zeros(np.broadcast_shapes(np.shape(p), np.shape(g)), dtype=np.int64)
         return ctx.heads * retained(p, g, self.retain, self.every) * self.state_bits // 8
 
     def step_cost(self, ctx, p, g):

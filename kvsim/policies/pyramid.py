@@ -41,6 +41,7 @@ class DynamicKV(SnapKV):
     name = "dynamickv"
     summary = "SnapKV with the total budget split across layers at run time by attention concentration"
     data_dependent = True
+    defers = True
 
     quantum: int = param(16, "layer budgets are multiples of this many tokens", lo=1, quality_only=True)
 

@@ -25,9 +25,14 @@ class Quest(Policy):
         if self.budget % self.page:
             raise KvsimError(f"{self.name}: budget ({self.budget}) must be a multiple of page ({self.page})")
 
+    def read_tokens(self, n: np.ndarray) -> np.ndarray:
+        """Tokens a step reads from n resident: everything up to the budget; beyond it, budget/page - 1 whole
+        pages plus the page being filled, which is always read and holds ((n - 1) mod page) + 1 tokens."""
+        current = (n - 1) % self.page + 1
+        return np.where(n <= self.budget, n, self.budget - self.page + current)
+
     def read(self, ctx, kept: list[Segment]) -> list[Segment]:
-        return [Segment(s.heads, np.minimum(s.tokens, self.budget), s.encoding, s.extra_bits_per_token)
-                for s in kept]
+        return [Segment(s.heads, self.read_tokens(s.tokens), s.encoding, s.extra_bits_per_token) for s in kept]
 
     def _pages(self, kept):
         return sum(s.heads * (-(-s.tokens // self.page)) for s in kept)

@@ -45,6 +45,8 @@ class ScoredEviction(Selector):
         return [Segment(ctx.heads, budget_peak(p, gmax, self.layer_budget(ctx), self.every))]
 
     def state_bytes(self, ctx, p, g):
+        if self.every == 0:  # compressed once, at the prefill: no scores are kept afterwards
+            return np.zeros(np.broadcast_shapes(np.shape(p), np.shape(g)), dtype=np.int64)
         n = budget_resident(p, g, self.layer_budget(ctx), self.every)
         return ctx.heads * n * self.state_bits // 8
 
@@ -68,7 +70,7 @@ class ScoredEviction(Selector):
 
     def prefill_cost(self, ctx, p):
         flops = ctx.heads * (self.prefill_score_flops(ctx, p) + p)
-        return flops, ctx.heads * p * self.state_bits // 8
+        return flops, ctx.heads * p * self.state_bits // 8 * (self.every > 0)
 
     def notes(self, p):
         small = np.asarray(p)[np.asarray(p) < self.budget]

@@ -1,0 +1,331 @@
+"""A transformers Cache whose layers execute a kvsim policy composition.
+
+`KvsimCache(model, policy)` builds one `KvsimLayer` per layer from kvsim's own view of the model (the same
+`layer_contexts` the cost model uses), so per-layer budgets, merged pairs and offloaded layers are the ones
+kvsim predicts. A layer's `update` only hands the new K and V through; the registered attention function
+(attention.py) calls `attend`, which computes attention over what the layer holds and then lets the policy
+insert and evict. `physical_bytes()` counts the unique storages the layers hold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from kvsim.cost import layer_contexts
+from kvsim.hf import from_hf_config
+from kvsim.policies.compose import Compose
+from kvsim.policies.learned import Learned
+from kvsim.policies.pyramid import DynamicKV
+from kvsim.units import DTYPE_BITS
+
+from .attention import decode_attention, prefill_attention
+from .encoding import Encoder, quant_store
+from .executors import Group, Pages, Prompt, Rule, gather, plan, split_layer_budgets, top_sorted
+from .stores import physical_bytes
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class PolicyClock:
+    """Time spent in policy work (scoring, selection, eviction, (de)quantisation). On CUDA it records event
+    pairs and sums them at the end, so timing adds no synchronisation to the step."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+        self.events: list = []
+
+    def __enter__(self):
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((self._start, end))
+        else:
+            self.seconds += time.perf_counter() - self._t
+
+    def total(self) -> float:
+        if self.events:
+            torch.cuda.synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in self.events) / 1e3
+            self.events.clear()
+        return self.seconds
+
+
+class Merged:
+    """MiniCache's shared part of a layer pair: one direction per token and head, four magnitudes."""
+
+    def __init__(self, store, mags: torch.Tensor):
+        self.store, self.mags = store, mags  # mags [B, H, m, 4]: |K_a|, |V_a|, |K_b|, |V_b|
+
+    def reconstruct(self, which: int):
+        dk, dv = self.store.kv()
+        m = self.mags
+        return (dk * m[..., 2 * which:2 * which + 1].to(dk.dtype),
+                dv * m[..., 2 * which + 1:2 * which + 2].to(dv.dtype))
+
+
+class KvsimLayer(CacheLayerMixin):
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, cache: "KvsimCache", index: int, ctx, policy: Compose, dtype, host=None):
+        super().__init__()
+        self.cache, self.index, self.ctx, self.policy = cache, index, ctx, policy
+        self.dtype = dtype
+        self.is_sliding = bool(ctx is not None and ctx.layout.span)
+        self.groups: list[Group] = []
+        self.seen = 0
+        self.prompt = 0
+        self.encoder = Encoder(policy, dtype)
+        self.scorer_weights: list[torch.Tensor] = []
+        self.host = host  # offloaded layers keep their stores here and stream them in every step
+
+    # -- transformers' cache layer API
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.groups, self.seen, self.prompt = [], 0, 0
+
+    # -- what planners use
+    def new_group(self, heads: torch.Tensor | None, n_heads: int) -> Group:
+        dk, dv = self.ctx.layout.k_dim, self.ctx.layout.v_dim
+        grp = Group(heads, n_heads, self.encoder.store(heads, dk, dv), Rule())
+        if self.policy.reader is not None:
+            grp.pages = Pages(self.policy.reader.page, self.policy.reader.budget)
+        return grp
+
+    def scorer(self, k: torch.Tensor) -> torch.Tensor:
+        """The learned scorer: key [..., d] -> score [...] (float32)."""
+        w1, b1, w2, b2 = self.scorer_weights
+        return (torch.relu(k.float() @ w1 + b1) @ w2 + b2).squeeze(-1)
+
+    def _init_scorer(self, d: int, device) -> None:
+        pol = self.policy.select
+        trained = self.cache.scorer_state.get(self.index)
+        if trained is not None:
+            self.scorer_weights = [t.to(device) for t in trained]
+            return
+        g = torch.Generator().manual_seed(1000 + self.index)
+        h = pol.hidden
+        self.scorer_weights = [(torch.randn(d, h, generator=g) / math.sqrt(d)).to(device),
+                               torch.zeros(h, device=device),
+                               (torch.randn(h, 1, generator=g) / math.sqrt(h)).to(device),
+                               torch.zeros(1, device=device)]
+
+    # -- attention
+    def attend(self, q, k, v, scale: float, window: int, softcap) -> torch.Tensor:
+        b, h, t, d = q.shape
+        hkv = k.shape[1]
+        clock = self.cache.clock
+        if self.seen == 0:
+            out = prefill_attention(q, k, v, scale, window, softcap)
+            with clock:
+                self._prefill(Prompt(q, k, v, scale, self.ctx.layout.span, softcap))
+            self.seen = self.prompt = t
+            return out
+        if t != 1:
+            raise RuntimeError("the harness feeds one token per decode step (no chunked prefill)")
+        pos = self.seen
+        qg = q.view(b, hkv, h // hkv, 1, d)
+        out = None
+        for grp in self.groups:
+            sel = grp.heads
+            qh = qg if sel is None else qg[:, sel]
+            kn = k if sel is None else k[:, sel]
+            vn = v if sel is None else v[:, sel]
+            with clock:
+                kk, vv = grp.kv()
+                if self.host is not None and kk is not None:
+                    kk, vv = kk.to(q.device, non_blocking=True), vv.to(q.device, non_blocking=True)
+                idx = grp.pages.select(qh, kk.shape[2]) if grp.pages is not None and kk is not None else None
+                bias = grp.rule.bias(grp)
+                if idx is not None:
+                    kk, vv = gather(kk, idx), gather(vv, idx)
+                    bias = None if bias is None else torch.gather(bias, 2, idx)
+            o, probs, p_new = decode_attention(qh, kk, vv, kn, vn, scale, softcap, bias)
+            with clock:
+                if idx is not None and probs is not None and grp.rule.needs_probs:
+                    full = probs.new_zeros(*probs.shape[:-1], len(grp.store))
+                    probs = full.scatter(-1, idx[:, :, None, None, :].expand(*probs.shape), probs)
+                if self.host is not None:
+                    kn, vn = kn.to(self.host), vn.to(self.host)
+                grp.rule.step(self, grp, kn, vn, probs, p_new, pos)
+            if sel is None:
+                out = o
+            else:
+                if out is None:
+                    out = o.new_zeros(b, hkv, h // hkv, 1, o.shape[-1])
+                out[:, sel] = o
+        self.seen += 1
+        return out.reshape(b, h, 1, -1)
+
+    def _prefill(self, pr: Prompt) -> None:
+        if self.host is not None:
+            pr = Prompt(pr.q, pr.k.to(self.host), pr.v.to(self.host), pr.scale, pr.span, pr.softcap)
+        self.encoder.fit(pr.k, pr.v)
+        if isinstance(self.policy.select, Learned) and self.ctx.rank >= 0:
+            self._init_scorer(pr.k.shape[-1], pr.k.device)
+        merge = self.policy.merge
+        if merge is not None and self.ctx.rank >= 0 and merge.pair_position(self.ctx) >= 0:
+            self.groups = self._minicache(pr)
+        else:
+            self.groups = plan(self, pr)
+        for grp in self.groups:
+            if grp.pages is not None:
+                grp.pages.refresh(grp.store, full=True)
+        self.encoder.bases = None  # the stores hold their own (per-group) bases
+
+    def _minicache(self, pr: Prompt) -> list[Group]:
+        pol = self.policy.merge
+        grp = self.new_group(None, pr.k.shape[1])
+        if pol.pair_position(self.ctx) == 0:  # hold the prompt until the partner layer merges it
+            grp.store.append(pr.k, pr.v)
+            return [grp]
+        first = self.cache.layer_of_rank(self.ctx.rank - 1)
+        fgrp = first.groups[0]
+        ka, va = fgrp.store.kv()
+        kb, vb = pr.k, pr.v
+        ang_k, dir_k, nka, nkb = _slerp(ka, kb, pol.t)
+        ang_v, dir_v, nva, nvb = _slerp(va, vb, pol.t)
+        p = kb.shape[2]
+        r = int(math.floor(pol.retain * p))
+        keep_idx = top_sorted(ang_k + ang_v, r) if r else torch.zeros(*kb.shape[:2], 0, dtype=torch.long,
+                                                                        device=kb.device)
+        merged_mask = torch.ones(*kb.shape[:2], p, dtype=torch.bool, device=kb.device)
+        merged_mask.scatter_(2, keep_idx, False)
+        m_idx = merged_mask.nonzero()[:, 2].reshape(*kb.shape[:2], p - r)
+        shared = quant_store(self.policy.quant, kb.dtype, dir_k.shape[-1], dir_v.shape[-1])
+        shared.append(gather(dir_k, m_idx).to(kb.dtype), gather(dir_v, m_idx).to(kb.dtype))
+        mags = torch.stack([gather(x[..., 0], m_idx) for x in (nka, nva, nkb, nvb)], -1).to(kb.dtype).contiguous()
+        merged = Merged(shared, mags)
+        fgrp.store.clear()
+        fgrp.store.append(gather(ka, keep_idx), gather(va, keep_idx))
+        fgrp.extra.update(merged=merged, which=0)
+        grp.store.append(gather(kb, keep_idx), gather(vb, keep_idx))
+        grp.extra.update(merged_ref=merged, which=1)
+        return [grp]
+
+    # -- bytes
+    def tensors(self) -> list[torch.Tensor]:
+        out = []
+        for grp in self.groups:
+            out += grp.tensors()
+            merged = grp.extra.get("merged")
+            if merged is not None:
+                out += merged.store.tensors() + [merged.mags]
+        return out
+
+    def shared_tensors(self) -> list[torch.Tensor]:
+        out = list(self.scorer_weights)
+        for grp in self.groups:
+            out += grp.store.shared_tensors()
+        return out
+
+
+def _slerp(a, b, t: float):
+    """Per token and head: angle between a and b, SLERP of their unit vectors at t, and both norms."""
+    af, bf = a.float(), b.float()
+    na, nb = af.norm(dim=-1, keepdim=True).clamp_min(1e-12), bf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    ua, ub = af / na, bf / nb
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    theta = torch.acos(cos)
+    s = torch.sin(theta)
+    direction = (torch.sin((1 - t) * theta) / s) * ua + (torch.sin(t * theta) / s) * ub
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return theta.squeeze(-1), direction, na, nb
+
+
+class KvsimCache(Cache):
+    """One KvsimLayer per model layer, built from kvsim's view of the model."""
+
+    def __init__(self, model, policy: Compose, scorer_state: dict | None = None):
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.spec = from_hf_config(config.to_dict())
+        dtype = next(model.parameters()).dtype
+        self.kv_dtype = _DTYPE_NAMES[dtype]
+        self.policy = policy
+        self.scorer_state = scorer_state or {}
+        device = next(model.parameters()).device
+        self.clock = PolicyClock(device)
+        ctxs = layer_contexts(self.spec, DTYPE_BITS[self.kv_dtype])
+        host = torch.device("cpu") if policy.place is not None else None
+        layers = [KvsimLayer(self, i, ctx, policy, dtype, host if ctx is not None and policy.on_host(ctx) else None)
+                  for i, ctx in enumerate(ctxs)]
+        super().__init__(layers=layers)
+
+    def layer_of_rank(self, rank: int) -> KvsimLayer:
+        for layer in self.layers:
+            if layer.ctx is not None and layer.ctx.rank == rank:
+                return layer
+        raise IndexError(rank)
+
+    def finish_prefill(self) -> None:
+        """Work that needs every layer's prompt: DynamicKV's split of the budget across layers."""
+        sel = self.policy.select
+        if not isinstance(sel, DynamicKV):
+            return
+        with self.clock:
+            layers = [l for l in self.layers if l.ctx is not None and l.ctx.rank >= 0]
+            if not layers:  # every layer is bounded by its own window: nothing to split
+                return
+            p = layers[0].prompt
+            if p <= sel.budget:
+                for layer in layers:
+                    layer.groups[0].extra.pop("votes", None)
+                return
+            budgets = split_layer_budgets([l.groups[0].extra["votes"] for l in layers], sel.budget, sel.window,
+                                          sel.quantum, p)
+            for layer, b in zip(layers, budgets):
+                grp = layer.groups[0]
+                votes = grp.extra.pop("votes")
+                grp.store.take(top_sorted(votes, b))
+                if grp.pages is not None:
+                    grp.pages.refresh(grp.store, full=True)
+
+    def physical_bytes(self) -> dict:
+        """Bytes the cache holds: 'per_layer' (list, None for layers without a cache), 'sequence' (sum),
+        'shared' (per-layer data shared by the batch), and 'host' (part of 'sequence' in host memory)."""
+        per_layer, shared, host = [], [], 0
+        for layer in self.layers:
+            if layer.ctx is None:
+                per_layer.append(None)
+                continue
+            n = physical_bytes(layer.tensors())
+            per_layer.append(n)
+            if layer.host is not None:
+                host += n
+            shared.append(physical_bytes(layer.shared_tensors()))
+        seq = sum(x for x in per_layer if x is not None)
+        return {"per_layer": per_layer, "sequence": seq, "shared": sum(shared), "host": host,
+                "total": seq + sum(shared)}
+
+    def policy_seconds(self) -> float:
+        return self.clock.total()

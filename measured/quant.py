@@ -1,0 +1,86 @@
+"""Quantization primitives on torch tensors, matching kvsim.policies.quant's byte formulas exactly.
+
+Integers are asymmetric: per group, scale = (max - min) / (2**bits - 1), zero = min, both stored at
+scale_bits; codes of `bits` bits are packed into rows of ceil(d * bits / 8) bytes. Float8 is e4m3 with a
+per-group scale max|x| / 448.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes in [0, 2**bits) along the last dim (d values) -> uint8 rows of ceil(d * bits / 8) bytes."""
+    if bits == 8:
+        return codes.to(torch.uint8).contiguous()
+    d = codes.shape[-1]
+    shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
+    bitplanes = (codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1  # [..., d, bits]
+    flat = bitplanes.reshape(*codes.shape[:-1], d * bits)
+    nbytes = -(-d * bits // 8)
+    pad = nbytes * 8 - d * bits
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    weights = (torch.ones(8, dtype=torch.uint8, device=codes.device) << torch.arange(8, dtype=torch.uint8,
+                                                                                       device=codes.device))
+    return (flat.reshape(*codes.shape[:-1], nbytes, 8) * weights).sum(-1, dtype=torch.uint8).contiguous()
+
+
+def unpack(packed: torch.Tensor, bits: int, d: int) -> torch.Tensor:
+    if bits == 8:
+        return packed
+    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    flat = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :d * bits]
+    planes = flat.reshape(*packed.shape[:-1], d, bits)
+    weights = torch.ones(bits, dtype=torch.uint8, device=packed.device) << torch.arange(bits, dtype=torch.uint8,
+                                                                                        device=packed.device)
+    return (planes * weights).sum(-1, dtype=torch.uint8)
+
+
+def _meta_dtype(scale_bits: int) -> torch.dtype:
+    return torch.float16 if scale_bits == 16 else torch.float32
+
+
+def quantize_groups(x: torch.Tensor, bits: int, group: int, kind: str, scale_bits: int):
+    """Quantize along the last dim in groups of `group` (0: whole row). Returns (payload, scale, zero|None)
+    with payload packed rows and scale/zero of shape [..., n_groups]."""
+    d = x.shape[-1]
+    g = group or d
+    n_groups = -(-d // g)
+    pad = n_groups * g - d
+    xf = x.float()
+    if pad:  # pad with the row's last value so the padding never widens a group's range
+        xf = torch.cat([xf, xf[..., -1:].expand(*xf.shape[:-1], pad)], -1)
+    grouped = xf.reshape(*x.shape[:-1], n_groups, g)
+    mdt = _meta_dtype(scale_bits)
+    if kind == "fp":
+        scale = (grouped.abs().amax(-1) / FP8_MAX).clamp_min(1e-12).to(mdt)
+        codes = (grouped / scale.float().unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        return codes.reshape(*x.shape[:-1], n_groups * g)[..., :d].contiguous(), scale, None
+    lo = grouped.amin(-1)
+    hi = grouped.amax(-1)
+    levels = (1 << bits) - 1
+    zero = lo.to(mdt)
+    scale = ((hi - lo) / levels).clamp_min(1e-12).to(mdt)
+    codes = torch.round((grouped - zero.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)).clamp(0, levels)
+    codes = codes.reshape(*x.shape[:-1], n_groups * g)[..., :d]
+    return pack(codes.to(torch.uint8), bits), scale, zero
+
+
+def dequantize_groups(payload, scale, zero, bits: int, group: int, kind: str, d: int, dtype) -> torch.Tensor:
+    g = group or d
+    n_groups = scale.shape[-1]
+    if kind == "fp":
+        vals = payload.float()
+    else:
+        vals = unpack(payload, bits, d).float()
+    pad = n_groups * g - d
+    if pad:
+        vals = torch.nn.functional.pad(vals, (0, pad))
+    vals = vals.reshape(*vals.shape[:-1], n_groups, g) * scale.float().unsqueeze(-1)
+    if zero is not None:
+        vals = vals + zero.float().unsqueeze(-1)
+    return vals.reshape(*vals.shape[:-2], n_groups * g)[..., :d].to(dtype)

@@ -1,0 +1,28 @@
+"""Quality on real weights: perplexity while compressing, and passkey retrieval."""
+
+import math
+
+from kvsim import parse_composition
+from measured.quality import passkey, passkey_keys, perplexity
+from measured.text import corpus
+
+
+def test_perplexity_full_and_compressed(smollm2):
+    model, tok = smollm2
+    text = corpus(8000)
+    full = perplexity(model, tok, parse_composition([]), text, 96, 32, False)
+    small = perplexity(model, tok, parse_composition(["streamingllm:sinks=4,window=28"]), text, 96, 32, False)
+    assert 1 < full["ppl"] < 60 and math.isfinite(small["ppl"])
+    assert small["kv_cache_bytes"] < full["kv_cache_bytes"]
+
+
+def test_passkey_full_cache_finds_the_key(smollm2):
+    model, tok = smollm2
+    hits = [passkey(model, tok, parse_composition([]), 256, d, k, False)["correct"]
+            for d in (0.2, 0.8) for k in passkey_keys(2)]
+    assert sum(hits) >= 3
+
+
+def test_text_is_clean_prose():
+    text = corpus(5000)
+    assert "[[" not in text and "{{" not in text and "<ref" not in text and len(text) >= 5000

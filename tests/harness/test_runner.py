@@ -1,0 +1,82 @@
+"""Measurement sweeps: rows as they complete, resume, out-of-memory rows, one-line errors."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kvsim import parse_composition
+from measured import runner
+
+
+def kvsim(*args):
+    return subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_measure_writes_resumes_and_repairs(tmp_path):
+    out = tmp_path / "m.csv"
+    r = kvsim("measure", "--model", "gpt2", "--policy", "full;streamingllm:sinks=4,window=28", "--seq", "48",
+              "--gen", "4", "--batch", "1,2", "--repeats", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    first = rows(out)
+    assert len(first) == 4 and all(x["status"] == "ok" for x in first)
+    assert all(x["kv_cache_bytes"] == x["kv_cache_bytes_predicted"] for x in first)
+    assert {"device_name", "torch_version", "transformers_version", "kvsim_commit", "date"} <= set(first[0])
+    with out.open("a") as f:  # a run killed mid-row leaves a torn line
+        f.write("gpt2,random,full,48,4,3,cpu,fp32,o")
+    r = kvsim("measure", "--model", "gpt2", "--policy", "full;streamingllm:sinks=4,window=28;int8", "--seq", "48",
+              "--gen", "4", "--batch", "1,2", "--repeats", "1", "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    after = rows(out)
+    assert len(after) == 6  # two new points, nothing repeated, the torn line gone
+    assert len({(x["policy"], x["batch"]) for x in after}) == 6
+    r = kvsim("measure", "--model", "gpt2", "--seq", "48", "--out", str(out))
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_out_of_memory_is_a_row(tmp_path, monkeypatch):
+    from measured.validate import tiny_model
+    model = tiny_model("gpt2-mha")
+    calls = {"n": 0}
+    real = runner.measure
+
+    def flaky(model, pol, ids, gen, **kw):
+        calls["n"] += 1
+        if ids.shape[0] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, pol, ids, gen, **kw)
+
+    monkeypatch.setattr(runner, "measure", flaky)
+    out = tmp_path / "o.csv"
+    n = runner.sweep(model, "tiny", "random", [parse_composition([])], [16], 3, [1, 2], "cpu", "fp32", 1, out,
+                     False, warmup=0, report=lambda s: None)
+    got = rows(out)
+    assert n == 2 and [x["status"] for x in got] == ["ok", "oom"] and "out of memory" in got[1]["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["measure", "--model", "nope", "--out", "x.csv"], "unknown model"),
+    (["measure", "--model", "mamba-2.8b", "--out", "x.csv"], "not supported by the harness"),
+    (["measure", "--model", "gpt2", "--policy", "offload", "--out", "x.csv"], "cannot run on cpu"),
+    (["measure", "--model", "gpt2", "--weights", "real", "--out", "x.csv"], "real weights exist only"),
+    (["measure", "--model", "gpt2", "--device", "tpu", "--out", "x.csv"], "not available"),
+    (["measure", "--model", "gpt2"], "required"),
+    (["validate", "--arch", "vax"], "unknown --arch"),
+])
+def test_harness_errors_are_one_line(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_validate_command_passes():
+    r = kvsim("validate", "--arch", "gemma3-local-global")
+    assert r.returncode == 0 and "0 differences" in r.stdout
