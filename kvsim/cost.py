@@ -158,6 +158,7 @@ class Phase:
     policy_layers: int = 0
 
     def add(self, n: int, flops, bytes_, timer, totals: bool = True) -> None:
+        """Add `n` layers' worth of one operation class; `timer(flops, bytes)` gives its two times."""
         c, m = timer(flops, bytes_)
         self.time_s = self.time_s + n * np.maximum(c, m)
         if totals:
@@ -216,17 +217,24 @@ class CostModel:
         heads = ctx.layout.n_kv_heads
         return nbytes * max(1, heads // self.tp) // heads
 
-    def _time_class(self, flops, bytes_) -> tuple[np.ndarray, np.ndarray]:
-        """(compute time, memory time) of one operation class in one layer. Achieved compute saturates
-        as flops / (flops + compute_half_flops); achieved bandwidth as bytes / (bytes + mem_half_bytes)."""
+    def _timer(self, tokens, policy: bool = False, kv: bool = False):
+        """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
+        Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; the policy's own
+        elementwise arithmetic at policy_efficiency; KV traffic at kv_efficiency of the bandwidth."""
         prof = self.profile
-        compute = flops / self.peak
-        if prof.compute_half_flops:
-            compute = compute + prof.compute_half_flops / self.peak * (flops > 0)
-        memory = bytes_ / self.bw
-        if prof.mem_half_bytes:
-            memory = memory + prof.mem_half_bytes / self.bw * (bytes_ > 0)
-        return compute, memory
+        raw_peak = self.peak / prof.compute_efficiency
+        if policy:
+            peak = raw_peak * prof.policy_efficiency
+        elif prof.compute_half_tokens and prof.compute_small_efficiency:
+            h = prof.compute_half_tokens
+            peak = raw_peak * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
+        else:
+            peak = self.peak
+        bw = self.bw / prof.mem_efficiency * prof.kv_efficiency if kv else self.bw
+
+        def timer(flops, bytes_):
+            return flops / peak, bytes_ / bw
+        return timer
 
     # ----- KV bytes -----
     def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all",
@@ -298,13 +306,14 @@ class CostModel:
         tokens = b * p if prefill else b
         ph = Phase()
         link = self.hw.interconnect_bandwidth
+        matrix = self._timer(tokens)
         for grp in self.groups:
             layer, n = grp.layer, grp.count
             active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
             w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
-            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, self._time_class)
+            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, matrix)
             written, _ = _activation_width(model, layer)
-            ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, self._time_class)
+            ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
             if tp > 1:
                 if not link:
                     raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
@@ -312,7 +321,7 @@ class CostModel:
                 ph.comm_s = ph.comm_s + n * volume / link
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
         head_bytes = (model.vocab * h * self.wbytes + tokens * h * self.abytes * 3) / tp
-        ph.add(1, head_flops, head_bytes, self._time_class)
+        ph.add(1, head_flops, head_bytes, self._timer(b))
         return ph
 
     def cache_phase(self, p, b, s, prefill: bool, totals: bool = True) -> Phase:
@@ -323,6 +332,8 @@ class CostModel:
         tp = self.tp
         ph = Phase()
         host = flops = traffic = 0.0
+        attention = self._timer(b * p if prefill else b, kv=True)
+        policy_timer = self._timer(0, policy=True)
         for grp, active in zip(self.groups, self.policy_active):
             n = grp.count
             a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)
@@ -330,14 +341,14 @@ class CostModel:
             # KV heads split across devices; MQA heads and MLA latents are replicated, read on every device
             share = self.kv_share(kv_ctx) if kv_ctx is not None else 1.0 / tp
             a_flops, a_bytes = a_flops / tp, a_bytes * share
-            ph.add(n, a_flops * b, a_bytes * b, self._time_class, totals=totals)
+            ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
                 pf, pb = self.policy.prefill_cost(grp.ctx, p) if prefill else self.policy.step_cost(grp.ctx, p, s)
                 pf, pb = pf / tp, pb / tp
-                ph.add(n, pf * b, pb * b, self._time_class, totals=totals)
+                ph.add(n, pf * b, pb * b, policy_timer, totals=totals)
                 flops, traffic = flops + n * pf, traffic + n * pb
                 ph.policy_layers += n
         if not totals:

@@ -99,6 +99,12 @@ class Prediction:
             "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "e2e_s", "decode_tokens_per_s",
             "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
 
+    def broadcast(self, fn) -> "Prediction":
+        for k in self.KEYS:
+            if k != "bound":
+                setattr(self, k, fn(getattr(self, k)))
+        return self
+
     def columns(self) -> dict[str, np.ndarray]:
         """Every output as a flat array of the broadcast shape."""
         shape = np.broadcast_shapes(*(np.shape(getattr(self, k)) for k in self.KEYS))
@@ -218,9 +224,13 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     kv_total = b * cost.kv_stored(p, steps)
     kv_dev = b * cost.kv_stored(p, steps, per_device=True, place="device") // cost.pp
     notes = policy.notes(p)
+    shape = np.broadcast_shapes(p.shape, gen.shape, b.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
     notes.extend(model.notes)
+    def full(x):  # every field has the workload's broadcast shape, whatever it depends on
+        return np.broadcast_to(np.asarray(x), shape)
+
     return Prediction(
         kv_cache_bytes=kv_total,
         kv_cache_bytes_per_device=kv_dev,
@@ -250,7 +260,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
         bound_decode=bound_decode,
         notes=notes,
         _engine=eng,
-    )
+    ).broadcast(full)
 
 
 def replace(wl: Workload, **changes) -> Workload:

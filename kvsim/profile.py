@@ -5,10 +5,13 @@ a physical lower bound ("no implementation can beat this"), never a guess dresse
 Calibrated profiles (calibrate/profiles/*.json) replace these numbers with fitted ones and carry the
 held-out error they were measured to have.
 
-Achieved bandwidth for an operation class moving B bytes is
-    bandwidth * mem_efficiency * B / (B + mem_half_bytes)
-so small transfers (one layer's KV at short context) reach less of the peak than large ones; compute
-follows the same saturating form with compute_half_flops.
+Matrix work (weight GEMMs, attention) over a forward pass of T tokens reaches peak_flops times
+    (compute_small_efficiency * compute_half_tokens + compute_efficiency * T) / (compute_half_tokens + T)
+which goes from the small-batch level (decode: a few rows per matrix, often row-at-a-time kernels) to the
+large-batch level (prefill: blocked GEMMs), half way at compute_half_tokens. Weight and activation streams
+reach bandwidth * mem_efficiency; KV reads and writes reach bandwidth * kv_efficiency (a cache that is
+re-copied on every append, or read through gathers, achieves less of the bandwidth than a weight stream).
+The policy's own arithmetic (scoring, selection, dequantisation) runs at peak_flops * policy_efficiency.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from .errors import KvsimError
 @dataclass(frozen=True)
 class Profile:
     name: str = "datasheet"
-    mem_efficiency: float = 1.0  # fraction of peak bandwidth reached by large streams
-    compute_efficiency: float = 1.0  # fraction of dense peak FLOP/s reached by large GEMMs
-    mem_half_bytes: float = 0.0  # bytes per operation class at which bandwidth is half of its plateau
-    compute_half_flops: float = 0.0  # FLOP per operation class at which compute is half of its plateau
+    mem_efficiency: float = 1.0  # fraction of peak bandwidth reached by weight and activation streams
+    kv_efficiency: float = 1.0  # fraction of peak bandwidth reached by KV reads and writes
+    compute_efficiency: float = 1.0  # fraction of dense peak FLOP/s reached by matrix work over many tokens
+    compute_small_efficiency: float = 0.0  # the same over very few tokens (0: same as compute_efficiency)
+    compute_half_tokens: float = 0.0  # tokens per forward pass half way between the two
+    policy_efficiency: float = 1.0  # fraction of peak FLOP/s reached by the KV policy's own arithmetic
     step_overhead_s: float = 0.0  # per forward pass (a decode step, or the prefill)
     layer_overhead_s: float = 0.0  # per layer per forward pass (kernel launches, framework dispatch)
     prefill_token_overhead_s: float = 0.0  # per prompt token in the prefill, beyond the roofline
@@ -44,8 +49,11 @@ class Profile:
                 v = getattr(self, f.name)
                 if not isinstance(v, (int, float)) or v != v or v < 0:
                     raise KvsimError(f"profile {self.name}: {f.name} must be a non-negative number, got {v!r}")
-        if not 0 < self.mem_efficiency <= 1.5 or not 0 < self.compute_efficiency <= 1.5:
-            raise KvsimError(f"profile {self.name}: efficiencies must be in (0, 1.5]")
+        for name in ("mem_efficiency", "kv_efficiency", "compute_efficiency", "policy_efficiency"):
+            if not 0 < getattr(self, name) <= 1.5:
+                raise KvsimError(f"profile {self.name}: {name} must be in (0, 1.5]")
+        if self.compute_small_efficiency > 1.5:
+            raise KvsimError(f"profile {self.name}: compute_small_efficiency must be at most 1.5")
 
     def to_dict(self) -> dict:
         return asdict(self)

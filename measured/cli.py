@@ -130,13 +130,17 @@ def cmd_quality(argv) -> int:
     writer = RowWriter(out, cols, a.resume)
     prov = provenance.columns("cpu")
     text = corpus(60_000)
+    from kvsim.policies.learned import Learned
+    from .learned import scorer_state
     try:
         for pol in pols:
+            scorers = scorer_state(model, tok, a.model, pol.select.hidden, bos) if isinstance(pol.select, Learned) \
+                else None
             if not a.skip_perplexity:
                 row = dict(model=a.model, policy=pol.spec(), metric="perplexity", context=a.context,
                            continuation=a.continuation, length=a.context + a.continuation, depth="", key="")
                 if tuple(str(row[k]) for k in key) not in skip:
-                    r = perplexity(model, tok, pol, text, a.context, a.continuation, bos)
+                    r = perplexity(model, tok, pol, text, a.context, a.continuation, bos, scorers)
                     pred = predict(spec, hw, pol, Workload(prompt=a.context, gen=a.continuation, kv_dtype="fp32"))
                     row.update(value=r["ppl"], kv_cache_bytes=r["kv_cache_bytes"], kv_shared_bytes=r["kv_shared_bytes"],
                                kv_cache_bytes_predicted=int(pred.kv_cache_bytes), status="ok", **prov)
@@ -151,7 +155,7 @@ def cmd_quality(argv) -> int:
                                    length=length, depth=depth, key=k)
                         if tuple(str(row[c]) for c in key) in skip:
                             continue
-                        r = passkey(model, tok, pol, length, depth, k, bos)
+                        r = passkey(model, tok, pol, length, depth, k, bos, scorer_state=scorers)
                         pred = predict(spec, hw, pol, Workload(prompt=r["prompt_tokens"], gen=8, kv_dtype="fp32"))
                         row.update(value=float(r["correct"]), answer=r["answer"][:40],
                                    kv_cache_bytes=r["kv_cache_bytes"], kv_cache_bytes_predicted=int(pred.kv_cache_bytes),

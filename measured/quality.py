@@ -28,12 +28,13 @@ def _ids(tok, text: str, bos: bool) -> list[int]:
 
 
 @torch.inference_mode()
-def perplexity(model, tok, policy, text: str, context: int, continuation: int, bos: bool) -> dict:
+def perplexity(model, tok, policy, text: str, context: int, continuation: int, bos: bool,
+               scorer_state: dict | None = None) -> dict:
     ids = _ids(tok, text, bos)[: context + continuation + 1]
     if len(ids) < context + continuation + 1:
         raise ValueError(f"text too short: {len(ids)} tokens for {context} + {continuation}")
     x = torch.tensor([ids], device=next(model.parameters()).device)
-    sess = Session(model, policy)
+    sess = Session(model, policy, scorer_state)
     logits = sess.prefill(x[:, :context])
     nll = 0.0
     for i in range(continuation):
@@ -58,10 +59,11 @@ def passkey_prompt(tok, length: int, depth: float, key: int, bos: bool) -> list[
 
 
 @torch.inference_mode()
-def passkey(model, tok, policy, length: int, depth: float, key: int, bos: bool, new_tokens: int = 8) -> dict:
+def passkey(model, tok, policy, length: int, depth: float, key: int, bos: bool, new_tokens: int = 8,
+            scorer_state: dict | None = None) -> dict:
     ids = passkey_prompt(tok, length, depth, key, bos)
     x = torch.tensor([ids], device=next(model.parameters()).device)
-    sess = Session(model, policy)
+    sess = Session(model, policy, scorer_state)
     nxt = sess.prefill(x).argmax(-1)
     out = [int(nxt)]
     for _ in range(new_tokens - 1):

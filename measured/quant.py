@@ -12,10 +12,24 @@ import torch
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
+def _shifts(bits: int, device) -> torch.Tensor:
+    return torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes in [0, 2**bits) along the last dim (d values) -> uint8 rows of ceil(d * bits / 8) bytes."""
+    """uint8 codes in [0, 2**bits) along the last dim (d values) -> uint8 rows of ceil(d * bits / 8) bytes.
+    Element i's bits start at bit i * bits of the row, least significant first."""
     if bits == 8:
         return codes.to(torch.uint8).contiguous()
+    if 8 % bits == 0:  # whole codes per byte: one shift and a sum instead of bit planes
+        per = 8 // bits
+        d = codes.shape[-1]
+        pad = -d % per
+        c = codes.to(torch.uint8)
+        if pad:
+            c = torch.nn.functional.pad(c, (0, pad))
+        c = c.reshape(*codes.shape[:-1], -1, per) << _shifts(bits, codes.device)
+        return c.sum(-1, dtype=torch.uint8).contiguous()
     d = codes.shape[-1]
     shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
     bitplanes = (codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1  # [..., d, bits]
@@ -32,6 +46,10 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, d: int) -> torch.Tensor:
     if bits == 8:
         return packed
+    if 8 % bits == 0:
+        mask = (1 << bits) - 1
+        codes = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & mask
+        return codes.reshape(*packed.shape[:-1], -1)[..., :d]
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
     flat = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :d * bits]
     planes = flat.reshape(*packed.shape[:-1], d, bits)

@@ -20,6 +20,9 @@ UNSUPPORTED_MODEL_TYPES = {
 # Policies that need more than any attention layer offers, by device.
 DEVICE_ONLY = {"offload": ("cuda", "offload streams KV from host memory to a GPU; on the CPU there is no "
                                    "separate device memory to offload from")}
+# What the harness executes differently from the analytic model, by policy.
+CAVEATS = {"offload": "each offloaded layer is copied in when it is needed (overlap=false); prefetching is not "
+                      "executed"}
 
 
 def check(policy_names: list[str], model_type: str, device: str) -> str | None:
@@ -40,5 +43,6 @@ def describe_support(name: str) -> str:
     archs = ", ".join(ARCHITECTURES)
     if name in DEVICE_ONLY:
         dev, why = DEVICE_ONLY[name]
-        return f"runs on {archs}, {dev} only ({why})"
+        caveat = f"; {CAVEATS[name]}" if name in CAVEATS else ""
+        return f"runs on {archs}, {dev} only ({why}){caveat}"
     return f"runs on {archs} (cpu, cuda); not on MLA, Mamba or Jamba models"

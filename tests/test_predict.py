@@ -68,7 +68,8 @@ def test_offload_moves_kv_off_the_device_and_onto_the_link():
 def test_profile_efficiency_slows_and_overheads_add():
     wl = Workload(prompt=2048, gen=64)
     ideal = predict(LLAMA, H100, None, wl)
-    slow = predict(LLAMA, H100, None, wl, Profile(name="x", mem_efficiency=0.5, layer_overhead_s=1e-5))
+    slow = predict(LLAMA, H100, None, wl, Profile(name="x", mem_efficiency=0.5, kv_efficiency=0.5,
+                                                  layer_overhead_s=1e-5))
     assert float(slow.tpot_s) == pytest.approx(2 * float(ideal.tpot_s) + 32e-5, rel=1e-6)
 
 
@@ -97,3 +98,10 @@ def test_bad_workloads(wl, message):
 def test_notes_say_budget_was_clamped():
     pred = predict(LLAMA, H100, parse_composition(["h2o:budget=4096"]), Workload(prompt=1000))
     assert any("clamped" in n for n in pred.notes)
+
+
+def test_every_field_has_the_workload_shape():
+    mamba = load_model("mamba-2.8b")  # no KV layers: KV fields must still broadcast
+    pred = predict(mamba, H100, None, Workload(prompt=np.array([10, 20, 30]), gen=4))
+    for key in pred.KEYS:
+        assert np.shape(getattr(pred, key)) == (3,), key

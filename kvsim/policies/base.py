@@ -121,6 +121,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def clamp_note(name: str, budget: int, p) -> list[str]:
+    """Say so when a budget exceeds some prompt: it is clamped to the prompt and nothing is evicted then."""
+    p = np.asarray(p)
+    small = p[p < budget]
+    if small.size:
+        return [f"{name}: budget {budget} > prompt {int(small.min())}: clamped to the prompt, nothing is evicted "
+                "at the prefill"]
+    return []
+
+
 def i64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)
 

@@ -17,6 +17,12 @@ import numpy as np
 from .base import ENCODE, Policy, i64, pack_bytes, param
 
 
+def dequant_ops(bits: int, kind: str) -> int:
+    """Operations to dequantise one element: convert and scale (plus the zero point for integers), plus a
+    shift and a mask to unpack codes narrower than a byte."""
+    return 2 + (kind == "int") + (2 if bits < 8 else 0)
+
+
 @dataclass(frozen=True)
 class Quant(Policy):
     name = "quant"
@@ -78,8 +84,8 @@ class Quant(Policy):
         return (k_dim + v_dim) * elem_bits // 8
 
     def dequant_flops(self, k_dim: int, v_dim: int, n: np.ndarray) -> np.ndarray:
-        """Multiply-add per element read to undo the scale and zero point."""
-        return 2 * i64(n) * (k_dim + v_dim)
+        """Per element read: unpack a sub-byte code (shift, mask), convert, and undo scale and zero point."""
+        return dequant_ops(self.bits, self.kind) * i64(n) * (k_dim + v_dim)
 
 
 @dataclass(frozen=True)
@@ -120,4 +126,4 @@ class Kivi(Policy):
         return (k_dim + v_dim) * elem_bits // 8
 
     def dequant_flops(self, k_dim: int, v_dim: int, n: np.ndarray) -> np.ndarray:
-        return 2 * i64(n) * (k_dim + v_dim)
+        return dequant_ops(self.bits, "int") * i64(n) * (k_dim + v_dim)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Segment, Selector, budget_peak, budget_resident, param
+from .base import Segment, Selector, budget_peak, budget_resident, clamp_note, param
 
 
 def causal_pairs(p: np.ndarray) -> np.ndarray:
@@ -73,8 +73,4 @@ class ScoredEviction(Selector):
         return flops, ctx.heads * p * self.state_bits // 8 * (self.every > 0)
 
     def notes(self, p):
-        small = np.asarray(p)[np.asarray(p) < self.budget]
-        if small.size:
-            return [f"{self.name}: budget {self.budget} > prompt {int(small.min())}: clamped to the prompt, "
-                    "nothing is evicted at the prefill"]
-        return []
+        return clamp_note(self.name, self.budget, p)

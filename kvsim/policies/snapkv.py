@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import KvsimError
-from .base import Segment, Selector, param
+from .base import Segment, Selector, clamp_note, param
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,4 @@ class SnapKV(Selector):
         return ctx.heads * (votes + self.kernel * p + p), np.zeros_like(p)
 
     def notes(self, p):
-        small = np.asarray(p)[np.asarray(p) < self.budget]
-        if small.size:
-            return [f"{self.name}: budget {self.budget} > prompt {int(small.min())}: clamped to the prompt, "
-                    "nothing is evicted"]
-        return []
+        return clamp_note(self.name, self.budget, p)

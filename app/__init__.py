@@ -1,0 +1,1 @@
+"""The Streamlit what-if explorer over kvsim (`kvsim app`)."""

@@ -1,0 +1,126 @@
+"""Altair charts: a DataFrame in, a chart out. Titles and axes carry their units."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+alt.data_transformers.disable_max_rows()
+WIDTH = "container"
+
+
+def _x_seq(log: bool):
+    return alt.X("seq:Q", title="sequence length (tokens)", scale=alt.Scale(type="log" if log else "linear"))
+
+
+def kv_vs_seq(df: pd.DataFrame, log: bool) -> alt.Chart:
+    y = alt.Y("kv_gib:Q", title="KV cache (GiB)", scale=alt.Scale(type="log" if log else "linear"))
+    return alt.Chart(df).mark_line().encode(
+        x=_x_seq(log), y=y, color=alt.Color("policy:N"),
+        tooltip=["policy", "seq", alt.Tooltip("kv_gib:Q", format=".3f")]).properties(
+        title="KV cache against sequence length", width=WIDTH, height=320)
+
+
+def architectures(df: pd.DataFrame, log: bool) -> alt.Chart:
+    scale = alt.Scale(type="log" if log else "linear")
+    return alt.Chart(df).mark_line().encode(
+        x=_x_seq(log), y=alt.Y("cache_gib:Q", title="KV cache + recurrent state (GiB), bf16", scale=scale),
+        color=alt.Color("model:N", title="architecture"),
+        tooltip=["model", "seq", alt.Tooltip("cache_gib:Q", format=".4f")]).properties(
+        title="Per-sequence cache of MHA, GQA, sliding, MLA, SSM and hybrid models", width=WIDTH, height=320)
+
+
+def memory_breakdown(summary: pd.DataFrame) -> alt.Chart:
+    parts = summary.melt(id_vars=["policy", "capacity_gib"], value_vars=["weights_gib", "kv_peak_gib",
+                                                                         "activations_gib"],
+                         var_name="part", value_name="gib")
+    parts["part"] = parts["part"].map({"weights_gib": "weights", "kv_peak_gib": "KV (peak)",
+                                       "activations_gib": "activations + workspace"})
+    bars = alt.Chart(parts).mark_bar().encode(
+        x=alt.X("policy:N", title=None), y=alt.Y("gib:Q", title="memory per device (GiB)", stack="zero"),
+        color=alt.Color("part:N", title=None), tooltip=["policy", "part", alt.Tooltip("gib:Q", format=".2f")])
+    cap = alt.Chart(summary.head(1)).mark_rule(color="red", strokeDash=[6, 3]).encode(y="capacity_gib:Q")
+    return (bars + cap).properties(title="Memory against device capacity (red)", width=WIDTH, height=320)
+
+
+def latency_vs_seq(df: pd.DataFrame, log: bool, field: str, title: str) -> alt.Chart:
+    return alt.Chart(df).mark_line().encode(
+        x=_x_seq(log), y=alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log else "linear")),
+        color="policy:N", strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
+        tooltip=["policy", "seq", alt.Tooltip(f"{field}:Q", format=".3f"), "fits"]).properties(
+        title=f"{title} against sequence length", width=WIDTH, height=280)
+
+
+def throughput_vs_batch(df: pd.DataFrame) -> alt.Chart:
+    lines = alt.Chart(df).mark_line().encode(
+        x=alt.X("batch:Q", title="batch (sequences)", scale=alt.Scale(type="log")),
+        y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"), color="policy:N",
+        strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
+        tooltip=["policy", "batch", alt.Tooltip("tokens_per_s:Q", format=",.0f"), "fits"])
+    limits = df.drop_duplicates("policy")
+    limits = limits[limits["max_batch"] > 0]
+    rules = alt.Chart(limits).mark_rule(strokeDash=[4, 4]).encode(
+        x="max_batch:Q", color="policy:N", tooltip=["policy", "max_batch"])
+    return (lines + rules).properties(title="Decode throughput against batch (dashed rules: max batch)",
+                                      width=WIDTH, height=300)
+
+
+def tradeoff(summary: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(summary).mark_circle(opacity=0.7).encode(
+        x=alt.X("peak_gib:Q", title="peak memory per device (GiB)"),
+        y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"),
+        size=alt.Size("tpot_ms:Q", title="TPOT (ms)", scale=alt.Scale(range=[60, 1500])),
+        color="policy:N", tooltip=["policy", alt.Tooltip("peak_gib:Q", format=".2f"),
+                                   alt.Tooltip("tokens_per_s:Q", format=",.0f"), alt.Tooltip("tpot_ms:Q", format=".2f")]
+    ).properties(title="Trade-off: throughput against memory (bubble: TPOT)", width=WIDTH, height=320)
+
+
+def quality_vs_memory(df: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(df).mark_point(filled=True, size=70).encode(
+        x=alt.X("kv_mib:Q", title="measured KV cache (MiB)", scale=alt.Scale(type="log")),
+        y=alt.Y("perplexity:Q", title="perplexity (lower is better)", scale=alt.Scale(zero=False)),
+        color=alt.Color("family:N", title="policy family"), shape="model:N",
+        tooltip=["model", "policy", alt.Tooltip("perplexity:Q", format=".3f"),
+                 alt.Tooltip("passkey_accuracy:Q", format=".2f"), alt.Tooltip("kv_mib:Q", format=".2f")]
+    ).properties(title="Measured quality against measured cache bytes (real weights)", width=WIDTH, height=320)
+
+
+def roofline(summary: pd.DataFrame) -> alt.Chart:
+    peak = float(summary["peak_flops"].iloc[0])
+    bw = float(summary["bandwidth"].iloc[0])
+    pts = []
+    for _, r in summary.iterrows():
+        for phase, f, b, t in (("prefill", r.prefill_flops, r.prefill_bytes, r.ttft_ms / 1e3),
+                               ("decode", r.decode_flops, r.decode_bytes, r.tpot_ms / 1e3)):
+            pts.append({"policy": r.policy, "phase": phase, "intensity": f / b, "flops_per_s": f / t})
+    pts = pd.DataFrame(pts)
+    lo = min(0.1, pts["intensity"].min() / 2)
+    hi = max(peak / bw * 8, pts["intensity"].max() * 2)
+    import numpy as np
+    xs = np.geomspace(lo, hi, 100)
+    roof = pd.DataFrame({"intensity": xs, "flops_per_s": np.minimum(peak, bw * xs)})
+    scale_x, scale_y = alt.Scale(type="log"), alt.Scale(type="log")
+    line = alt.Chart(roof).mark_line(color="gray").encode(
+        x=alt.X("intensity:Q", title="arithmetic intensity (FLOP/byte)", scale=scale_x),
+        y=alt.Y("flops_per_s:Q", title="attained FLOP/s", scale=scale_y))
+    dots = alt.Chart(pts).mark_point(filled=True, size=90).encode(
+        x=alt.X("intensity:Q", scale=scale_x), y=alt.Y("flops_per_s:Q", scale=scale_y), color="policy:N",
+        shape=alt.Shape("phase:N"), tooltip=["policy", "phase", alt.Tooltip("intensity:Q", format=".2f"),
+                                             alt.Tooltip("flops_per_s:Q", format=".3e")])
+    return (line + dots).properties(title="Roofline: each phase's operating point (gray: device roof)",
+                                    width=WIDTH, height=320)
+
+
+def measured_vs_predicted(df: pd.DataFrame) -> alt.Chart:
+    lo = float(min(df["measured_ms"].min(), df["predicted_ms"].min())) * 0.8
+    hi = float(max(df["measured_ms"].max(), df["predicted_ms"].max())) * 1.25
+    scale = alt.Scale(type="log", domain=[lo, hi])
+    diag = alt.Chart(pd.DataFrame({"x": [lo, hi]})).mark_line(color="gray", strokeDash=[4, 4]).encode(
+        x=alt.X("x:Q", scale=scale), y=alt.Y("x:Q", scale=scale))
+    pts = alt.Chart(df).mark_point(filled=True, size=40, opacity=0.7).encode(
+        x=alt.X("measured_ms:Q", title="measured (ms)", scale=scale),
+        y=alt.Y("predicted_ms:Q", title="predicted (ms)", scale=scale), color="model:N", shape="metric:N",
+        tooltip=["model", "policy", "seq", "batch", "metric", alt.Tooltip("measured_ms:Q", format=".2f"),
+                 alt.Tooltip("predicted_ms:Q", format=".2f"), alt.Tooltip("error:Q", format="+.1%")])
+    return (diag + pts).properties(title="Measured runs against predictions (dashed: equal)", width=WIDTH,
+                                   height=340)

@@ -1,0 +1,145 @@
+"""`kvsim probe` and `kvsim calibrate`. Outputs are written to a temporary file and renamed, so an
+existing profile is never left half-written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kvsim.cli import _Parser
+from kvsim.errors import KvsimError
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_probe(argv) -> int:
+    p = _Parser(prog="kvsim probe", description="micro-benchmark this device into a hardware profile")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", action="append", default=None, help="fp32, bf16, fp16 (repeatable)")
+    p.add_argument("--quick", action="store_true", help="smaller buffers and fewer repeats")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="profile JSON to write")
+    a = p.parse_args(argv)
+    import torch
+
+    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        raise KvsimError(f"device {a.device!r} is not available here")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from .probe import run
+    r = run(a.device, a.dtype, a.quick)
+    main_dtype = (a.dtype or (["bf16"] if a.device != "cpu" else ["fp32"]))[0]
+    profile = {"params": {"name": Path(a.out).stem, "memory_bandwidth": r["memory_bandwidth"],
+                          "peak_flops": r["peak_flops"][main_dtype], "device": r["device_name"]},
+               "kind": "probe", "dtype": main_dtype, "probe": r,
+               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    write_json(Path(a.out), profile)
+    print(f"{r['device_name']}: stream {r['memory_bandwidth'] / 1e9:.1f} GB/s, "
+          + ", ".join(f"{k} GEMM {v / 1e12:.3f} TFLOP/s" for k, v in r["peak_flops"].items())
+          + f", op {r['overhead']['op_s'] * 1e6:.1f} us -> {a.out}")
+    return 0
+
+
+def cmd_calibrate(argv) -> int:
+    from kvsim import DATASHEET, Profile, load_hardware, load_profile
+
+    p = _Parser(prog="kvsim calibrate", description="fit efficiency parameters; held-out error")
+    p.add_argument("--data", action="append", required=True, help="measurement CSV or folder (repeatable)")
+    p.add_argument("--out", required=True, help="profile JSON to write (a PNG plot is written beside it)")
+    p.add_argument("--hardware", default=None, help="hardware preset the datasheet comparison uses "
+                                                    "(default: cpu for CPU data)")
+    p.add_argument("--probe", default=None, help="profile from `kvsim probe`: its measured peaks are the base")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plot", action="store_true")
+    a = p.parse_args(argv)
+    if a.folds < 2:
+        raise KvsimError("--folds must be at least 2")
+    out = Path(a.out)
+    if out.suffix != ".json":
+        raise KvsimError("--out must be a .json file")
+    from .data import load
+    from .fit import PARAMS, Problem, cross_validate, errors, fit
+
+    df, digest = load(a.data)
+    device = str(df["device_name"].iloc[0])
+    hw_name = a.hardware or ("cpu" if "cuda" not in str(df.get("device", ["cpu"])[0]) else "h100-sxm")
+    hw = load_hardware(hw_name)
+    base = load_profile(a.probe) if a.probe else Profile()
+    base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops, device=device)
+    problem = Problem(df, hw, base)
+    n_conf = df[["model", "seq", "policy"]].drop_duplicates().shape[0]
+    if n_conf < a.folds:
+        raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")
+    say = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    say(f"{len(df)} rows, {n_conf} configurations, {len(problem.groups)} groups on {device}")
+    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say)
+    final = fit(problem)
+    train_ttft, train_tpot = problem.predict(final)
+    raw_ttft, raw_tpot = problem.predict(Profile(name="uncalibrated", memory_bandwidth=base.memory_bandwidth,
+                                                 peak_flops=base.peak_flops))
+    sheet_ttft, sheet_tpot = problem.predict(DATASHEET)
+    meas_ttft, meas_tpot = problem.ttft, problem.tpot
+
+    def block(ttft, tpot):
+        e1, e2 = errors(tpot, meas_tpot), errors(ttft, meas_ttft)
+        return {"tpot_mape": e1["mape"], "tpot_median_ape": e1["median_ape"], "tpot_max_ape": e1["max_ape"],
+                "ttft_mape": e2["mape"], "ttft_median_ape": e2["median_ape"], "ttft_max_ape": e2["max_ape"],
+                "rows": int(len(df))}
+
+    from measured.provenance import columns
+    prov = columns("cpu")
+    profile = {
+        "params": {k: v for k, v in final.to_dict().items() if k != "meta"},
+        "device": device,
+        "hardware": hw_name,
+        "fitted": list(PARAMS),
+        "heldout": {**block(held_ttft, held_tpot), "folds": a.folds, "configurations": int(n_conf),
+                    "grouping": "model, seq, policy"},
+        "train": block(train_ttft, train_tpot),
+        "uncalibrated_heldout": {**block(raw_ttft, raw_tpot),
+                                 "meaning": "roofline at efficiency 1 with no overheads on the probe's measured peaks"
+                                 if a.probe else f"roofline at efficiency 1 with no overheads on {hw_name}'s datasheet"},
+        "datasheet_heldout": {**block(sheet_ttft, sheet_tpot),
+                              "meaning": f"roofline at efficiency 1 with no overheads on {hw_name}'s datasheet"},
+        "provenance": {"data": sorted(set(df["source"])), "data_sha256": digest, "rows": int(len(df)),
+                       "date": prov["date"], "kvsim_commit": prov["kvsim_commit"],
+                       "torch_version": prov["torch_version"], "transformers_version": prov["transformers_version"],
+                       "numpy_version": np.__version__, "seed": a.seed,
+                       "probe": a.probe, "measured_on": sorted(set(df["date"].astype(str).str[:10])) if "date" in df else []},
+    }
+    if not a.no_plot:
+        from .report import plot
+        title = (f"{device}: held-out TPOT MAPE {profile['heldout']['tpot_mape']:.1%}, "
+                 f"TTFT MAPE {profile['heldout']['ttft_mape']:.1%}")
+        plot(df, held_ttft, held_tpot, raw_ttft, raw_tpot, title, out.with_suffix(".png"))
+    write_json(out, profile)
+    h, u = profile["heldout"], profile["uncalibrated_heldout"]
+    print(f"held-out MAPE: TPOT {h['tpot_mape']:.1%} (median {h['tpot_median_ape']:.1%}, max {h['tpot_max_ape']:.1%}), "
+          f"TTFT {h['ttft_mape']:.1%} (median {h['ttft_median_ape']:.1%}, max {h['ttft_max_ape']:.1%})")
+    print(f"uncalibrated on the same rows: TPOT {u['tpot_mape']:.1%}, TTFT {u['ttft_mape']:.1%}")
+    print(f"wrote {out}" + ("" if a.no_plot else f" and {out.with_suffix('.png')}"))
+    return 0
+
+
+def main(cmd: str, argv: list[str]) -> int:
+    return {"probe": cmd_probe, "calibrate": cmd_calibrate}[cmd](argv)

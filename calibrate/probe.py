@@ -1,0 +1,85 @@
+"""`kvsim probe`: micro-benchmarks of the device it runs on, written as an efficiency profile whose
+hardware figures (memory bandwidth, matrix FLOP/s) are the ones measured here rather than a datasheet's.
+
+Streams: a large copy (bytes read + written) and a large reduction (bytes read). Matrices: GEMMs of square
+and skinny (decode-like) shapes per dtype. Overheads: the latency of a one-element op and of a small matmul.
+Each figure is the median of timed repeats after warm-up (CUDA events on a GPU, perf_counter on the CPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _time(fn, device: str, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bandwidth(device: str, nbytes: int, repeats: int) -> dict:
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    t_copy = _time(lambda: dst.copy_(src), device, repeats)
+    t_read = _time(lambda: src.sum(), device, repeats)
+    return {"bytes": n * 4, "copy_bytes_per_s": 2 * n * 4 / t_copy, "read_bytes_per_s": n * 4 / t_read}
+
+
+def gemms(device: str, dtype: str, sizes, repeats: int) -> list[dict]:
+    out = []
+    dt = DTYPES[dtype]
+    for m, k, n in sizes:
+        a = torch.randn(m, k, device=device, dtype=dt)
+        b = torch.randn(k, n, device=device, dtype=dt)
+        t = _time(lambda: a @ b, device, repeats)
+        out.append({"dtype": dtype, "m": m, "k": k, "n": n, "seconds": t, "flops_per_s": 2 * m * k * n / t})
+    return out
+
+
+def overheads(device: str, repeats: int) -> dict:
+    x = torch.ones(1, device=device)
+    a = torch.randn(8, 64, device=device)
+    b = torch.randn(64, 64, device=device)
+    return {"op_s": _time(lambda: x.add_(1), device, repeats * 20), "small_matmul_s": _time(lambda: a @ b, device,
+                                                                                            repeats * 20)}
+
+
+def run(device: str = "cpu", dtypes=None, quick: bool = False) -> dict:
+    cuda = device.startswith("cuda")
+    dtypes = dtypes or (["bf16", "fp16", "fp32"] if cuda else ["fp32"])
+    repeats = 3 if quick else 10
+    big = (1 << 30) if cuda else (1 << 26 if quick else 1 << 28)
+    dims = [1024, 2048] if quick else ([2048, 4096, 8192] if cuda else [512, 1024, 2048])
+    sizes = [(d, d, d) for d in dims] + [(m, dims[-1], dims[-1]) for m in (1, 8, 64)]
+    result = {"device": device, "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+              "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+              "stream": bandwidth(device, big, repeats), "gemm": [], "overhead": overheads(device, repeats)}
+    for dt in dtypes:
+        result["gemm"] += gemms(device, dt, sizes, repeats)
+    result["memory_bandwidth"] = max(result["stream"]["copy_bytes_per_s"], result["stream"]["read_bytes_per_s"])
+    result["peak_flops"] = {dt: max(g["flops_per_s"] for g in result["gemm"] if g["dtype"] == dt) for dt in dtypes}
+    return result
+
+
+def _cpu_name() -> str:
+    from measured.provenance import device_name
+    return device_name("cpu")
