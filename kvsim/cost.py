@@ -197,6 +197,7 @@ class CostModel:
         peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
+        self.kernels = model.kernels()
         self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
                               for g in self.groups]
 
@@ -343,6 +344,8 @@ class CostModel:
             a_flops, a_bytes = a_flops / tp, a_bytes * share
             ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
+            if not prefill and grp.ctx is not None and self.profile.materialised_reads:
+                self._add_copy(ph, grp, p, s, b * n * share, attention, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -359,13 +362,32 @@ class CostModel:
             raise KvsimError(f"{self.hw.name} lists no host link bandwidth for offload")
         return ph
 
+    def decoded_copy_bytes(self, ctx, p, g) -> np.ndarray:
+        """Per-sequence bytes of the full-width copy that dequantising or gathering decode step g+1's reads
+        makes, 0 where attention reads the cache as stored."""
+        pol = self.policy
+        if pol.quant is None and pol.reader is None:
+            return np.zeros((), dtype=np.int64)
+        lay = ctx.layout
+        return pol.read_tokens(ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
+
+    def _add_copy(self, ph: Phase, grp: Group, p, s, scale, timer, totals: bool) -> None:
+        """Time (not counted as the policy's bytes) of an unfused executor writing the decoded copy and
+        reading it back."""
+        moved = 2.0 * self.profile.materialised_reads * self.decoded_copy_bytes(grp.ctx, p, s) * scale
+        _, m = timer(0.0, moved)
+        ph.time_s = ph.time_s + m
+        if totals:
+            ph.memory_s = ph.memory_s + m
+
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""
         return self.fixed_phase(p, b, prefill) + self.cache_phase(p, b, s, prefill)
 
     def phase_time(self, ph: Phase, p, prefill: bool) -> np.ndarray:
         prof = self.profile
-        device = ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
+        device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
+                  + prof.kernel_overhead_s * self.kernels)
         if prefill:
             device = device + prof.prefill_token_overhead_s * p
         else:

@@ -157,7 +157,7 @@ def _gpt2(cfg: dict) -> ModelSpec:
     hidden = _get(cfg, "n_embd", required=True)
     heads = _get(cfg, "n_head", required=True)
     inner = _get(cfg, "n_inner", None) or 4 * hidden
-    attn = Attention(heads, heads, hidden // heads, qkv_bias=True, o_bias=True)
+    attn = Attention(heads, heads, hidden // heads, qkv_bias=True, o_bias=True, fused_qkv=True)
     layer = Layer(attn, MLP(inner, gated=False, bias=True), norms=2)
     n_pos = _get(cfg, "n_positions", 1024)
     return ModelSpec(cfg.get("_kvsim_name", "gpt2"), hidden, _get(cfg, "vocab_size", required=True),

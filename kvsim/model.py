@@ -65,6 +65,7 @@ class Attention:
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Gemma-3, Qwen3)
+    fused_qkv: bool = False  # one projection for q, k and v (GPT-2's c_attn): fewer kernels, same weights
     # Block-sparse attention (Longformer/BigBird): each query sees `local_blocks` blocks around it,
     # `global_blocks` blocks at the start of the sequence and `random_blocks` random earlier blocks.
     block: int = 0
@@ -297,6 +298,33 @@ class MoE:
 
 Mixer = Attention | MLA | Mamba | LinearAttention
 
+# Kernels one layer launches per forward pass in eager execution (each has a fixed dispatch cost).
+_NORM_KERNELS = {True: 1, False: 6}  # LayerNorm is one fused kernel; RMSNorm is cast, pow, mean, rsqrt, 2 muls
+_ROPE_KERNELS = 10  # rotate-half and multiply-add, for q and k
+_ATTENTION_KERNELS = 8  # scores, scale, max, subtract, exp, sum, divide, weighted values
+
+
+def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
+    """Kernels a layer launches per forward pass (decode or prefill) in eager execution."""
+    norm = _NORM_KERNELS[layer_norm]
+    n = layer.norms * norm + 2  # two residual adds
+    mixer = layer.mixer
+    if isinstance(mixer, Attention):
+        n += (1 if mixer.fused_qkv else 3) + 1 + _ATTENTION_KERNELS + (_ROPE_KERNELS if rope else 0)
+        n += 2 * norm if mixer.qk_norm else 0
+    elif isinstance(mixer, MLA):
+        n += (5 if mixer.q_lora_rank else 3) + 3 + 1 + _ATTENTION_KERNELS + _ROPE_KERNELS
+    elif isinstance(mixer, Mamba):
+        n += 12  # in/x/dt/out projections, conv, activations, discretisation, state update, gate
+    else:
+        n += 10
+    mlp = layer.mlp
+    if isinstance(mlp, MoE):
+        n += 4 + 5 * (mlp.top_k + mlp.n_shared)  # router (gemm, softmax, top-k, gather) + expert MLPs
+    elif mlp is not None:
+        n += 5 if mlp.gated else 3  # gate, up, act, mul, down | up, act, down
+    return n
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -364,6 +392,13 @@ class ModelSpec:
     def n_params(self) -> int:
         n = self.embedding_params() + sum(self.layer_params(i) for i in range(self.n_layers))
         return n + (self._norm_params() if self.final_norm else 0)
+
+    def kernels(self) -> int:
+        """Kernels one forward pass launches in eager execution: every layer, plus embedding, final norm
+        and logits."""
+        rope = self.learned_positions == 0
+        per = sum(layer_kernels(layer, self.norm_bias, rope) for layer in self.layers)
+        return per + 2 + (_NORM_KERNELS[self.norm_bias] if self.final_norm else 0) + 1
 
     def with_(self, **changes) -> "ModelSpec":
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -33,9 +33,13 @@ class Profile:
     compute_half_tokens: float = 0.0  # tokens per forward pass half way between the two
     policy_efficiency: float = 1.0  # fraction of peak FLOP/s reached by the KV policy's own arithmetic
     step_overhead_s: float = 0.0  # per forward pass (a decode step, or the prefill)
-    layer_overhead_s: float = 0.0  # per layer per forward pass (kernel launches, framework dispatch)
+    layer_overhead_s: float = 0.0  # per layer per forward pass (framework module calls)
+    kernel_overhead_s: float = 0.0  # per kernel launched (ModelSpec.kernels() per forward pass, eager)
     prefill_token_overhead_s: float = 0.0  # per prompt token in the prefill, beyond the roofline
     policy_layer_overhead_s: float = 0.0  # per layer per decode step when a KV policy does work there
+    # Unfused executors dequantise or gather what a decode step reads into a new tensor at the KV dtype,
+    # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
+    materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
     # Hardware figures measured by `kvsim probe` replace the datasheet ones when set (0: use the datasheet).
     memory_bandwidth: float = 0.0

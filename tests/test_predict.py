@@ -105,3 +105,30 @@ def test_every_field_has_the_workload_shape():
     pred = predict(mamba, H100, None, Workload(prompt=np.array([10, 20, 30]), gen=4))
     for key in pred.KEYS:
         assert np.shape(getattr(pred, key)) == (3,), key
+
+
+def test_kernel_overhead_counts_the_kernels_a_layer_launches():
+    wl = Workload(prompt=256, gen=8)
+    base = predict(LLAMA, H100, None, wl)
+    slow = predict(LLAMA, H100, None, wl, Profile(name="k", kernel_overhead_s=1e-5))
+    assert float(slow.tpot_s) - float(base.tpot_s) == pytest.approx(1e-5 * LLAMA.kernels())
+    gpt2, smol = load_model("gpt2"), load_model("smollm2-135m")
+    # LayerNorm, fused QKV and learned positions launch far fewer kernels than RMSNorm, RoPE and a gated MLP
+    assert gpt2.kernels() / gpt2.n_layers < smol.kernels() / smol.n_layers
+
+
+def test_materialised_reads_time_a_decoded_copy_only_for_policies_that_make_one():
+    from kvsim.cost import CostModel
+
+    def step_s(spec: str, share: float) -> float:
+        prof = Profile(name="m", materialised_reads=share, kv_efficiency=0.5)
+        cm = CostModel(LLAMA, H100, parse_composition(spec), kv_dtype="bf16", weight_dtype=None, tp=1, pp=1,
+                       profile=prof)
+        return float(cm.phase(4096, 2, 100, prefill=False).time_s)
+
+    assert step_s("full", 1.0) == step_s("full", 0.0)
+    lay = 128 * 2 * 2  # bf16 K and V of one head-token
+    read = LLAMA.n_layers * 2 * 8 * 4196 * lay  # layers x batch x KV heads x tokens read
+    copy_s = 2 * read / (H100.memory_bandwidth * 0.5)  # write the decoded copy, read it back
+    assert step_s("quant:bits=4", 1.0) - step_s("quant:bits=4", 0.0) == pytest.approx(copy_s, rel=1e-6)
+    assert step_s("quest:page=16,budget=512", 0.5) > step_s("quest:page=16,budget=512", 0.0)
