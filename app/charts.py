@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 alt.data_transformers.disable_max_rows()
 WIDTH = "container"
+# Channels are built as classes with explicit types throughout: shorthand strings ("policy:N") make altair
+# search its whole schema per channel, some 15 ms a chart, which alone would blow the re-render budget.
+T = alt.Tooltip
+
+
+def _only(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The columns a chart encodes: the page ships every column of a chart's frame to the browser."""
+    return df[list(columns)]
 
 
 def _x_seq(log: bool):
@@ -15,18 +24,18 @@ def _x_seq(log: bool):
 
 def kv_vs_seq(df: pd.DataFrame, log: bool) -> alt.Chart:
     y = alt.Y("kv_gib:Q", title="KV cache (GiB)", scale=alt.Scale(type="log" if log else "linear"))
-    return alt.Chart(df).mark_line().encode(
+    return alt.Chart(_only(df, "policy", "seq", "kv_gib")).mark_line().encode(
         x=_x_seq(log), y=y, color=alt.Color("policy:N"),
-        tooltip=["policy", "seq", alt.Tooltip("kv_gib:Q", format=".3f")]).properties(
+        tooltip=[T("policy:N"), T("seq:Q"), T("kv_gib:Q", format=".3f")]).properties(
         title="KV cache against sequence length", width=WIDTH, height=320)
 
 
 def architectures(df: pd.DataFrame, log: bool) -> alt.Chart:
     scale = alt.Scale(type="log" if log else "linear")
-    return alt.Chart(df).mark_line().encode(
+    return alt.Chart(_only(df, "model", "seq", "cache_gib")).mark_line().encode(
         x=_x_seq(log), y=alt.Y("cache_gib:Q", title="KV cache + recurrent state (GiB), bf16", scale=scale),
         color=alt.Color("model:N", title="architecture"),
-        tooltip=["model", "seq", alt.Tooltip("cache_gib:Q", format=".4f")]).properties(
+        tooltip=[T("model:N"), T("seq:Q"), T("cache_gib:Q", format=".4f")]).properties(
         title="Per-sequence cache of MHA, GQA, sliding, MLA, SSM and hybrid models", width=WIDTH, height=320)
 
 
@@ -38,29 +47,29 @@ def memory_breakdown(summary: pd.DataFrame) -> alt.Chart:
                                        "activations_gib": "activations + workspace"})
     bars = alt.Chart(parts).mark_bar().encode(
         x=alt.X("policy:N", title=None), y=alt.Y("gib:Q", title="memory per device (GiB)", stack="zero"),
-        color=alt.Color("part:N", title=None), tooltip=["policy", "part", alt.Tooltip("gib:Q", format=".2f")])
-    cap = alt.Chart(summary.head(1)).mark_rule(color="red", strokeDash=[6, 3]).encode(y="capacity_gib:Q")
+        color=alt.Color("part:N", title=None), tooltip=[T("policy:N"), T("part:N"), T("gib:Q", format=".2f")])
+    cap = alt.Chart(_only(summary.head(1), "capacity_gib")).mark_rule(color="red", strokeDash=[6, 3]).encode(y=alt.Y("capacity_gib:Q"))
     return (bars + cap).properties(title="Memory against device capacity (red)", width=WIDTH, height=320)
 
 
 def latency_vs_seq(df: pd.DataFrame, log: bool, field: str, title: str) -> alt.Chart:
-    return alt.Chart(df).mark_line().encode(
+    return alt.Chart(_only(df, "policy", "seq", field, "fits")).mark_line().encode(
         x=_x_seq(log), y=alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log else "linear")),
-        color="policy:N", strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
-        tooltip=["policy", "seq", alt.Tooltip(f"{field}:Q", format=".3f"), "fits"]).properties(
+        color=alt.Color("policy:N"), strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
+        tooltip=[T("policy:N"), T("seq:Q"), T(f"{field}:Q", format=".3f"), T("fits:N")]).properties(
         title=f"{title} against sequence length", width=WIDTH, height=280)
 
 
 def throughput_vs_batch(df: pd.DataFrame) -> alt.Chart:
-    lines = alt.Chart(df).mark_line().encode(
+    lines = alt.Chart(_only(df, "policy", "batch", "tokens_per_s", "fits")).mark_line().encode(
         x=alt.X("batch:Q", title="batch (sequences)", scale=alt.Scale(type="log")),
-        y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"), color="policy:N",
+        y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"), color=alt.Color("policy:N"),
         strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
-        tooltip=["policy", "batch", alt.Tooltip("tokens_per_s:Q", format=",.0f"), "fits"])
+        tooltip=[T("policy:N"), T("batch:Q"), T("tokens_per_s:Q", format=",.0f"), T("fits:N")])
     limits = df.drop_duplicates("policy")
     limits = limits[limits["max_batch"] > 0]
-    rules = alt.Chart(limits).mark_rule(strokeDash=[4, 4]).encode(
-        x="max_batch:Q", color="policy:N", tooltip=["policy", "max_batch"])
+    rules = alt.Chart(_only(limits, "policy", "max_batch")).mark_rule(strokeDash=[4, 4]).encode(
+        x=alt.X("max_batch:Q"), color=alt.Color("policy:N"), tooltip=[T("policy:N"), T("max_batch:Q")])
     return (lines + rules).properties(title="Decode throughput against batch (dashed rules: max batch)",
                                       width=WIDTH, height=300)
 
@@ -70,8 +79,8 @@ def tradeoff(summary: pd.DataFrame) -> alt.Chart:
         x=alt.X("peak_gib:Q", title="peak memory per device (GiB)"),
         y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"),
         size=alt.Size("tpot_ms:Q", title="TPOT (ms)", scale=alt.Scale(range=[60, 1500])),
-        color="policy:N", tooltip=["policy", alt.Tooltip("peak_gib:Q", format=".2f"),
-                                   alt.Tooltip("tokens_per_s:Q", format=",.0f"), alt.Tooltip("tpot_ms:Q", format=".2f")]
+        color=alt.Color("policy:N"), tooltip=[T("policy:N"), T("peak_gib:Q", format=".2f"),
+                                              T("tokens_per_s:Q", format=",.0f"), T("tpot_ms:Q", format=".2f")]
     ).properties(title="Trade-off: throughput against memory (bubble: TPOT)", width=WIDTH, height=320)
 
 
@@ -79,9 +88,9 @@ def quality_vs_memory(df: pd.DataFrame) -> alt.Chart:
     return alt.Chart(df).mark_point(filled=True, size=70).encode(
         x=alt.X("kv_mib:Q", title="measured KV cache (MiB)", scale=alt.Scale(type="log")),
         y=alt.Y("perplexity:Q", title="perplexity (lower is better)", scale=alt.Scale(zero=False)),
-        color=alt.Color("family:N", title="policy family"), shape="model:N",
-        tooltip=["model", "policy", alt.Tooltip("perplexity:Q", format=".3f"),
-                 alt.Tooltip("passkey_accuracy:Q", format=".2f"), alt.Tooltip("kv_mib:Q", format=".2f")]
+        color=alt.Color("family:N", title="policy family"), shape=alt.Shape("model:N"),
+        tooltip=[T("model:N"), T("policy:N"), T("perplexity:Q", format=".3f"),
+                 T("passkey_accuracy:Q", format=".2f"), T("kv_mib:Q", format=".2f")]
     ).properties(title="Measured quality against measured cache bytes (real weights)", width=WIDTH, height=320)
 
 
@@ -96,7 +105,6 @@ def roofline(summary: pd.DataFrame) -> alt.Chart:
     pts = pd.DataFrame(pts)
     lo = min(0.1, pts["intensity"].min() / 2)
     hi = max(peak / bw * 8, pts["intensity"].max() * 2)
-    import numpy as np
     xs = np.geomspace(lo, hi, 100)
     roof = pd.DataFrame({"intensity": xs, "flops_per_s": np.minimum(peak, bw * xs)})
     scale_x, scale_y = alt.Scale(type="log"), alt.Scale(type="log")
@@ -104,9 +112,9 @@ def roofline(summary: pd.DataFrame) -> alt.Chart:
         x=alt.X("intensity:Q", title="arithmetic intensity (FLOP/byte)", scale=scale_x),
         y=alt.Y("flops_per_s:Q", title="attained FLOP/s", scale=scale_y))
     dots = alt.Chart(pts).mark_point(filled=True, size=90).encode(
-        x=alt.X("intensity:Q", scale=scale_x), y=alt.Y("flops_per_s:Q", scale=scale_y), color="policy:N",
-        shape=alt.Shape("phase:N"), tooltip=["policy", "phase", alt.Tooltip("intensity:Q", format=".2f"),
-                                             alt.Tooltip("flops_per_s:Q", format=".3e")])
+        x=alt.X("intensity:Q", scale=scale_x), y=alt.Y("flops_per_s:Q", scale=scale_y),
+        color=alt.Color("policy:N"), shape=alt.Shape("phase:N"),
+        tooltip=[T("policy:N"), T("phase:N"), T("intensity:Q", format=".2f"), T("flops_per_s:Q", format=".3e")])
     return (line + dots).properties(title="Roofline: each phase's operating point (gray: device roof)",
                                     width=WIDTH, height=320)
 
@@ -119,8 +127,9 @@ def measured_vs_predicted(df: pd.DataFrame) -> alt.Chart:
         x=alt.X("x:Q", scale=scale), y=alt.Y("x:Q", scale=scale))
     pts = alt.Chart(df).mark_point(filled=True, size=40, opacity=0.7).encode(
         x=alt.X("measured_ms:Q", title="measured (ms)", scale=scale),
-        y=alt.Y("predicted_ms:Q", title="predicted (ms)", scale=scale), color="model:N", shape="metric:N",
-        tooltip=["model", "policy", "seq", "batch", "metric", alt.Tooltip("measured_ms:Q", format=".2f"),
-                 alt.Tooltip("predicted_ms:Q", format=".2f"), alt.Tooltip("error:Q", format="+.1%")])
+        y=alt.Y("predicted_ms:Q", title="predicted (ms)", scale=scale), color=alt.Color("model:N"),
+        shape=alt.Shape("metric:N"),
+        tooltip=[T("model:N"), T("policy:N"), T("seq:Q"), T("batch:Q"), T("metric:N"),
+                 T("measured_ms:Q", format=".2f"), T("predicted_ms:Q", format=".2f"), T("error:Q", format="+.1%")])
     return (diag + pts).properties(title="Measured runs against predictions (dashed: equal)", width=WIDTH,
                                    height=340)

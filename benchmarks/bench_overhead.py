@@ -6,7 +6,7 @@ tokens. Policies and the reference run interleaved, round after round, so drift 
 all of them alike; figures are medians over every decode step of every round. Also prints TPOT against
 kept tokens for a long context (the cache shrinking should make steps cheaper).
 
-    python benchmarks/bench_overhead.py [--budget 512] [--rounds 5] [--gen 48] [--threads 2]
+    python benchmarks/bench_overhead.py [--budget 512] [--rounds 5] [--gen 48] [--threads 2] [--part overhead|kept]
 """
 
 from __future__ import annotations
@@ -54,12 +54,20 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma list of policies (default: all)")
+    ap.add_argument("--part", choices=("overhead", "kept", "both"), default="both")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = build_random("smollm2-135m")
     g = torch.Generator().manual_seed(0)
     short = torch.randint(0, model.config.vocab_size, (1, a.budget), generator=g)
     long = torch.randint(0, model.config.vocab_size, (1, 4 * a.budget), generator=g)
+    if a.part in ("overhead", "both"):
+        overhead(model, short, long, a)
+    if a.part in ("kept", "both"):
+        kept_tokens(model, g, a)
+
+
+def overhead(model, short, long, a) -> None:
     chosen = {k: v for k, v in specs(a.budget).items() if not a.only or k in a.only.split(",")}
     cases = {"full@budget": (parse_composition([]), short)}
     cases.update({k: (parse_composition([v]), long) for k, v in chosen.items()})
@@ -82,12 +90,19 @@ def main() -> None:
         mark = "  <- target <= +5%" if k in GATED else ""
         print(f"{k:14s} {t * 1e3:9.2f} {100 * (t / base - 1):+8.1f}% {statistics.median(policy[k]) * 1e3:10.3f}{mark}")
 
-    print("\nTPOT against kept tokens (streamingllm on a 4096-token prompt, full cache for reference):")
+
+def kept_tokens(model, g, a) -> None:
+    print("\nTPOT against kept tokens (streamingllm on a 4096-token prompt, full cache for reference; "
+          f"{a.rounds} interleaved rounds):")
     ids = torch.randint(0, model.config.vocab_size, (1, 4096), generator=g)
-    for kept in (4096, 2048, 1024, 512, 256, 128):
-        pol = parse_composition([] if kept == 4096 else [f"streamingllm:sinks=4,window={kept - 4}"])
-        t = statistics.median(run_request(model, pol, ids, a.gen).steps_s)
-        print(f"  kept {kept:5d}: TPOT {t * 1e3:7.2f} ms")
+    kept = (4096, 2048, 1024, 512, 256, 128)
+    steps: dict[int, list[float]] = {k: [] for k in kept}
+    for _ in range(a.rounds):
+        for k in kept:
+            pol = parse_composition([] if k == 4096 else [f"streamingllm:sinks=4,window={k - 4}"])
+            steps[k] += run_request(model, pol, ids, a.gen).steps_s
+    for k in kept:
+        print(f"  kept {k:5d}: TPOT {statistics.median(steps[k]) * 1e3:7.2f} ms")
 
 
 if __name__ == "__main__":
