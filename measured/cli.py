@@ -141,7 +141,9 @@ def cmd_quality(argv) -> int:
                            continuation=a.continuation, length=a.context + a.continuation, depth="", key="")
                 if tuple(str(row[k]) for k in key) not in skip:
                     r = perplexity(model, tok, pol, text, a.context, a.continuation, bos, scorers)
-                    pred = predict(spec, hw, pol, Workload(prompt=a.context, gen=a.continuation, kv_dtype="fp32"))
+                    # every continuation token is appended (teacher forcing): kvsim's gen counts the token the
+                    # prefill yields plus one per decode step, so gen = continuation + 1
+                    pred = predict(spec, hw, pol, Workload(prompt=a.context, gen=a.continuation + 1, kv_dtype="fp32"))
                     row.update(value=r["ppl"], kv_cache_bytes=r["kv_cache_bytes"], kv_shared_bytes=r["kv_shared_bytes"],
                                kv_cache_bytes_predicted=int(pred.kv_cache_bytes), status="ok", **prov)
                     writer.write(row)

@@ -26,3 +26,18 @@ def test_passkey_full_cache_finds_the_key(smollm2):
 def test_text_is_clean_prose():
     text = corpus(5000)
     assert "[[" not in text and "{{" not in text and "<ref" not in text and len(text) >= 5000
+
+
+def test_quality_rows_predict_the_bytes_they_measure(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    out = tmp_path / "q.csv"
+    r = subprocess.run([sys.executable, "-m", "kvsim.cli", "quality", "--policy", "full;h2o:budget=64;int8",
+                        "--context", "96", "--continuation", "16", "--passkey-lengths", "160", "--depths", "0.5",
+                        "--keys", "1", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {x["metric"] for x in rows} == {"perplexity", "passkey"} and len(rows) == 6
+    assert all(x["kv_cache_bytes"] == x["kv_cache_bytes_predicted"] for x in rows), rows
