@@ -40,8 +40,9 @@ def collect(model, tok, tokens: int, bos: bool):
         if layer.ctx is None or layer.ctx.rank < 0 or not layer.groups:
             continue
         grp = layer.groups[0]
-        k = grp.store.kv()[0][0].float()  # [H, n, d]
-        score = grp.state["score"][0].float()  # [H, n]
+        # clones: tensors made under inference_mode cannot enter the autograd graph that training builds
+        k = grp.store.kv()[0][0].float().clone()  # [H, n, d]
+        score = grp.state["score"][0].float().clone()  # [H, n]
         # mean attention per query head that could see the token (score sums the KV head's query heads)
         target = torch.log(score / (seen_by * layer.ctx.layout.group) + 1e-9)
         out[layer.index] = (k.reshape(-1, k.shape[-1]), target.reshape(-1))

@@ -41,3 +41,12 @@ def test_quality_rows_predict_the_bytes_they_measure(tmp_path):
         rows = list(csv.DictReader(f))
     assert {x["metric"] for x in rows} == {"perplexity", "passkey"} and len(rows) == 6
     assert all(x["kv_cache_bytes"] == x["kv_cache_bytes_predicted"] for x in rows), rows
+
+
+def test_learned_scorer_trains_on_harness_scores(smollm2):
+    import torch
+    from measured.learned import collect, train
+    model, tok = smollm2
+    weights = train(collect(model, tok, 64, False), hidden=8, steps=3)
+    assert len(weights) == model.config.num_hidden_layers
+    assert all(torch.isfinite(t).all() and not t.requires_grad for ws in weights.values() for t in ws)
