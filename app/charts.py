@@ -11,6 +11,9 @@ WIDTH = "container"
 # Channels are built as classes with explicit types throughout: shorthand strings ("policy:N") make altair
 # search its whole schema per channel, some 15 ms a chart, which alone would blow the re-render budget.
 T = alt.Tooltip
+# Solid where the workload fits in device memory, dashed where it would not.
+FITS = alt.StrokeDash("fits:N", title="fits in memory",
+                      scale=alt.Scale(domain=[True, False], range=[[1, 0], [6, 4]]))
 
 
 def _only(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -19,7 +22,8 @@ def _only(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def _x_seq(log: bool):
-    return alt.X("seq:Q", title="sequence length (tokens)", scale=alt.Scale(type="log" if log else "linear"))
+    return alt.X("seq:Q", title="sequence length (tokens)",
+                 scale=alt.Scale(type="log" if log else "linear", nice=False))
 
 
 def kv_vs_seq(df: pd.DataFrame, log: bool) -> alt.Chart:
@@ -48,23 +52,24 @@ def memory_breakdown(summary: pd.DataFrame) -> alt.Chart:
     bars = alt.Chart(parts).mark_bar().encode(
         x=alt.X("policy:N", title=None), y=alt.Y("gib:Q", title="memory per device (GiB)", stack="zero"),
         color=alt.Color("part:N", title=None), tooltip=[T("policy:N"), T("part:N"), T("gib:Q", format=".2f")])
-    cap = alt.Chart(_only(summary.head(1), "capacity_gib")).mark_rule(color="red", strokeDash=[6, 3]).encode(y=alt.Y("capacity_gib:Q"))
+    cap = alt.Chart(_only(summary.head(1), "capacity_gib")).mark_rule(color="red", strokeDash=[6, 3]).encode(
+        y=alt.Y("capacity_gib:Q"))
     return (bars + cap).properties(title="Memory against device capacity (red)", width=WIDTH, height=320)
 
 
 def latency_vs_seq(df: pd.DataFrame, log: bool, field: str, title: str) -> alt.Chart:
     return alt.Chart(_only(df, "policy", "seq", field, "fits")).mark_line().encode(
         x=_x_seq(log), y=alt.Y(f"{field}:Q", title=title, scale=alt.Scale(type="log" if log else "linear")),
-        color=alt.Color("policy:N"), strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
+        color=alt.Color("policy:N"), strokeDash=FITS,
         tooltip=[T("policy:N"), T("seq:Q"), T(f"{field}:Q", format=".3f"), T("fits:N")]).properties(
         title=f"{title} against sequence length", width=WIDTH, height=280)
 
 
 def throughput_vs_batch(df: pd.DataFrame) -> alt.Chart:
     lines = alt.Chart(_only(df, "policy", "batch", "tokens_per_s", "fits")).mark_line().encode(
-        x=alt.X("batch:Q", title="batch (sequences)", scale=alt.Scale(type="log")),
+        x=alt.X("batch:Q", title="batch (sequences)", scale=alt.Scale(type="log", nice=False)),
         y=alt.Y("tokens_per_s:Q", title="decode throughput (tokens/s)"), color=alt.Color("policy:N"),
-        strokeDash=alt.StrokeDash("fits:N", title="fits in memory"),
+        strokeDash=FITS,
         tooltip=[T("policy:N"), T("batch:Q"), T("tokens_per_s:Q", format=",.0f"), T("fits:N")])
     limits = df.drop_duplicates("policy")
     limits = limits[limits["max_batch"] > 0]
@@ -110,7 +115,7 @@ def roofline(summary: pd.DataFrame) -> alt.Chart:
     scale_x, scale_y = alt.Scale(type="log"), alt.Scale(type="log")
     line = alt.Chart(roof).mark_line(color="gray").encode(
         x=alt.X("intensity:Q", title="arithmetic intensity (FLOP/byte)", scale=scale_x),
-        y=alt.Y("flops_per_s:Q", title="attained FLOP/s", scale=scale_y))
+        y=alt.Y("flops_per_s:Q", title="attained FLOP/s", scale=scale_y, axis=alt.Axis(format="~s")))
     dots = alt.Chart(pts).mark_point(filled=True, size=90).encode(
         x=alt.X("intensity:Q", scale=scale_x), y=alt.Y("flops_per_s:Q", scale=scale_y),
         color=alt.Color("policy:N"), shape=alt.Shape("phase:N"),

@@ -8,7 +8,7 @@ import pandas as pd
 
 def _spec(chart: alt.TopLevelMixin) -> str:
     # A container width has no meaning outside the page: export at a fixed width.
-    return chart.properties(width=720).to_json() if isinstance(chart, alt.Chart) else chart.to_json()
+    return chart.properties(width=720).to_json() if isinstance(chart, (alt.Chart, alt.LayerChart)) else chart.to_json()
 
 
 def png(chart) -> bytes:

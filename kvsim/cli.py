@@ -224,8 +224,8 @@ def cmd_predict(args) -> int:
             ("max batch", f"{v['max_batch']:,} at this prompt and gen"),
             ("max context", f"{mc_s} tokens at batch {wl.batch}"),
             ("", ""),
-            ("prefill", f"{fmt_count(v['prefill_flops'])}FLOP, {fmt_bytes(v['prefill_bytes'])} moved"),
-            ("decode step (mean)", f"{fmt_count(v['decode_flops'])}FLOP, {fmt_bytes(v['decode_bytes'])} moved"),
+            ("prefill", f"{fmt_count(v['prefill_flops'], 'FLOP')}, {fmt_bytes(v['prefill_bytes'])} moved"),
+            ("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, {fmt_bytes(v['decode_bytes'])} moved"),
             ("TTFT", f"{fmt_seconds(v['ttft_s'])}  ({v['bound_prefill']}-bound)"),
             ("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
                      f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),

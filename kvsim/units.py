@@ -72,8 +72,10 @@ def fmt_seconds(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
-def fmt_count(n: float) -> str:
+def fmt_count(n: float, unit: str = "") -> str:
+    """1.23G, or with a unit 1.23 GFLOP."""
+    sep = " " if unit else ""
     for name, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.2f}{name}"
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.3g}"
+            return f"{n / size:.2f}{sep}{name}{unit}"
+    return (f"{n:.0f}" if float(n).is_integer() else f"{n:.3g}") + sep + unit
