@@ -50,3 +50,16 @@ def test_learned_scorer_trains_on_harness_scores(smollm2):
     weights = train(collect(model, tok, 64, False), hidden=8, steps=3)
     assert len(weights) == model.config.num_hidden_layers
     assert all(torch.isfinite(t).all() and not t.requires_grad for ws in weights.values() for t in ws)
+
+
+def test_summary_puts_bytes_perplexity_and_passkey_side_by_side(tmp_path):
+    import pandas as pd
+    from measured import summary
+    rows = [dict(model="m", policy="full", metric="perplexity", value=10.0, kv_cache_bytes=2**21, status="ok")]
+    rows += [dict(model="m", policy="full", metric="passkey", value=v, kv_cache_bytes=2**20, status="ok")
+             for v in (1.0, 0.0, 1.0, 1.0)]
+    text = summary.markdown(pd.DataFrame(rows))
+    assert "| m | `full` | 2.0 | 10.000 | 0.75 (4) |" in text
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert summary.main([str(bad)]) == 2 and summary.main([str(tmp_path / "missing.csv")]) == 2
