@@ -18,8 +18,16 @@ import torch
 from .quant import dequantize_groups, pack, quantize_groups, unpack
 
 
+def _own(x: torch.Tensor) -> torch.Tensor:
+    """x in an exactly-sized storage of its own. A single token's K or V can be a contiguous view into a
+    projection's output (GPT-2's fused QKV): keeping it would keep the whole buffer, query included."""
+    if x.is_contiguous() and x.untyped_storage().nbytes() == x.numel() * x.element_size():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 def _cat(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-    return b.contiguous() if a is None or a.shape[2] == 0 else torch.cat([a, b], dim=2)
+    return _own(b) if a is None or a.shape[2] == 0 else torch.cat([a, b], dim=2)
 
 
 def _bits(x: torch.Tensor) -> torch.Tensor:

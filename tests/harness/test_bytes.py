@@ -1,7 +1,7 @@
 """Physical cache bytes equal kvsim's prediction, for every policy and architecture."""
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvsim import parse_composition
@@ -27,6 +27,8 @@ CASES = [[s] for s in SMALL.values()] + [list(c) for c in COMPOSITIONS]
 @settings(max_examples=30)
 @given(st.sampled_from(sorted(ARCHS)), st.sampled_from(CASES), st.integers(2, 90), st.integers(1, 14),
        st.integers(1, 3))
+# A per-channel residual refilled by one token: GPT-2's K is then a view into its fused QKV buffer
+@example("gpt2-mha", ["kmeans:clusters=8,recent=8,every=4,iters=3", "quant:bits=4,axis=channel,group=8"], 2, 8, 1)
 def test_bytes_match_over_random_sizes(arch, specs, prompt, gen, batch):
     if arch == "gpt2-mha":
         prompt = min(prompt, 200)
