@@ -76,12 +76,11 @@ class Problem:
         """Predicted (TTFT, TPOT) for every row (NaN outside `rows` when given)."""
         ttft = np.full(len(self.df), np.nan)
         tpot = np.full(len(self.df), np.nan)
-        keep = None if rows is None else set(rows.tolist())
         for g in self.groups:
-            idx = g.rows if keep is None else np.array([i for i in g.rows if i in keep], dtype=int)
+            sel = np.ones(g.rows.size, bool) if rows is None else np.isin(g.rows, rows)
+            idx = g.rows[sel]
             if idx.size == 0:
                 continue
-            sel = np.isin(g.rows, idx)
             wl = Workload(prompt=g.seq[sel], gen=g.gen, batch=g.batch[sel], kv_dtype=g.dtype, weight_dtype=g.dtype)
             pred = predict(g.spec, self.hw, g.policy, wl, profile)
             ttft[idx], tpot[idx] = pred.ttft_s, pred.tpot_s

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from kvsim.atomic import replacing
 
 
 def plot(df, held_ttft, held_tpot, datasheet_ttft, datasheet_tpot, title: str, out: Path) -> None:
@@ -33,11 +33,5 @@ def plot(df, held_ttft, held_tpot, datasheet_ttft, datasheet_tpot, title: str, o
             x=alt.X("x:Q", scale=scale), y=alt.Y("x:Q", scale=scale))
         panels.append(alt.layer(diag, points).properties(width=330, height=330, title=metric))
     chart = alt.hconcat(*panels).properties(title=title)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        chart.save(tmp, scale_factor=2)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(out, suffix=".png") as tmp:
+        chart.save(str(tmp), scale_factor=2)

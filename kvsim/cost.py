@@ -195,6 +195,7 @@ class CostModel:
         self.groups = group_layers(model, policy, self.kv_bits)
         bw = profile.memory_bandwidth or hardware.memory_bandwidth
         peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
+        self.raw_bw, self.raw_peak = bw, peak
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
         self.kernels = model.kernels()
@@ -223,15 +224,14 @@ class CostModel:
         Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; the policy's own
         elementwise arithmetic at policy_efficiency; KV traffic at kv_efficiency of the bandwidth."""
         prof = self.profile
-        raw_peak = self.peak / prof.compute_efficiency
         if policy:
-            peak = raw_peak * prof.policy_efficiency
+            peak = self.raw_peak * prof.policy_efficiency
         elif prof.compute_half_tokens and prof.compute_small_efficiency:
             h = prof.compute_half_tokens
-            peak = raw_peak * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
+            peak = self.raw_peak * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
         else:
             peak = self.peak
-        bw = self.bw / prof.mem_efficiency * prof.kv_efficiency if kv else self.bw
+        bw = self.raw_bw * prof.kv_efficiency if kv else self.bw
 
         def timer(flops, bytes_):
             return flops / peak, bytes_ / bw
@@ -362,19 +362,18 @@ class CostModel:
             raise KvsimError(f"{self.hw.name} lists no host link bandwidth for offload")
         return ph
 
-    def decoded_copy_bytes(self, ctx, p, g) -> np.ndarray:
-        """Per-sequence bytes of the full-width copy that dequantising or gathering decode step g+1's reads
-        makes, 0 where attention reads the cache as stored."""
-        pol = self.policy
-        if pol.quant is None and pol.reader is None:
-            return np.zeros((), dtype=np.int64)
+    def full_width_read_bytes(self, ctx, p, g) -> np.ndarray:
+        """Per-sequence bytes of decode step g+1's reads at the full KV dtype: the size of a dequantised,
+        gathered or grown copy of them."""
         lay = ctx.layout
-        return pol.read_tokens(ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
+        return self.policy.read_tokens(ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
 
     def _add_copy(self, ph: Phase, grp: Group, p, s, scale, timer, totals: bool) -> None:
-        """Time (not counted as the policy's bytes) of an unfused executor writing the decoded copy and
-        reading it back."""
-        moved = 2.0 * self.profile.materialised_reads * self.decoded_copy_bytes(grp.ctx, p, s) * scale
+        """Time (not counted as the policy's bytes) of an unfused executor writing a dequantised or gathered
+        copy of the step's reads and reading it back; attention reads a plain cache as stored."""
+        if self.policy.quant is None and self.policy.reader is None:
+            return
+        moved = 2.0 * self.profile.materialised_reads * self.full_width_read_bytes(grp.ctx, p, s) * scale
         _, m = timer(0.0, moved)
         ph.time_s = ph.time_s + m
         if totals:
@@ -420,10 +419,7 @@ class CostModel:
         for grp in self.groups:
             if grp.ctx is None:
                 continue
-            lay = grp.ctx.layout
-            share = self.kv_share(grp.ctx)
-            raw = self.policy.read_tokens(grp.ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
-            worst = np.maximum(worst, self._on_device(grp.ctx, raw))
+            worst = np.maximum(worst, self._on_device(grp.ctx, self.full_width_read_bytes(grp.ctx, p, g)))
             if grp.on_host:
                 fetched = np.maximum(fetched, 2 * self._on_device(grp.ctx, self.policy.read_bytes(grp.ctx, p, g)))
         return np.asarray(worst + fetched, dtype=np.int64)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from kvsim.atomic import replacing
 from kvsim.policies.h2o import H2O
 from kvsim.policies.compose import Compose
 
@@ -80,7 +81,6 @@ def scorer_state(model, tok, name: str, hidden: int, bos: bool, tokens: int = 20
         return torch.load(path)
     state = train(collect(model, tok, tokens, bos), hidden)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
     return state
