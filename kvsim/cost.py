@@ -90,18 +90,25 @@ def group_layers(model: ModelSpec, policy: Compose, kv_bits: int) -> list[Group]
             for (layer, _, _), (members, ctx, src) in groups.items()]
 
 
-def causal_pairs(p: np.ndarray, span: int) -> np.ndarray:
-    """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all)."""
+def causal_pairs(p: np.ndarray, span) -> np.ndarray:
+    """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all);
+    span may be an array."""
     full = p * (p + 1) // 2
-    if not span:
+    if not np.any(span):
         return full
-    return np.where(p <= span, full, span * (span + 1) // 2 + (p - span) * span)
+    return np.where((span > 0) & (p > span), span * (span + 1) // 2 + (p - span) * span, full)
 
 
 def expected_experts(moe: MoE, tokens: np.ndarray) -> np.ndarray:
     """Experts whose weights a batch of `tokens` routed tokens touches, with uniform independent routing."""
-    miss = (1.0 - moe.top_k / moe.n_experts) ** np.asarray(tokens, dtype=np.float64)
-    return moe.n_experts * (1.0 - miss)
+    return touched_experts(moe.n_experts, moe.top_k, tokens)
+
+
+def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
+    """expected_experts over arrays of expert counts and top-k."""
+    n_experts = np.asarray(n_experts, dtype=np.float64)
+    miss = (1.0 - np.asarray(top_k) / n_experts) ** np.asarray(tokens, dtype=np.float64)
+    return n_experts * (1.0 - miss)
 
 
 def _mlp_weight_bytes(model: ModelSpec, layer: Layer, tokens: np.ndarray, wbytes: float) -> np.ndarray:
@@ -132,6 +139,18 @@ def _activation_width(model: ModelSpec, layer: Layer) -> tuple[int, int]:
     written = 5 * h + mix + 3 * inter  # norm outs, o-proj out, residual adds, mlp outs
     live = 2 * h + max(mix, 3 * inter)
     return written, live
+
+
+def _matmuls(layer: Layer) -> int:
+    """Weight-matmul kernels of one layer as engines launch them: fused QKV and output projections, fused
+    gate-up and down projections (an MoE adds its router), MLA's down- and up-projections."""
+    mixer = layer.mixer
+    n = 5 if isinstance(mixer, MLA) else 2
+    if isinstance(layer.mlp, MoE):
+        n += 3
+    elif layer.mlp is not None:
+        n += 2
+    return n
 
 
 def _state_bytes(model: ModelSpec, mixer, sbytes: float) -> float:
@@ -198,7 +217,11 @@ class CostModel:
         self.raw_bw, self.raw_peak = bw, peak
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
+        self.raw_attn_peak = hardware.peak_flops(self.act_dtype)  # attention runs at the activation dtype
         self.kernels = model.kernels()
+        # Graph-replayed kernels still have a floor each: weight matmuls and attention kernels per pass.
+        self.matmuls = sum(_matmuls(l) for l in model.layers) + 1  # + the logits
+        self.attention_kernels = sum(isinstance(l.mixer, (Attention, MLA)) for l in model.layers)
         self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
                               for g in self.groups]
 
@@ -219,19 +242,19 @@ class CostModel:
         heads = ctx.layout.n_kv_heads
         return nbytes * max(1, heads // self.tp) // heads
 
-    def _timer(self, tokens, policy: bool = False, kv: bool = False):
+    def _timer(self, tokens, policy: bool = False, kv: bool = False, seq_tokens=None):
         """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
-        Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; the policy's own
-        elementwise arithmetic at policy_efficiency; KV traffic at kv_efficiency of the bandwidth."""
+        Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; attention (when
+        `seq_tokens`, the tokens per sequence, is given) at its own ramp; the policy's own elementwise
+        arithmetic at policy_efficiency; KV traffic at the KV dtype's fraction of the bandwidth."""
         prof = self.profile
         if policy:
             peak = self.raw_peak * prof.policy_efficiency
-        elif prof.compute_half_tokens and prof.compute_small_efficiency:
-            h = prof.compute_half_tokens
-            peak = self.raw_peak * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
+        elif seq_tokens is not None:
+            peak = self.raw_attn_peak * prof.attention_fraction(seq_tokens, tokens)
         else:
-            peak = self.peak
-        bw = self.raw_bw * prof.kv_efficiency if kv else self.bw
+            peak = self.raw_peak * prof.matmul_fraction(tokens, self.act_dtype)
+        bw = self.raw_bw * prof.kv_fraction(self.kv_dtype) if kv else self.bw
 
         def timer(flops, bytes_):
             return flops / peak, bytes_ / bw
@@ -291,13 +314,19 @@ class CostModel:
             return (p if prefill else 1) * mixer.step_flops(), 2.0 * state, 0.0
         ctx = grp.ctx if grp.ctx is not None else grp.source
         if prefill:
-            pairs = causal_pairs(p, ctx.layout.span)
+            span = ctx.layout.span
+            pairs = causal_pairs(p, span + self.profile.window_edge_tokens if span else 0)
             flops = pairs * ctx.layout.n_q_heads * (2 * ctx.layout.score_dim + 2 * ctx.layout.value_dim + 5)
             written = pol.stored_bytes(grp.ctx, p, 0) if grp.ctx is not None else 0
             return flops, written, (written if grp.on_host else 0)
         segs = pol.read_segments(ctx, p, s)
         flops = pol.attn_flops(ctx, pol.tokens_of(segs))
-        moved = pol.bytes_of(ctx, segs) + (pol.write_bytes(ctx) if grp.ctx is not None else 0)
+        read = pol.bytes_of(ctx, segs)
+        span, edge = ctx.layout.span, self.profile.window_edge_tokens
+        if span and edge:  # a window that binds is read with the tiles at its edge
+            resident = p + s + 1
+            read = read * (np.minimum(resident, span + edge) / np.minimum(resident, span))
+        moved = read + (pol.write_bytes(ctx) if grp.ctx is not None else 0)
         return flops, moved, (moved if grp.on_host else 0)
 
     def fixed_phase(self, p, b, prefill: bool) -> Phase:
@@ -319,7 +348,8 @@ class CostModel:
                 if not link:
                     raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
                 volume = 2 * tokens * h * self.abytes * 2 * (tp - 1) / tp  # two all-reduces per layer
-                ph.comm_s = ph.comm_s + n * volume / link
+                prof = self.profile
+                ph.comm_s = ph.comm_s + n * (volume / (link * prof.comm_efficiency) + 2 * prof.allreduce_overhead_s)
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
         head_bytes = (model.vocab * h * self.wbytes + tokens * h * self.abytes * 3) / tp
         ph.add(1, head_flops, head_bytes, self._timer(b))
@@ -333,7 +363,8 @@ class CostModel:
         tp = self.tp
         ph = Phase()
         host = flops = traffic = 0.0
-        attention = self._timer(b * p if prefill else b, kv=True)
+        attention = self._timer(b * p if prefill else b, kv=True, seq_tokens=p)
+        per_seq_s = self.profile.attention_seq_overhead_s
         policy_timer = self._timer(0, policy=True)
         for grp, active in zip(self.groups, self.policy_active):
             n = grp.count
@@ -343,6 +374,8 @@ class CostModel:
             share = self.kv_share(kv_ctx) if kv_ctx is not None else 1.0 / tp
             a_flops, a_bytes = a_flops / tp, a_bytes * share
             ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
+            if per_seq_s and kv_ctx is not None:
+                ph.time_s = ph.time_s + n * b * kv_ctx.layout.n_kv_heads * self.kv_share(kv_ctx) * per_seq_s
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n * share, attention, totals)
@@ -386,7 +419,8 @@ class CostModel:
     def phase_time(self, ph: Phase, p, prefill: bool) -> np.ndarray:
         prof = self.profile
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
-                  + prof.kernel_overhead_s * self.kernels)
+                  + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
+                  + prof.attention_overhead_s * self.attention_kernels)
         if prefill:
             device = device + prof.prefill_token_overhead_s * p
         else:

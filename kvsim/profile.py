@@ -12,6 +12,24 @@ large-batch level (prefill: blocked GEMMs), half way at compute_half_tokens. Wei
 reach bandwidth * mem_efficiency; KV reads and writes reach bandwidth * kv_efficiency (a cache that is
 re-copied on every append, or read through gathers, achieves less of the bandwidth than a weight stream).
 The policy's own arithmetic (scoring, selection, dequantisation) runs at peak_flops * policy_efficiency.
+
+Kernel-level terms, fitted from per-op GPU measurements (calibrate/kernels), each 0 or empty by default so
+the roofline is unchanged:
+- attention compute has its own ramp, indexed by tokens per sequence (a FlashAttention tile is filled by
+  one sequence's queries and keys, not by the batch): attn_small_efficiency -> attn_efficiency, half way at
+  attn_half_tokens;
+- KV reads reach kv_dtype_efficiency[kv dtype] of the bandwidth where given (fp8 KV is dequantisation-bound
+  on FlashAttention-3), kv_efficiency otherwise;
+- matrix work in a dtype listed in matmul_dtype_efficiency reaches that fraction of its own dense peak at
+  many tokens;
+- a decode step's KV reads are spread over its (sequence, KV head) pairs: with few of them the kernel
+  cannot keep enough loads in flight, and reaches units / (units + kv_half_units) of the KV bandwidth;
+- attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
+  tiles or splits and its epilogue in varlen and paged kernels);
+- graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
+  per weight matmul and attention_overhead_s per attention kernel;
+- sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge);
+- tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import KvsimError
+from .units import canonical_dtype
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,18 @@ class Profile:
     # Unfused executors dequantise or gather what a decode step reads into a new tensor at the KV dtype,
     # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
     materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
+    attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
+    attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
+    attn_half_tokens: float = 0.0  # tokens per sequence half way between the two
+    kv_dtype_efficiency: dict = field(default_factory=dict)  # KV dtype -> fraction of bandwidth
+    matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
+    attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
+    kv_half_units: float = 0.0  # (sequence, KV head) pairs in a decode step at which KV reads reach half speed
+    matmul_overhead_s: float = 0.0  # per weight matmul per layer
+    attention_overhead_s: float = 0.0  # per attention kernel per layer
+    window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
+    comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
+    allreduce_overhead_s: float = 0.0  # per all-reduce
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
     # Hardware figures measured by `kvsim probe` replace the datasheet ones when set (0: use the datasheet).
     memory_bandwidth: float = 0.0
@@ -49,15 +80,61 @@ class Profile:
 
     def __post_init__(self):
         for f in fields(self):
+            if f.type == "float" and isinstance(getattr(self, f.name), bool):
+                raise KvsimError(f"profile {self.name}: {f.name} must be a number, got {getattr(self, f.name)!r}")
             if f.type == "float":
                 v = getattr(self, f.name)
-                if not isinstance(v, (int, float)) or v != v or v < 0:
-                    raise KvsimError(f"profile {self.name}: {f.name} must be a non-negative number, got {v!r}")
+                if not isinstance(v, (int, float)) or v != v or v < 0 or v == float("inf"):
+                    raise KvsimError(f"profile {self.name}: {f.name} must be a finite non-negative number, got {v!r}")
         for name in ("mem_efficiency", "kv_efficiency", "compute_efficiency", "policy_efficiency"):
             if not 0 < getattr(self, name) <= 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be in (0, 1.5]")
-        if self.compute_small_efficiency > 1.5:
-            raise KvsimError(f"profile {self.name}: compute_small_efficiency must be at most 1.5")
+        for name in ("compute_small_efficiency", "attn_efficiency", "attn_small_efficiency"):
+            if getattr(self, name) > 1.5:
+                raise KvsimError(f"profile {self.name}: {name} must be at most 1.5")
+        if not 0 < self.comm_efficiency <= 1.5:
+            raise KvsimError(f"profile {self.name}: comm_efficiency must be in (0, 1.5]")
+        for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency"):
+            table = getattr(self, name)
+            if not isinstance(table, dict):
+                raise KvsimError(f"profile {self.name}: {name} must map dtypes to fractions")
+            clean = {}
+            for k, v in table.items():
+                try:
+                    dt = canonical_dtype(k)
+                except ValueError as e:
+                    raise KvsimError(f"profile {self.name}: {name}: {e}") from None
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5:
+                    raise KvsimError(f"profile {self.name}: {name}[{k}] must be in (0, 1.5], got {v!r}")
+                clean[dt] = float(v)
+            object.__setattr__(self, name, clean)
+
+    # ----- achieved fractions of the datasheet, shared by the cost model and the kernel fits -----
+    def matmul_fraction(self, tokens, dtype: str = ""):
+        """Fraction of the dense peak that matrix work over `tokens` rows reaches."""
+        big = self.matmul_dtype_efficiency.get(dtype, self.compute_efficiency)
+        if self.compute_half_tokens and self.compute_small_efficiency:
+            h = self.compute_half_tokens
+            return (self.compute_small_efficiency * h + big * tokens) / (h + tokens)
+        return big + 0.0 * tokens
+
+    def attention_fraction(self, seq_tokens, tokens):
+        """Fraction of the dense peak attention reaches with `seq_tokens` per sequence (`tokens` rows in the
+        whole pass, for profiles without an attention ramp of their own)."""
+        if not self.attn_efficiency:
+            return self.matmul_fraction(tokens)
+        if self.attn_half_tokens and self.attn_small_efficiency:
+            h = self.attn_half_tokens
+            return (self.attn_small_efficiency * h + self.attn_efficiency * seq_tokens) / (h + seq_tokens)
+        return self.attn_efficiency + 0.0 * seq_tokens
+
+    def kv_fraction(self, kv_dtype: str, units=None):
+        """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`
+        (sequence, KV head) pairs sharing a decode step's reads (None: enough of them)."""
+        frac = self.kv_dtype_efficiency.get(kv_dtype, self.kv_efficiency)
+        if units is None or not self.kv_half_units:
+            return frac
+        return frac * units / (units + self.kv_half_units)
 
     def to_dict(self) -> dict:
         return asdict(self)

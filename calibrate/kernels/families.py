@@ -1,0 +1,128 @@
+"""Which measured rows each op family fits on, how kvsim predicts them, and how they are held out.
+
+Row selection, recorded in every profile:
+- GEMMs: bf16 and per-tensor fp8 with n and k of at least 512;
+- a shape measured with several kernels (vLLM's fp8 block-scaled GEMMs: DeepGEMM, CUTLASS, FlashInfer) keeps
+  its fastest, the one an engine's autotuner would pick;
+- attention keeps the framework's main kernel (the source with most rows: FlashAttention-3 on Hopper), and
+  drops head dim 192 (a QK-192 / V-128 layout the table has no V-width column for) and query-per-KV-head
+  ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
+- all-reduce keeps CUDA-graph rows (the engines replay graphs in decode).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .fit import ALLREDUCE_PARAMS, ATTENTION_PARAMS, GEMM_PARAMS, Family
+
+
+# Block-scaled fp8 GEMMs are left out: vLLM's table puts a 55-150 us floor on every call (activation
+# quantisation and scale handling), which no roofline term describes. Shapes narrower than an LLM projection
+# under 8-way tensor parallelism are left out too.
+GEMM_DTYPES = ("bfloat16", "fp8")
+MIN_GEMM_DIM = 512
+
+
+def _fastest(df, keys):
+    return df.loc[df.groupby(keys, sort=False)["seconds"].idxmin()].reset_index(drop=True)
+
+
+def _main_kernel(df):
+    if "kernel_source" not in df:
+        return df
+    main = df["kernel_source"].value_counts().idxmax()
+    return df[df["kernel_source"] == main]
+
+
+def _label(values) -> np.ndarray:
+    return np.asarray(values).astype(str)
+
+
+def _folds(keys, k: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold label of every row; rows with equal keys share a fold."""
+    keys = np.asarray(keys).astype(str)
+    uniq = np.unique(keys)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(uniq)
+    fold = {u: str(i % k) for i, u in enumerate(uniq)}
+    return np.array([fold[x] for x in keys])
+
+
+def _two_way(mask) -> np.ndarray:
+    """Hold out the rows where `mask` is true (one group), fitting on the rest."""
+    return np.where(np.asarray(mask), "heldout", "")
+
+
+def gemm(df) -> Family:
+    df = df[df["gemm_dtype"].isin(GEMM_DTYPES) & (df["n"] >= MIN_GEMM_DIM) & (df["k"] >= MIN_GEMM_DIM)]
+    df = _fastest(df, ["m", "n", "k", "gemm_dtype"])
+
+    def predict(prof, hw, d):
+        return ops.gemm(prof, hw, d["m"].to_numpy(), d["n"].to_numpy(), d["k"].to_numpy(), d["gemm_dtype"].to_numpy())
+
+    def splits(d):
+        return [("unseen (n, k) shapes, 5 folds", _folds(d["n"].astype(str) + "x" + d["k"].astype(str))),
+                ("m >= 2048 fitted from m < 2048", _two_way(d["m"] >= 2048))]
+    return Family("gemm", GEMM_PARAMS, predict, splits, df)
+
+
+def _attention_rows(df):
+    df = _main_kernel(df)
+    df = df[(df["head_dim"] != 192) & (df["num_heads"] / df["num_key_value_heads"] < 48)
+            & (df["num_heads"] % df["num_key_value_heads"] == 0)]
+    return df[df["kv_cache_dtype"].isin(ops.KV_DTYPES)].reset_index(drop=True)
+
+
+def _attn_args(d, length):
+    return (d["batch_size"].to_numpy(), d[length].to_numpy(), d["num_heads"].to_numpy(),
+            d["num_key_value_heads"].to_numpy(), d["head_dim"].to_numpy(), d["kv_cache_dtype"].to_numpy(),
+            d["window_size"].to_numpy())
+
+
+def attention(decode, prefill) -> Family:
+    """Decode and prefill attention in one fit: the same kernels' floors, per-sequence cost and window edge.
+    `length` is the cached history (decode) or the prompt (prefill)."""
+    parts = []
+    for phase, df, length in (("decode", decode, "step"), ("prefill", prefill, "isl")):
+        if df is not None:
+            parts.append(_attention_rows(df).assign(phase=phase, length=lambda d, c=length: d[c]))
+    import pandas as pd
+    df = pd.concat(parts, ignore_index=True)
+
+    def predict(prof, hw, d):
+        out = np.empty(len(d))
+        dec = (d["phase"] == "decode").to_numpy()
+        for sel, fn in ((dec, ops.decode_attention), (~dec, ops.prefill_attention)):
+            if sel.any():
+                out[sel] = fn(prof, hw, *_attn_args(d[sel], "length"))
+        return out
+
+    def splits(d):
+        dec = d["phase"] == "decode"
+        long = np.where(dec, d["length"] >= 8191, d["length"] >= 8192)
+        big = np.where(dec, d["batch_size"] >= 128, d["batch_size"] >= 64)
+        return [("unseen head dim", _label(d["head_dim"])),
+                ("unseen KV-head count", _label(d["num_key_value_heads"])),
+                ("contexts >= 8K fitted from shorter", _two_way(long)),
+                ("batches >= 128 (decode) / 64 (prefill) fitted from smaller", _two_way(big))]
+    return Family("attention", ATTENTION_PARAMS, predict, splits, df, by="phase")
+
+
+def allreduce(df) -> Family:
+    if "backend" in df:
+        graph = df[df["backend"].astype(str).str.contains("graph")]
+        df = graph if len(graph) else df
+    df = df[df["allreduce_dtype"].isin(["bfloat16", "float16"])].reset_index(drop=True)
+
+    def predict(prof, hw, d):
+        return ops.allreduce(prof, hw, d["num_gpus"].to_numpy(), d["message_size"].to_numpy())
+
+    def splits(d):
+        return [("unseen GPU count", _label(d["num_gpus"])),
+                ("messages >= 16M elements fitted from smaller", _two_way(d["message_size"] >= 2**24))]
+    return Family("allreduce", ALLREDUCE_PARAMS, predict, splits, df)
+
+
+BUILDERS = {"gemm": gemm, "allreduce": allreduce}
