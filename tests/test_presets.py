@@ -9,7 +9,9 @@ REQUIRED_MODELS = {"llama-2-7b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "mi
                    "llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "llama-3.2-1b", "llama-3.2-3b", "qwen3-8b",
                    "qwen3-32b", "qwen3-30b-a3b", "qwen2.5-72b", "phi-3-mini", "phi-4", "gpt-oss-20b",
                    "gpt-oss-120b"}
-REQUIRED_HW = {"h100-sxm", "h100-pcie", "h200", "a100-40gb", "a100-80gb", "l4", "t4", "rtx-4090", "mi300x", "cpu"}
+REQUIRED_HW = {"h100-sxm", "h100-pcie", "h200", "a100-40gb", "a100-80gb", "l4", "t4", "rtx-4090", "mi300x", "cpu",
+               "a100-pcie-80gb", "a10g", "l40s", "v100-sxm2-32gb", "rtx-3090", "h100-nvl", "b200", "gb200",
+               "mi325x", "h20"}
 
 
 def test_required_presets_exist():
