@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "calibrate" / "profiles"
 RESULTS = ROOT / "measured" / "results"
 # Presets shown side by side in the architecture comparison.
-ARCHITECTURES = {"llama-2-7b": "MHA", "llama-3-8b": "GQA", "mistral-7b": "GQA + sliding window",
+ARCHITECTURES = {"llama-2-7b": "MHA", "llama-3-8b": "GQA", "mistral-7b-v0.1": "GQA + sliding window",
                  "gemma-2-9b": "local/global", "deepseek-v2-lite": "MLA", "mamba-2.8b": "SSM",
                  "jamba-v0.1": "hybrid SSM + attention"}
 

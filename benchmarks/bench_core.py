@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from kvsim import Workload, load_hardware, load_model, parse_composition, predict  # noqa: E402
 
-MODELS = ["llama-3-8b", "mistral-7b", "gemma-3-270m", "deepseek-v2-lite", "jamba-v0.1"]
+MODELS = ["llama-3-8b", "mistral-7b-v0.1", "gemma-3-270m", "deepseek-v2-lite", "jamba-v0.1"]
 POLICIES = [[], ["h2o:budget=1024"], ["snapkv:budget=1024", "kivi"], ["streamingllm"], ["quest"], ["duo"],
             ["int8"], ["kmeans"], ["pyramidkv"], ["offload"]]
 

@@ -358,7 +358,7 @@ def _open_out(path: str | None):
 
 # ------------------------------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
-    from .presets import hardware_names, load_hardware, load_model, model_names
+    from .presets import hardware_names, load_hardware, load_model, model_entry, model_names
     from .units import fmt_bytes, fmt_count
 
     if args.what == "models":
@@ -366,11 +366,12 @@ def cmd_list(args) -> int:
             m = load_model(n)
             kinds = sorted({type(l.mixer).__name__ + ("(window)" if getattr(l.mixer, "window", 0) else "")
                             for l in m.layers})
-            print(f"{n:18s} {fmt_count(m.n_params()):>8s} params  {m.n_layers:3d} layers  {', '.join(kinds)}")
+            print(f"{n:18s} {fmt_count(m.n_params()):>8s} params  {m.weight_dtype:4s}  {m.n_layers:3d} layers  "
+                  f"{', '.join(kinds):28s}  {model_entry(n).get('display', '')}")
     elif args.what == "hardware":
         for n in hardware_names():
             h = load_hardware(n)
-            print(f"{n:10s} {h.display:55s} {fmt_bytes(h.memory_bytes):>10s}  {h.memory_bandwidth / 1e9:7.0f} GB/s"
+            print(f"{n:14s} {h.display:55s} {fmt_bytes(h.memory_bytes):>10s}  {h.memory_bandwidth / 1e9:7.0f} GB/s"
                   f"  {h.peak_flops('bf16') / 1e12:7.1f} TFLOP/s bf16 (dense)")
     else:
         from .policies import describe

@@ -1,7 +1,8 @@
 """The one adapter from a transformers config.json (a plain dict) to a ModelSpec. Offline, no remote code.
 
-Families: Llama, Mistral, Qwen2/Qwen3, Gemma/Gemma-2/Gemma-3, GPT-2, Mixtral, DeepSeek-V2/V3, Mamba,
-Mamba-2, Jamba; other decoder-only configs with Llama-style keys are read as Llama and say so in `notes`.
+Families: Llama, Mistral, Qwen2/Qwen3 (dense and MoE), Gemma/Gemma-2/Gemma-3, Phi-3/Phi-4, Granite, GPT-2,
+Mixtral, gpt-oss, DeepSeek-V2/V3, Mamba, Mamba-2, Jamba, and (in hf_classic) OPT, GPT-J, GPT-NeoX, Phi-1/2
+and Falcon. Any other model_type is refused: a config read as the wrong family gives wrong numbers silently.
 With strict=True (presets) every key must be one this adapter reads or knowingly ignores, so a typo in a
 preset cannot silently change a number.
 """
@@ -41,6 +42,8 @@ _IGNORED = {
     "expert_layer_period", "expert_layer_offset", "num_experts", "mamba_d_state", "mamba_d_conv", "mamba_expand",
     "mamba_dt_rank", "mamba_conv_bias", "mamba_proj_bias", "layers_block_type", "norm_before_gate",
     "norm_eps", "is_decoder", "add_cross_attention", "tie_embeddings", "hidden_dropout", "attention_probs_dropout_prob",
+    "decoder_sparse_step", "mlp_only_layers", "experts_per_token", "swiglu_limit", "initial_context_length",
+    "original_max_position_embeddings", "embd_pdrop", "resid_pdrop",
 }
 
 
@@ -126,10 +129,31 @@ def _attention(cfg: dict, window: int) -> Attention:
     qkv_bias = mt in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False))
     o_bias = bool(cfg.get("attention_bias", False)) and mt not in ("qwen2", "qwen2_moe")
     qk_norm = mt in ("gemma3", "gemma3_text", "qwen3", "qwen3_moe")
-    return Attention(heads, kv_heads, head_dim, window=window, qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm)
+    return Attention(heads, kv_heads, head_dim, window=window, qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm,
+                     fused_qkv=mt == "phi3", sinks=mt == "gpt_oss")
 
 
-def _llama_like(cfg: dict, notes: list[str]) -> ModelSpec:
+def _mlps(cfg: dict, n_layers: int) -> list:
+    """Each layer's MLP: dense, or a mixture of experts on the layers where the family puts them."""
+    mt = cfg.get("model_type", "")
+    if mt == "qwen3_moe":
+        moe = MoE(_get(cfg, "num_experts", required=True), _get(cfg, "num_experts_per_tok", required=True),
+                  _get(cfg, "moe_intermediate_size", required=True))
+        step = _get(cfg, "decoder_sparse_step", 1) or 1
+        dense_only = cfg.get("mlp_only_layers") or []
+        if not isinstance(dense_only, list) or not all(isinstance(i, int) for i in dense_only):
+            raise KvsimError("config 'mlp_only_layers' must be a list of layer indices")
+        moe_at = [i not in dense_only and (i + 1) % step == 0 for i in range(n_layers)]
+        dense = None if all(moe_at) else MLP(_get(cfg, "intermediate_size", required=True))
+        return [moe if m else dense for m in moe_at]
+    if mt in ("mixtral", "gpt_oss") or cfg.get("num_local_experts"):
+        oss = mt == "gpt_oss"  # gpt-oss's router and expert projections carry biases
+        return [MoE(_get(cfg, "num_local_experts", required=True), _get(cfg, "num_experts_per_tok", 2),
+                    _get(cfg, "intermediate_size", required=True), router_bias=oss, bias=oss)] * n_layers
+    return [MLP(_get(cfg, "intermediate_size", required=True), bias=bool(cfg.get("mlp_bias", False)))] * n_layers
+
+
+def _llama_like(cfg: dict) -> ModelSpec:
     n_layers = _get(cfg, "num_hidden_layers", required=True)
     hidden = _get(cfg, "hidden_size", required=True)
     window = _get(cfg, "sliding_window", 0) or 0
@@ -138,19 +162,14 @@ def _llama_like(cfg: dict, notes: list[str]) -> ModelSpec:
         raise KvsimError("config has sliding layers but no 'sliding_window'")
     mt = cfg.get("model_type", "")
     gemma = mt.startswith("gemma")
-    mlp_bias = bool(cfg.get("mlp_bias", False))
-    if mt == "mixtral" or cfg.get("num_local_experts"):
-        mlp = MoE(_get(cfg, "num_local_experts", required=True), _get(cfg, "num_experts_per_tok", 2),
-                  _get(cfg, "intermediate_size", required=True))
-    else:
-        mlp = MLP(_get(cfg, "intermediate_size", required=True), gated=True, bias=mlp_bias)
     norms = 4 if mt in ("gemma2", "gemma3", "gemma3_text") else 2
     full, sliding = _attention(cfg, 0), _attention(cfg, window) if window else None
-    layers = tuple(Layer(sliding if t == "sliding" else full, mlp, norms=norms) for t in types)
+    layers = tuple(Layer(sliding if t == "sliding" else full, mlp, norms=norms)
+                   for t, mlp in zip(types, _mlps(cfg, n_layers)))
     tied = cfg.get("tie_word_embeddings", gemma)
-    return ModelSpec(cfg.get("_kvsim_name", mt or "hf-model"), hidden, _get(cfg, "vocab_size", required=True),
+    return ModelSpec(cfg.get("_kvsim_name", mt), hidden, _get(cfg, "vocab_size", required=True),
                      layers, tied_embeddings=bool(tied), weight_dtype=_dtype(cfg),
-                     max_context=_get(cfg, "max_position_embeddings", 0) or 0, notes=tuple(notes))
+                     max_context=_get(cfg, "max_position_embeddings", 0) or 0)
 
 
 def _gpt2(cfg: dict) -> ModelSpec:
@@ -232,8 +251,22 @@ def _jamba(cfg: dict) -> ModelSpec:
                      weight_dtype=_dtype(cfg), max_context=_get(cfg, "max_position_embeddings", 0) or 0)
 
 
-_LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "mixtral",
-                 "smollm", "tinyllama", "phi3", "granite", "olmo", "olmo2", "starcoder2"}
+# Families whose checkpoints have Llama's shape (RMSNorm, gated MLP or MoE, RoPE), with the differences
+# `_attention` and `_mlps` read (biases, q/k norms, sinks, fused projections, expert layouts).
+_LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text",
+                 "mixtral", "phi3", "granite", "gpt_oss"}
+_READERS = {"gpt2": _gpt2, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "mamba": _mamba, "mamba2": _mamba,
+            "falcon_mamba": _mamba, "jamba": _jamba, **{mt: _llama_like for mt in _LLAMA_FAMILY}}
+
+
+def _reader(mt: str):
+    from .hf_classic import CLASSIC  # at call time: hf_classic reads keys with this module's helpers
+
+    readers = {**_READERS, **CLASSIC}
+    if mt not in readers:
+        what = f"model_type {mt!r}" if mt else "a config without 'model_type'"
+        raise KvsimError(f"kvsim cannot read {what}; it reads: {', '.join(sorted(readers))}")
+    return readers[mt]
 
 
 def from_hf_config(cfg: dict, name: str | None = None, strict: bool = False) -> ModelSpec:
@@ -244,6 +277,8 @@ def from_hf_config(cfg: dict, name: str | None = None, strict: bool = False) -> 
         inner = dict(cfg["text_config"])
         inner.setdefault("model_type", cfg.get("model_type", ""))
         cfg = inner
+    mt = cfg.get("model_type", "")
+    read = _reader(mt)
     if strict:
         unknown = sorted(k for k in cfg if k not in _IGNORED and not k.startswith("_kvsim"))
         if unknown:
@@ -251,22 +286,9 @@ def from_hf_config(cfg: dict, name: str | None = None, strict: bool = False) -> 
     cfg = dict(cfg)
     if name:
         cfg["_kvsim_name"] = name
-    mt = cfg.get("model_type", "")
     try:
-        if mt == "gpt2":
-            spec = _gpt2(cfg)
-        elif mt in ("deepseek_v2", "deepseek_v3"):
-            spec = _deepseek(cfg)
-        elif mt in ("mamba", "mamba2", "falcon_mamba"):
-            spec = _mamba(cfg)
-        elif mt == "jamba":
-            spec = _jamba(cfg)
-        else:
-            notes = [] if mt in _LLAMA_FAMILY else [f"model_type {mt or '(none)'!r} read as a Llama-style decoder"]
-            spec = _llama_like(cfg, notes)
+        return read(cfg)
     except KvsimError:
         raise
     except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise KvsimError(f"cannot read config ({mt or 'no model_type'}): {e}") from None
-    return spec
-
+        raise KvsimError(f"cannot read config ({mt}): {e}") from None

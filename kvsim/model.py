@@ -66,6 +66,9 @@ class Attention:
     o_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Gemma-3, Qwen3)
     fused_qkv: bool = False  # one projection for q, k and v (GPT-2's c_attn): fewer kernels, same weights
+    # Learned per-head sink logits in the softmax denominator (gpt-oss): n_heads weights and no cached token,
+    # so they change parameter bytes but not KV bytes; their one extra logit per head is left out of FLOPs.
+    sinks: bool = False
     # Block-sparse attention (Longformer/BigBird): each query sees `local_blocks` blocks around it,
     # `global_blocks` blocks at the start of the sequence and `random_blocks` random earlier blocks.
     block: int = 0
@@ -104,6 +107,8 @@ class Attention:
             n += hidden
         if self.qk_norm:
             n += 2 * self.head_dim
+        if self.sinks:
+            n += self.n_heads
         return n
 
     def kv_layout(self) -> KVLayout:
@@ -267,7 +272,8 @@ class MoE:
     n_shared: int = 0
     shared_intermediate: int = 0  # per shared expert; 0: expert_intermediate
     gated: bool = True
-    router_bias: bool = False  # DeepSeek-V3's per-expert score correction bias
+    router_bias: bool = False  # a bias per expert on the router (DeepSeek-V3's score correction, gpt-oss)
+    bias: bool = False  # biases on every expert's projections (gpt-oss)
 
     def __post_init__(self):
         _positive(self, "n_experts", "top_k", "expert_intermediate")
@@ -276,7 +282,10 @@ class MoE:
             raise KvsimError(f"top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
 
     def _expert(self, hidden: int, inter: int) -> int:
-        return (3 if self.gated else 2) * hidden * inter
+        n = (3 if self.gated else 2) * hidden * inter
+        if self.bias:
+            n += (2 if self.gated else 1) * inter + hidden
+        return n
 
     def params(self, hidden: int) -> int:
         shared = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
@@ -349,6 +358,7 @@ class ModelSpec:
     tied_embeddings: bool = False
     weight_dtype: str = "bf16"
     learned_positions: int = 0  # rows of a learned position table (GPT-2's wpe)
+    lm_head_bias: bool = False  # a bias on the output projection (GPT-J, Phi-1/2)
     norm_bias: bool = False  # LayerNorm with a bias (GPT-2) rather than RMSNorm
     final_norm: bool = True
     max_context: int = 0  # trained context limit; 0 when unknown
@@ -387,7 +397,7 @@ class ModelSpec:
         n = self.vocab * self.hidden + self.learned_positions * self.hidden
         if not self.tied_embeddings:
             n += self.vocab * self.hidden
-        return n
+        return n + (self.vocab if self.lm_head_bias else 0)
 
     def n_params(self) -> int:
         n = self.embedding_params() + sum(self.layer_params(i) for i in range(self.n_layers))

@@ -48,12 +48,23 @@ def test_mla_decompressed_is_the_naive_cache():
 
 
 def test_mistral_sliding_window_caps_cache():
-    # Mistral-7B's 4096-token window: a query sees itself and 4095 earlier tokens, so 4095 are kept between
+    # Mistral-7B-v0.1's 4096-token window: a query sees itself and 4095 earlier tokens, so 4095 are kept between
     # steps (transformers' DynamicSlidingWindowLayer keeps sliding_window - 1).
-    m = load_model("mistral-7b")
+    m = load_model("mistral-7b-v0.1")
     per_token = 32 * 8 * 128 * 2 * 2
     assert kv_bytes(m, 100_000) == 4095 * per_token
     assert kv_bytes(m, 1000) == 1000 * per_token
+
+
+@pytest.mark.parametrize("name, per_token", [
+    ("llama-3.1-8b", 32 * 8 * 128 * 2 * 2),     # 131,072 bytes: 32 layers x 8 KV heads x 128 x K,V x bf16
+    ("llama-3.2-1b", 16 * 8 * 64 * 2 * 2),      # head dim 64
+    ("qwen3-30b-a3b", 48 * 4 * 128 * 2 * 2),    # 4 KV heads; MoE changes weights, not the cache
+    ("mistral-7b-v0.3", 32 * 8 * 128 * 2 * 2),  # no window: grows past 4096 tokens
+])
+def test_new_presets_bytes_per_token(name, per_token):
+    m = load_model(name)
+    assert kv_bytes(m, 5001) - kv_bytes(m, 5000) == per_token
 
 
 def test_gemma3_270m_local_global():

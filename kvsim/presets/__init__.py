@@ -16,7 +16,9 @@ from ..model import ModelSpec
 from ..units import GB, GiB
 
 _DIR = Path(__file__).parent
-_MODEL_KEYS = {"source", "published_params", "params_tolerance", "config"}
+_MODEL_KEYS = {"display", "source", "published_params", "params_tolerance", "config"}
+# Names that once meant one checkpoint and now could mean several: refused, never guessed.
+_RETIRED_MODELS = {"mistral-7b": "mistral-7b-v0.1 (4,096-token sliding window) or mistral-7b-v0.3 (full attention)"}
 _HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
             "dense_tflops"}
 
@@ -50,7 +52,9 @@ def _read(kind: str, name: str, allowed: frozenset) -> dict:
 
 
 def model_entry(name: str) -> dict:
-    """The raw preset (config, source, published_params)."""
+    """The raw preset (display, config, source, published_params)."""
+    if name in _RETIRED_MODELS:
+        raise KvsimError(f"model preset {name!r} is ambiguous; use {_RETIRED_MODELS[name]}")
     return _read("models", name, frozenset(_MODEL_KEYS))
 
 

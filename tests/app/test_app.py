@@ -106,8 +106,8 @@ def test_invalid_policy_is_a_warning_not_a_traceback():
 
 
 def test_state_comes_from_and_goes_to_the_url():
-    at = run({"model": "mistral-7b", "seq": "3000", "policies": "snapkv|int8", "p.snapkv.budget": "777"})
-    assert "mistral-7b" in at.title[0].value
+    at = run({"model": "mistral-7b-v0.1", "seq": "3000", "policies": "snapkv|int8", "p.snapkv.budget": "777"})
+    assert "mistral-7b-v0.1" in at.title[0].value
     assert at.number_input(key="seq").value == 3000
     assert at.number_input(key="p.snapkv.budget").value == 777
     assert at.query_params["policies"] == ["snapkv|int8"] or at.query_params["policies"] == "snapkv|int8"
