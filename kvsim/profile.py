@@ -41,6 +41,9 @@ class Profile:
     # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
     materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
+    # Serving engines' reservations (kvsim/serving.py), taken from the engine's memory share before the KV pool.
+    runtime_bytes: float = 0.0  # CUDA context, NCCL buffers and other memory outside the allocator, per device
+    cudagraph_bytes: float = 0.0  # memory pools of captured CUDA graphs, per device
     # Hardware figures measured by `kvsim probe` replace the datasheet ones when set (0: use the datasheet).
     memory_bandwidth: float = 0.0
     peak_flops: float = 0.0
