@@ -13,12 +13,13 @@ from .hf import from_hf_config, load_json
 from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE, uniform
 from .policies import Compose, compose, make, parse_composition, parse_policy
 from .predict import Prediction, Workload, predict
-from .presets import hardware_names, load_hardware, load_model, model_names
+from .presets import engine_names, hardware_names, load_engine, load_hardware, load_model, model_names
 from .profile import DATASHEET, Profile, load_profile
+from .serving import Engine
 
 __version__ = "0.1.0"
 
-__all__ = ["MLA", "MLP", "Attention", "Compose", "DATASHEET", "HardwareSpec", "KvsimError", "Layer",
+__all__ = ["MLA", "MLP", "Attention", "Compose", "DATASHEET", "Engine", "HardwareSpec", "KvsimError", "Layer",
            "LinearAttention", "Mamba", "ModelSpec", "MoE", "Prediction", "Profile", "Workload", "compose",
-           "from_hf_config", "hardware_names", "load_hardware", "load_json", "load_model", "load_profile", "make",
-           "model_names", "parse_composition", "parse_policy", "predict", "uniform"]
+           "engine_names", "from_hf_config", "hardware_names", "load_engine", "load_hardware", "load_json",
+           "load_model", "load_profile", "make", "model_names", "parse_composition", "parse_policy", "predict", "uniform"]

@@ -34,10 +34,23 @@ JSON_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv
              "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
              "peak_memory_bytes", "capacity_bytes", "fits", "max_batch", "max_context", "prefill_flops",
              "prefill_bytes", "decode_flops", "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s",
-             "e2e_s", "decode_tokens_per_s", "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
+             "e2e_s", "decode_tokens_per_s", "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound",
+             "kv_pool_bytes", "kv_pool_blocks", "kv_pool_tokens", "kv_request_bytes", "max_concurrency",
+             "max_request_context")
 SWEEP_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
               "peak_memory_bytes", "fits", "max_batch", "ttft_s", "tpot_s", "decode_tokens_per_s",
-              "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound")
+              "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound",
+              "kv_pool_bytes", "kv_pool_blocks", "kv_pool_tokens", "kv_request_bytes", "max_concurrency")
+FRACTION_TEXT = {"total": "device memory", "static": "device memory for weights and KV",
+                 "free": "the memory free after weights and activations"}
+ENGINE_FLAGS = {  # flag -> (Engine field, parser, help)
+    "--max-num-batched-tokens": ("max_num_batched_tokens", int,
+                                 "tokens per forward pass: prompts are prefilled in chunks of it (0: whole prompt)"),
+    "--gpu-memory-utilization": ("memory_fraction", float,
+                                 "share of device memory the engine may use, in (0, 1] (SGLang: mem_fraction_static; "
+                                 "TensorRT-LLM: free_gpu_memory_fraction)"),
+    "--block-size": ("block_size", int, "tokens per KV block (page)"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +180,34 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool):
     p.add_argument("--profile", default=None, help="calibrated efficiency profile JSON (default: the datasheet "
                                                    "roofline, a lower bound on time)")
     p.add_argument("--quadrature", type=int, default=8, help="decode steps evaluated for the mean TPOT")
+    s = p.add_argument_group("serving engine (kvsim list engines; explicit knobs override the engine's defaults)")
+    s.add_argument("--engine", default="hf", help="hf (default: whole-prompt prefill, static batch), vllm, sglang, "
+                                                  "trtllm, or a versioned preset such as vllm-0.33.0")
+    for flag, (dest, _, helptext) in ENGINE_FLAGS.items():
+        s.add_argument(flag, dest=dest, default=None, metavar="N", help=helptext)
+    w.add_argument("--shared-prefix", dest="shared_prefix", default="0", metavar="N" + ("|LIST" if sweep else ""),
+                   help="leading prompt tokens every request shares (a system prompt), stored once (default 0)")
+
+
+def _engine(args):
+    """The engine preset with the explicit knobs applied."""
+    from .presets import load_engine
+    eng = load_engine(args.engine)
+    knobs = {}
+    for flag, (dest, conv, _) in ENGINE_FLAGS.items():
+        raw = getattr(args, dest)
+        if raw is None:
+            continue
+        if conv is int:
+            knobs[dest] = _one_int(raw, flag)
+        else:
+            try:
+                knobs[dest] = float(raw)
+            except ValueError:
+                raise CliError(f"{flag}: cannot read {raw!r} as a number") from None
+            if not math.isfinite(knobs[dest]):
+                raise CliError(f"{flag} must be finite, got {raw}")
+    return eng.with_(**knobs)
 
 
 def _profile(args):
@@ -184,18 +225,26 @@ def cmd_predict(args) -> int:
     policy = parse_composition(args.policy)
     wl = Workload(prompt=_one_int(args.seq, "--seq"), gen=_one_int(args.gen, "--gen"),
                   batch=_one_int(args.batch, "--batch"), tp=_one_int(args.tp, "--tp"), pp=_one_int(args.pp, "--pp"),
-                  kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature)
+                  kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature,
+                  shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"))
     prof = _profile(args)
-    pred = predict(model, hw, policy, wl, prof)
-    values = {k: _scalar(getattr(pred, k)) if k != "max_context" else None for k in JSON_KEYS}
-    mc = int(pred.max_context().ravel()[0])
-    values["max_context"] = None if mc == (2**63 - 1) else mc
+    engine = _engine(args)
+    pred = predict(model, hw, policy, wl, prof, engine)
+    values = {k: _scalar(getattr(pred, k)) for k in JSON_KEYS if k not in ("max_context", "max_request_context")}
+    for key in ("max_context", "max_request_context"):
+        mc = int(getattr(pred, key)().ravel()[0])
+        values[key] = None if mc == (2**63 - 1) else mc
+    conc = values["max_concurrency"]
+    values["max_concurrency"] = None if not math.isfinite(conc) else conc
     layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
     for note in pred.notes:
         print(f"note: {note}", file=sys.stderr)
     inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "seq": wl.prompt, "gen": wl.gen,
               "batch": wl.batch, "tp": wl.tp, "pp": wl.pp, "kv_dtype": pred._engine.cost.kv_dtype,
-              "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet"}
+              "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet",
+              "engine": engine.label, "max_num_batched_tokens": engine.max_num_batched_tokens,
+              "gpu_memory_utilization": engine.memory_fraction, "block_size": engine.block_size,
+              "shared_prefix": wl.shared_prefix}
     if args.format == "json":
         out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes}
         print(json.dumps(out, indent=2))
@@ -207,6 +256,10 @@ def cmd_predict(args) -> int:
     else:
         v = values
         mc_s = "unbounded" if v["max_context"] is None else f"{v['max_context']:,}"
+        mr_s = "unbounded" if v["max_request_context"] is None else f"{v['max_request_context']:,}"
+        conc_s = "unbounded" if v["max_concurrency"] is None else f"{v['max_concurrency']:,.2f}x"
+        chunk = f"chunks of {engine.max_num_batched_tokens:,} tokens" if engine.chunked else "whole prompt"
+        share = f", shared prefix {wl.shared_prefix:,}" if wl.shared_prefix else ""
         rows = [
             ("model", f"{model.name} ({fmt_count(model.n_params())} params, {inputs['weight_dtype']})"),
             ("hardware", f"{hw.display} ({fmt_bytes(hw.memory_bytes)})"),
@@ -224,6 +277,15 @@ def cmd_predict(args) -> int:
             ("max batch", f"{v['max_batch']:,} at this prompt and gen"),
             ("max context", f"{mc_s} tokens at batch {wl.batch}"),
             ("", ""),
+            ("engine", f"{engine.display or engine.label}"),
+            ("", f"uses {engine.memory_fraction:g} of {FRACTION_TEXT[engine.fraction_of]}; {engine.block_size}-token "
+                 f"blocks, {chunk}, {engine.batching} batching{share}"),
+            ("KV pool", f"{fmt_bytes(v['kv_pool_bytes'])}: {v['kv_pool_blocks']:,} blocks, "
+                        f"{v['kv_pool_tokens']:,} tokens"),
+            ("per request", f"{fmt_bytes(v['kv_request_bytes'])} in whole blocks"),
+            ("max concurrency", f"{conc_s} for {wl.prompt + wl.gen - 1:,} tokens per request"),
+            ("longest request", f"{mr_s} prompt tokens (gen {wl.gen})"),
+            ("", ""),
             ("prefill", f"{fmt_count(v['prefill_flops'], 'FLOP')}, {fmt_bytes(v['prefill_bytes'])} moved"),
             ("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, {fmt_bytes(v['decode_bytes'])} moved"),
             ("TTFT", f"{fmt_seconds(v['ttft_s'])}  ({v['bound_prefill']}-bound)"),
@@ -233,7 +295,7 @@ def cmd_predict(args) -> int:
         ]
         width = max(len(k) for k, _ in rows)
         for k, val in rows:
-            print(f"{k:<{width}}  {val}" if k else "")
+            print(f"{k:<{width}}  {val}" if k or val else "")
         if not prof:
             print("\n(times: datasheet roofline, a lower bound; pass --profile for calibrated predictions)")
     return 0
@@ -270,11 +332,15 @@ def cmd_sweep(args) -> int:
     batches = np.array(parse_values(args.batch, "--batch"), dtype=np.int64)
     tps = parse_values(args.tp, "--tp")
     pps = parse_values(args.pp, "--pp")
+    shared = parse_values(args.shared_prefix, "--shared-prefix")
+    if len(shared) != 1:
+        raise CliError("--shared-prefix takes one value in a sweep")
     prof = _profile(args)
+    engine = _engine(args)
     # An outer-product grid by broadcasting: per-sequence work is computed once per (seq, gen), not per batch.
     S, G, B = seqs[:, None, None], gens[None, :, None], batches[None, None, :]
     flat = [a.ravel() for a in np.meshgrid(seqs, gens, batches, indexing="ij")]
-    header = ["model", "hardware", "policy", "seq", "gen", "batch", "tp", "pp", "kv_dtype", *SWEEP_KEYS]
+    header = ["model", "hardware", "policy", "engine", "seq", "gen", "batch", "tp", "pp", "kv_dtype", *SWEEP_KEYS]
     sink, finish = _open_out(args.out)
     try:
         sink.write(",".join(header) + "\n")
@@ -286,14 +352,15 @@ def cmd_sweep(args) -> int:
                     for tp in tps:
                         for pp in pps:
                             wl = Workload(prompt=S, gen=G, batch=B, tp=tp, pp=pp, kv_dtype=args.kv_dtype,
-                                          weight_dtype=args.weight_dtype, quadrature=args.quadrature)
-                            pred = predict(model, hw, pol, wl, prof)
+                                          weight_dtype=args.weight_dtype, quadrature=args.quadrature,
+                                          shared_prefix=shared[0])
+                            pred = predict(model, hw, pol, wl, prof, engine)
                             for n in pred.notes:
                                 if n not in noted:
                                     noted.add(n)
                                     print(f"note: {n}", file=sys.stderr)
                             cols = pred.columns()
-                            prefix = f"{model.name},{hw.name},{_csv_cell(pol.spec())}"
+                            prefix = f"{model.name},{hw.name},{_csv_cell(pol.spec())},{engine.label}"
                             rows += _write_block(sink, prefix, *flat, tp, pp, pred._engine.cost.kv_dtype, cols)
     except BaseException:
         finish(False)
@@ -316,6 +383,9 @@ def _write_block(sink, prefix, S, G, B, tp, pp, kv_dtype, cols) -> int:
         elif a.dtype.kind in "iu":
             fmt_parts.append("%d")
             data.append(a)
+        elif a.dtype.kind == "f" and not np.all(np.isfinite(a)):  # unbounded: an empty cell, never inf or nan
+            fmt_parts.append("%s")
+            data.append(np.array([f"{x:.9g}" if math.isfinite(x) else "" for x in a.tolist()], dtype=object))
         elif a.dtype.kind == "f":
             fmt_parts.append("%.9g")
             data.append(a)
@@ -368,6 +438,15 @@ def cmd_list(args) -> int:
                             for l in m.layers})
             print(f"{n:18s} {fmt_count(m.n_params()):>8s} params  {m.weight_dtype:4s}  {m.n_layers:3d} layers  "
                   f"{', '.join(kinds):28s}  {model_entry(n).get('display', '')}")
+    elif args.what == "engines":
+        from .presets import engine_names, load_engine
+        for n in engine_names():
+            e = load_engine(n)
+            chunk = f"{e.max_num_batched_tokens:,} tokens/pass" if e.chunked else "whole prompt"
+            print(f"{n:14s} {e.display}\n    memory {e.memory_fraction:g} ({e.fraction_of}), {e.block_size}-token "
+                  f"blocks, {chunk}, {e.batching} batching")
+            for knob, src in e.sources.items():
+                print(f"    {knob}: {src}")
     elif args.what == "hardware":
         for n in hardware_names():
             h = load_hardware(n)
@@ -406,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sw, sweep=True)
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
     ls = sub.add_parser("list", help="list presets and policies")
-    ls.add_argument("what", choices=("models", "hardware", "policies"))
+    ls.add_argument("what", choices=("models", "hardware", "policies", "engines"))
     for name, _, helptext in EXTERNAL:
         sub.add_parser(name, help=helptext)  # listed in --help; their own parsers take the arguments
     return p

@@ -8,6 +8,12 @@ Conventions: `prompt` tokens are prefilled, which yields the first generated tok
 tokens take one decode step each. kv_cache_bytes is what is resident after the last step. TPOT is the mean
 decode step time: exact for up to `quadrature` steps, a midpoint rule over `quadrature` points beyond.
 With gen = 1 there is no decode step; decode figures then describe the first one that would follow.
+
+The engine (serving.py) decides how a prompt is prefilled (whole, or in chunks of its token budget) and how
+memory is counted: under `static` batching (hf, the default) the batch is prefilled and decoded together and
+max_batch / fits / peak memory are today's static-batch figures; under `continuous` batching (vllm, sglang,
+trtllm) requests share a pool of KV blocks and max_batch is floor(max_concurrency). The pool figures
+(kv_pool_*, kv_request_bytes, max_concurrency) are given for every engine.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .hardware import HardwareSpec
 from .model import ModelSpec
 from .policies import Compose, Policy, compose
 from .profile import DATASHEET, Profile
+from .serving import HF, Engine, Serving, checked_mul
 from .units import DTYPE_BITS
 
 
@@ -36,6 +43,7 @@ class Workload:
     kv_dtype: str | None = None  # None: the weight dtype when 16 bits or wider, else bf16
     weight_dtype: str | None = None  # None: the model's
     quadrature: int = 8  # decode steps evaluated for the mean TPOT
+    shared_prefix: object = 0  # leading prompt tokens every request shares (a system prompt), stored once
 
 
 def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
@@ -78,6 +86,12 @@ class Prediction:
     throughput_tokens_per_s: np.ndarray  # generated tokens of the batch over the whole request
     bound_prefill: np.ndarray
     bound_decode: np.ndarray
+    kv_pool_bytes: np.ndarray  # the engine's KV pool on one device: whole blocks
+    kv_pool_blocks: np.ndarray  # blocks of block_size tokens across every layer the device holds
+    kv_pool_tokens: np.ndarray  # kv_pool_blocks x block_size
+    kv_request_bytes: np.ndarray  # one request between steps, in whole pages, per device (shared prefix excluded)
+    max_concurrency: np.ndarray  # requests of this prompt and gen the pool holds together (float; inf: unbounded)
+    engine: str = "hf"
     notes: list[str] = field(default_factory=list)
     _engine: object = field(default=None, repr=False)
 
@@ -89,6 +103,10 @@ class Prediction:
         """Largest prompt that fits in device memory at this batch and gen (bisection, per point)."""
         return self._engine.max_context()
 
+    def max_request_context(self) -> np.ndarray:
+        """Largest prompt one request (at this gen) can have in the engine's KV pool; int64 max: unbounded."""
+        return self._engine.max_request_context()
+
     def kv_bytes_per_layer(self) -> list[tuple[int, np.ndarray]]:
         """(layer index, bytes for the whole batch) after the last step, layers with a cache only."""
         return self._engine.per_layer()
@@ -97,7 +115,8 @@ class Prediction:
             "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
             "peak_memory_bytes", "fits", "max_batch", "prefill_flops", "prefill_bytes", "decode_flops",
             "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "e2e_s", "decode_tokens_per_s",
-            "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
+            "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound", "kv_pool_bytes", "kv_pool_blocks",
+            "kv_pool_tokens", "kv_request_bytes", "max_concurrency")
 
     def broadcast(self, fn) -> "Prediction":
         for k in self.KEYS:
@@ -114,8 +133,12 @@ class Prediction:
 class _Engine:
     """Holds the cost model and workload arrays so max_context and per-layer bytes can be asked later."""
 
-    def __init__(self, cost: CostModel, p, gen, b, capacity: float):
+    def __init__(self, cost: CostModel, p, gen, b, capacity: float, serving: Serving | None = None, shared=0):
         self.cost, self.p, self.gen, self.b, self.capacity = cost, p, gen, b, capacity
+        self.serving = serving or Serving(cost, HF, capacity)
+        self.shared = shared
+        prof = cost.profile
+        self.reserve = int(prof.runtime_bytes) + int(prof.cudagraph_bytes)
 
     def peak_memory(self, p, gen, b) -> tuple[np.ndarray, ...]:
         c = self.cost
@@ -130,10 +153,18 @@ class _Engine:
         pp = c.pp
         prefill = -(-b * (kv_prefill + state) // pp) + act_pre
         decode = -(-b * (kv_peak + state) // pp) + act_dec
-        total = weights + -(-shared // pp) + np.maximum(prefill, decode)
+        total = weights + -(-shared // pp) + np.maximum(prefill, decode) + self.reserve
         return total, weights, shared, kv_peak, np.maximum(act_pre, act_dec)
 
+    def _shape(self):
+        return np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b), np.shape(self.shared))
+
+    def max_request_context(self) -> np.ndarray:
+        return self.serving.longest(self.gen, 1, self.shared, self._shape())
+
     def max_context(self) -> np.ndarray:
+        if self.serving.engine.batching == "continuous":
+            return self.serving.longest(self.gen, self.b, self.shared, self._shape())
         p0 = np.broadcast_to(self.p, np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b)))
         lo = np.zeros(p0.shape, dtype=np.int64)  # fits (0 tokens: trivially, unless weights do not)
         hi = np.full(p0.shape, 2**36, dtype=np.int64)
@@ -165,9 +196,15 @@ def _weights(steps: np.ndarray, k: int, ndim: int) -> tuple[np.ndarray, np.ndarr
 
 
 def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy | None = None,
-            workload: Workload | None = None, profile: Profile | None = None) -> Prediction:
+            workload: Workload | None = None, profile: Profile | None = None,
+            engine: Engine | str | None = None) -> Prediction:
     wl = workload or Workload()
     profile = profile or DATASHEET
+    if engine is None:
+        engine = HF
+    elif isinstance(engine, str):
+        from .presets import load_engine
+        engine = load_engine(engine)
     if policy is None:
         policy = Compose(())
     elif isinstance(policy, Policy):
@@ -177,17 +214,23 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     p = _as_int_array("prompt", wl.prompt, 1)
     gen = _as_int_array("gen", wl.gen, 1)
     b = _as_int_array("batch", wl.batch, 1)
+    shared_prefix = _as_int_array("shared_prefix", wl.shared_prefix, 0)
+    if np.any(shared_prefix > p):
+        raise KvsimError("the shared prefix must not be longer than the prompt")
+    if engine.chunked and np.any(b > engine.max_num_batched_tokens):
+        raise KvsimError(f"--max-num-batched-tokens {engine.max_num_batched_tokens} is smaller than the batch "
+                         f"{int(np.max(b))}: every step needs at least one token per request")
     wdt = wl.weight_dtype or model.weight_dtype
     kv_dtype = wl.kv_dtype or (wdt if DTYPE_BITS.get(wdt, 16) >= 16 else "bf16")
     cost = CostModel(model, hardware, policy, kv_dtype=kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
                      pp=wl.pp, profile=profile)
     capacity = int(hardware.memory_bytes - profile.reserved_bytes)
-    eng = _Engine(cost, p, gen, b, capacity)
+    serving = Serving(cost, engine, capacity)
+    eng = _Engine(cost, p, gen, b, capacity, serving, shared_prefix)
     steps = gen - 1
 
-    # prefill
-    pre = cost.phase(p, b, np.zeros_like(p), prefill=True)
-    ttft = cost.phase_time(pre, p, prefill=True)
+    # prefill: the whole prompt in one pass, or chunks of the engine's token budget
+    ttft, pre = serving.prefill(p, b)
 
     # decode: step s+1 reads what is resident after s steps. The weight and activation work is the same
     # every step; only the cache-dependent part is evaluated at each quadrature step.
@@ -217,14 +260,29 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     e2e = ttft + steps * tpot
     total, weights_dev, shared_dev, kv_peak_dev, act = eng.peak_memory(p, gen, b)
     fixed = weights_dev + -(-shared_dev // cost.pp)
-    per_seq = eng.peak_memory(p, gen, np.ones_like(b))[0] - fixed
-    room = capacity - fixed
+    per_seq = eng.peak_memory(p, gen, np.ones_like(b))[0] - fixed - eng.reserve
+    room = capacity - fixed - eng.reserve
     max_batch = np.where(room > 0, np.floor(room / per_seq), 0).astype(np.int64)
+    pool = serving.concurrency(p, gen, b, shared_prefix)
+    fits = total <= capacity
+    if engine.batching == "continuous":  # requests share the engine's pool of KV blocks
+        act = pool["pool_activation"]
+        used = checked_mul(b, pool["steady"], "the batch's KV") + pool["surplus"] + pool["shared"]
+        total = fixed + act + eng.reserve + used
+        fits = (pool["room"] >= 0) & (b <= pool["max_requests"])
+        max_batch = pool["max_requests"]
+        if np.any(pool["pool_usable"] == 0):
+            notes_pool = [f"{engine.label}: weights, activations and reservations leave no room for a KV pool in "
+                          f"{engine.memory_fraction:g} of the device"]
+        else:
+            notes_pool = []
+    else:
+        notes_pool = []
 
     kv_total = b * cost.kv_stored(p, steps)
     kv_dev = b * cost.kv_stored(p, steps, per_device=True, place="device") // cost.pp
-    notes = policy.notes(p)
-    shape = np.broadcast_shapes(p.shape, gen.shape, b.shape)
+    notes = policy.notes(p) + notes_pool
+    shape = np.broadcast_shapes(p.shape, gen.shape, b.shape, shared_prefix.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
     notes.extend(model.notes)
@@ -243,7 +301,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
         activation_peak_bytes=act,
         peak_memory_bytes=total,
         capacity_bytes=int(capacity),
-        fits=total <= capacity,
+        fits=fits,
         max_batch=max_batch,
         prefill_flops=pre.flops,
         prefill_bytes=pre.bytes,
@@ -258,6 +316,12 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
         throughput_tokens_per_s=b * gen / e2e,
         bound_prefill=bound_prefill,
         bound_decode=bound_decode,
+        kv_pool_bytes=pool["pool_bytes"],
+        kv_pool_blocks=pool["pool_blocks"],
+        kv_pool_tokens=pool["pool_tokens"],
+        kv_request_bytes=pool["steady"],
+        max_concurrency=pool["max_concurrency"],
+        engine=engine.label,
         notes=notes,
         _engine=eng,
     ).broadcast(full)

@@ -72,6 +72,9 @@ class Profile:
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
     allreduce_overhead_s: float = 0.0  # per all-reduce
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
+    # Serving engines' reservations (kvsim/serving.py), taken from the engine's memory share before the KV pool.
+    runtime_bytes: float = 0.0  # CUDA context, NCCL buffers and other memory outside the allocator, per device
+    cudagraph_bytes: float = 0.0  # memory pools of captured CUDA graphs, per device
     # Hardware figures measured by `kvsim probe` replace the datasheet ones when set (0: use the datasheet).
     memory_bandwidth: float = 0.0
     peak_flops: float = 0.0

@@ -1,7 +1,8 @@
 """Presets are data (TOML files beside this module), read lazily on first use; unknown keys are rejected.
 
 A model preset is the model's own transformers config (under [config]) plus where it came from, so it goes
-through the same adapter as a user's config.json. A hardware preset holds datasheet numbers in named units.
+through the same adapter as a user's config.json. A hardware preset holds datasheet numbers in named units. An
+engine preset (engines/NAME-VERSION.toml) holds a serving engine's defaults, each with its source under [sources].
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ _DIR = Path(__file__).parent
 _MODEL_KEYS = {"display", "source", "published_params", "params_tolerance", "config"}
 # Names that once meant one checkpoint and now could mean several: refused, never guessed.
 _RETIRED_MODELS = {"mistral-7b": "mistral-7b-v0.1 (4,096-token sliding window) or mistral-7b-v0.3 (full attention)"}
+_ENGINE_KNOBS = {"memory_fraction", "fraction_of", "batching", "block_size", "max_num_batched_tokens"}
+_ENGINE_KEYS = {"engine", "version", "display", "source", "notes", "sources"} | _ENGINE_KNOBS
 _HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
             "dense_tflops"}
 
@@ -33,6 +36,14 @@ def model_names() -> list[str]:
 
 def hardware_names() -> list[str]:
     return _names("hardware")
+
+
+def engine_names() -> list[str]:
+    return _names("engines")
+
+
+def _version_key(name: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else -1 for x in name.rsplit("-", 1)[-1].split("."))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,3 +97,28 @@ def load_hardware(name: str) -> HardwareSpec:
         source=d["source"],
         notes=d.get("notes", ""),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def load_engine(name: str):
+    """An engine preset by file name ("vllm-0.33.0") or engine name ("vllm": its newest version)."""
+    from ..serving import Engine
+
+    names = engine_names()
+    if name not in names:
+        versions = sorted((n for n in names if n.startswith(f"{name}-")), key=_version_key)
+        if versions:
+            name = versions[-1]
+    d = _read("engines", name, frozenset(_ENGINE_KEYS))
+    missing = sorted((_ENGINE_KNOBS | {"engine", "source"}) - set(d))
+    if missing:
+        raise KvsimError(f"engine preset {name} is missing: {', '.join(missing)}")
+    sources = d.get("sources", {})
+    if not isinstance(sources, dict) or set(sources) - _ENGINE_KNOBS:
+        raise KvsimError(f"engine preset {name}: [sources] may only name knobs ({', '.join(sorted(_ENGINE_KNOBS))})")
+    try:
+        return Engine(name=d["engine"], version=str(d.get("version", "")), display=d.get("display", ""),
+                      source=d["source"], notes=d.get("notes", ""), sources=dict(sources),
+                      **{k: d[k] for k in _ENGINE_KNOBS})
+    except TypeError as e:
+        raise KvsimError(f"engine preset {name}: {e}") from None
