@@ -96,7 +96,9 @@ def _add_model_args(p: argparse.ArgumentParser, sweep: bool):
         g.add_argument(flag, dest=dest, default=None, metavar="N" + ("|LIST" if sweep else ""),
                        help=f"default {default if default is not None else 'heads (MHA)'}")
     g.add_argument("--dtype", dest="weight_dtype", default=None,
-                   help="weight dtype (fp16, bf16, fp32, fp8, int8, int4); default: the model's, fp16 for sizes")
+                   help="weight format: bf16, fp16, fp32, fp8[:block=128], int8[:weight-only], int4[:group=128], "
+                        "q4_0, q8_0; options head=F (embeddings and output head), act=D; default: the model's, "
+                        "fp16 for sizes")
 
 
 def _models(args, sweep: bool):

@@ -28,6 +28,8 @@ from .policies.base import LayerCtx
 from .policies.compose import Compose
 from .profile import Profile
 from .units import DTYPE_BITS, canonical_dtype
+from .weights import on_device as weights_on_device
+from .weights import resolve as resolve_weights
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class Phase:
 class CostModel:
     """Bytes, FLOP and time for one (model, hardware, policy, dtypes, parallelism, profile)."""
 
-    def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str,
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str | None,
                  weight_dtype: str | None, tp: int, pp: int, profile: Profile):
         if tp < 1 or pp < 1:
             raise KvsimError("tensor and pipeline parallel degrees must be positive")
@@ -183,19 +185,23 @@ class CostModel:
             raise KvsimError(f"pipeline degree {pp} exceeds the model's {model.n_layers} layers")
         self.model, self.hw, self.policy, self.profile = model, hardware, policy, profile
         self.tp, self.pp = tp, pp
-        self.kv_dtype = canonical_dtype(kv_dtype)
-        self.weight_dtype = canonical_dtype(weight_dtype or model.weight_dtype)
+        # Weight format (weights.py): stored bits, and the dtypes activations and matmuls run in on this device.
+        self.weights = resolve_weights(weight_dtype, model.weight_dtype)
+        self.weight_dtype = self.weights.spec
+        self.act_dtype, self.gemm_dtype, self.notes = weights_on_device(self.weights, hardware)
+        self.wbytes = float(self.weights.bits) / 8  # per linear-layer weight
+        self.head_wbytes = float(self.weights.head_bits) / 8  # per output-head weight
+        self.abytes = DTYPE_BITS[self.act_dtype] // 8
+        self.kv_dtype = canonical_dtype(kv_dtype or self.act_dtype)
         self.kv_bits = DTYPE_BITS[self.kv_dtype]
         if self.kv_bits % 8:
             raise KvsimError("the KV dtype must be at least a byte wide; use a quantization policy for fewer bits")
-        self.wbytes = DTYPE_BITS[self.weight_dtype] / 8
-        # Activations stay in 16-bit when weights are stored in 8 bits or fewer (weight-only quantization).
-        self.act_dtype = self.weight_dtype if DTYPE_BITS[self.weight_dtype] >= 16 else "bf16"
-        self.abytes = DTYPE_BITS[self.act_dtype] // 8
         self.groups = group_layers(model, policy, self.kv_bits)
         bw = profile.memory_bandwidth or hardware.memory_bandwidth
         peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
         self.raw_bw, self.raw_peak = bw, peak
+        # W8A8 weight matmuls run on the 8-bit units: the datasheet ratio scales a measured peak as well.
+        self.raw_gemm_peak = peak * hardware.peak_flops(self.gemm_dtype) / hardware.peak_flops(self.act_dtype)
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
         self.kernels = model.kernels()
@@ -219,18 +225,20 @@ class CostModel:
         heads = ctx.layout.n_kv_heads
         return nbytes * max(1, heads // self.tp) // heads
 
-    def _timer(self, tokens, policy: bool = False, kv: bool = False):
+    def _timer(self, tokens, policy: bool = False, kv: bool = False, gemm: bool = False):
         """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
         Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; the policy's own
-        elementwise arithmetic at policy_efficiency; KV traffic at kv_efficiency of the bandwidth."""
+        elementwise arithmetic at policy_efficiency; KV traffic at kv_efficiency of the bandwidth. Weight
+        matmuls (gemm) run at the weight format's matmul peak, everything else at the activation dtype's."""
         prof = self.profile
+        raw = self.raw_gemm_peak if gemm else self.raw_peak
         if policy:
-            peak = self.raw_peak * prof.policy_efficiency
+            peak = raw * prof.policy_efficiency
         elif prof.compute_half_tokens and prof.compute_small_efficiency:
             h = prof.compute_half_tokens
-            peak = self.raw_peak * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
+            peak = raw * (prof.compute_small_efficiency * h + prof.compute_efficiency * tokens) / (h + tokens)
         else:
-            peak = self.peak
+            peak = raw * prof.compute_efficiency
         bw = self.raw_bw * prof.kv_efficiency if kv else self.bw
 
         def timer(flops, bytes_):
@@ -280,7 +288,7 @@ class CostModel:
 
     # ----- weights -----
     def weight_bytes(self) -> int:
-        return -(-self.model.n_params() * DTYPE_BITS[self.weight_dtype] // 8)
+        return self.weights.weight_bytes(self.model)
 
     # ----- phases -----
     def _attention(self, grp: Group, p, s, prefill: bool):
@@ -308,11 +316,12 @@ class CostModel:
         ph = Phase()
         link = self.hw.interconnect_bandwidth
         matrix = self._timer(tokens)
+        weight_matmul = self._timer(tokens, gemm=True)
         for grp in self.groups:
             layer, n = grp.layer, grp.count
             active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
             w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
-            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, matrix)
+            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul)
             written, _ = _activation_width(model, layer)
             ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
             if tp > 1:
@@ -321,7 +330,7 @@ class CostModel:
                 volume = 2 * tokens * h * self.abytes * 2 * (tp - 1) / tp  # two all-reduces per layer
                 ph.comm_s = ph.comm_s + n * volume / link
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
-        head_bytes = (model.vocab * h * self.wbytes + tokens * h * self.abytes * 3) / tp
+        head_bytes = (model.vocab * h * self.head_wbytes + tokens * h * self.abytes * 3) / tp
         ph.add(1, head_flops, head_bytes, self._timer(b))
         return ph
 

@@ -23,7 +23,6 @@ from .hardware import HardwareSpec
 from .model import ModelSpec
 from .policies import Compose, Policy, compose
 from .profile import DATASHEET, Profile
-from .units import DTYPE_BITS
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ class Workload:
     batch: object = 1  # sequences decoded together (array-like)
     tp: int = 1
     pp: int = 1
-    kv_dtype: str | None = None  # None: the weight dtype when 16 bits or wider, else bf16
-    weight_dtype: str | None = None  # None: the model's
+    kv_dtype: str | None = None  # None: the activation dtype of the weight format (bf16 for a bf16 model)
+    weight_dtype: str | None = None  # weight format spec (weights.py: "fp16", "fp8:block=128", "int4"); None: the model's
     quadrature: int = 8  # decode steps evaluated for the mean TPOT
 
 
@@ -177,9 +176,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     p = _as_int_array("prompt", wl.prompt, 1)
     gen = _as_int_array("gen", wl.gen, 1)
     b = _as_int_array("batch", wl.batch, 1)
-    wdt = wl.weight_dtype or model.weight_dtype
-    kv_dtype = wl.kv_dtype or (wdt if DTYPE_BITS.get(wdt, 16) >= 16 else "bf16")
-    cost = CostModel(model, hardware, policy, kv_dtype=kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
+    cost = CostModel(model, hardware, policy, kv_dtype=wl.kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
                      pp=wl.pp, profile=profile)
     capacity = int(hardware.memory_bytes - profile.reserved_bytes)
     eng = _Engine(cost, p, gen, b, capacity)
@@ -228,6 +225,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
     notes.extend(model.notes)
+    notes.extend(cost.notes)
     def full(x):  # every field has the workload's broadcast shape, whatever it depends on
         return np.broadcast_to(np.asarray(x), shape)
 
