@@ -24,6 +24,8 @@ import numpy as np
 from .errors import KvsimError
 from .hardware import HardwareSpec
 from .model import MLA, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from .parallel import check_model as check_tensor_parallel
+from .parallel import kv_heads_per_device
 from .policies.base import LayerCtx
 from .policies.compose import Compose
 from .profile import Profile
@@ -185,6 +187,7 @@ class CostModel:
             raise KvsimError(f"pipeline degree {pp} exceeds the model's {model.n_layers} layers")
         self.model, self.hw, self.policy, self.profile = model, hardware, policy, profile
         self.tp, self.pp = tp, pp
+        check_tensor_parallel(model, tp)
         # Weight format (weights.py): stored bits, and the dtypes activations and matmuls run in on this device.
         self.weights = resolve_weights(weight_dtype, model.weight_dtype)
         self.weight_dtype = self.weights.spec
@@ -207,6 +210,9 @@ class CostModel:
         self.kernels = model.kernels()
         self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
                               for g in self.groups]
+        if tp > 1 and policy.data_dependent:
+            self.notes.append(f"{policy.select.name} splits its budget across heads or layers at run time: per-device "
+                              "KV under tensor parallelism is the average; the busiest device can hold more")
 
     def _policy_works(self, ctx: LayerCtx) -> bool:
         pol = self.policy
@@ -214,16 +220,10 @@ class CostModel:
             pol.lowrank is not None or pol.merge is not None
 
     # ----- helpers -----
-    def kv_share(self, ctx: LayerCtx) -> float:
-        """Fraction of a layer's logical KV that one tensor-parallel device holds (KV heads split; MQA and
-        MLA latents replicated)."""
-        heads = ctx.layout.n_kv_heads
-        return max(1, heads // self.tp) / heads
-
-    def _on_device(self, ctx: LayerCtx, nbytes):
-        """Integer bytes one device holds of a layer's `nbytes`."""
-        heads = ctx.layout.n_kv_heads
-        return nbytes * max(1, heads // self.tp) // heads
+    def heads_on_device(self, ctx: LayerCtx) -> int:
+        """KV heads of this layer one tensor-parallel device holds (parallel.py: split, or replicated when the
+        degree exceeds the KV heads; MQA and MLA latents on every device)."""
+        return kv_heads_per_device(ctx.layout.n_q_heads, ctx.layout.n_kv_heads, self.tp)
 
     def _timer(self, tokens, policy: bool = False, kv: bool = False, gemm: bool = False):
         """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
@@ -255,12 +255,13 @@ class CostModel:
         for grp in self.groups:
             if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
                 continue
-            if prefill:
+            if per_device:  # the busiest device's share
+                b = self.policy.device_bytes(grp.ctx, p, g, self.heads_on_device(grp.ctx), peak=peak,
+                                             prefill=prefill)
+            elif prefill:
                 b = self.policy.prefill_bytes(grp.ctx, p)
             else:
                 b = self.policy.peak_bytes(grp.ctx, p, g) if peak else self.policy.stored_bytes(grp.ctx, p, g)
-            if per_device:
-                b = self._on_device(grp.ctx, b)
             total = total + grp.count * b
         return np.asarray(total, dtype=np.int64)
 
@@ -278,8 +279,8 @@ class CostModel:
         total = 0
         for grp in self.groups:
             if grp.ctx is not None:
-                b = self.policy.shared_bytes(grp.ctx)
-                total += grp.count * (self._on_device(grp.ctx, b) if per_device else b)
+                heads = self.heads_on_device(grp.ctx) if per_device else None
+                total += grp.count * self.policy.shared_bytes(grp.ctx, heads)
         return int(total)
 
     def state_bytes(self) -> int:
@@ -292,20 +293,22 @@ class CostModel:
 
     # ----- phases -----
     def _attention(self, grp: Group, p, s, prefill: bool):
-        """(FLOP, bytes, host-link bytes) of one layer's attention or state work, per sequence, all devices."""
+        """(FLOP over all devices, bytes on the busiest device, host-link bytes of that device) of one layer's
+        attention or state work, per sequence. Attention FLOP split evenly: query heads divide by tp."""
         mixer, pol = grp.layer.mixer, self.policy
         if isinstance(mixer, (Mamba, LinearAttention)):
             state = _state_bytes(self.model, mixer, self.abytes)
-            return (p if prefill else 1) * mixer.step_flops(), 2.0 * state, 0.0
+            return (p if prefill else 1) * mixer.step_flops(), 2.0 * state / self.tp, 0.0
         ctx = grp.ctx if grp.ctx is not None else grp.source
+        heads = self.heads_on_device(ctx)
         if prefill:
             pairs = causal_pairs(p, ctx.layout.span)
             flops = pairs * ctx.layout.n_q_heads * (2 * ctx.layout.score_dim + 2 * ctx.layout.value_dim + 5)
-            written = pol.stored_bytes(grp.ctx, p, 0) if grp.ctx is not None else 0
+            written = pol.device_bytes(grp.ctx, p, 0, heads) if grp.ctx is not None else 0
             return flops, written, (written if grp.on_host else 0)
         segs = pol.read_segments(ctx, p, s)
         flops = pol.attn_flops(ctx, pol.tokens_of(segs))
-        moved = pol.bytes_of(ctx, segs) + (pol.write_bytes(ctx) if grp.ctx is not None else 0)
+        moved = pol.device_read(ctx, p, s, heads)[0] + (pol.write_bytes(ctx, heads) if grp.ctx is not None else 0)
         return flops, moved, (moved if grp.on_host else 0)
 
     def fixed_phase(self, p, b, prefill: bool) -> Phase:
@@ -346,15 +349,12 @@ class CostModel:
         policy_timer = self._timer(0, policy=True)
         for grp, active in zip(self.groups, self.policy_active):
             n = grp.count
-            a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)
-            kv_ctx = grp.ctx or grp.source
-            # KV heads split across devices; MQA heads and MLA latents are replicated, read on every device
-            share = self.kv_share(kv_ctx) if kv_ctx is not None else 1.0 / tp
-            a_flops, a_bytes = a_flops / tp, a_bytes * share
+            a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)  # a_bytes: the busiest device's
+            a_flops = a_flops / tp
             ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
-                self._add_copy(ph, grp, p, s, b * n * share, attention, totals)
+                self._add_copy(ph, grp, p, s, b * n, attention, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -371,18 +371,20 @@ class CostModel:
             raise KvsimError(f"{self.hw.name} lists no host link bandwidth for offload")
         return ph
 
-    def full_width_read_bytes(self, ctx, p, g) -> np.ndarray:
+    def full_width_read_bytes(self, ctx, p, g, per_device: bool = False) -> np.ndarray:
         """Per-sequence bytes of decode step g+1's reads at the full KV dtype: the size of a dequantised,
-        gathered or grown copy of them."""
+        gathered or grown copy of them (all heads, or the busiest device's)."""
         lay = ctx.layout
-        return self.policy.read_tokens(ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
+        tokens = self.policy.device_read(ctx, p, g, self.heads_on_device(ctx))[1] if per_device else \
+            self.policy.read_tokens(ctx, p, g)
+        return tokens * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
 
     def _add_copy(self, ph: Phase, grp: Group, p, s, scale, timer, totals: bool) -> None:
         """Time (not counted as the policy's bytes) of an unfused executor writing a dequantised or gathered
         copy of the step's reads and reading it back; attention reads a plain cache as stored."""
         if self.policy.quant is None and self.policy.reader is None:
             return
-        moved = 2.0 * self.profile.materialised_reads * self.full_width_read_bytes(grp.ctx, p, s) * scale
+        moved = 2.0 * self.profile.materialised_reads * self.full_width_read_bytes(grp.ctx, p, s, True) * scale
         _, m = timer(0.0, moved)
         ph.time_s = ph.time_s + m
         if totals:
@@ -428,7 +430,8 @@ class CostModel:
         for grp in self.groups:
             if grp.ctx is None:
                 continue
-            worst = np.maximum(worst, self._on_device(grp.ctx, self.full_width_read_bytes(grp.ctx, p, g)))
+            worst = np.maximum(worst, self.full_width_read_bytes(grp.ctx, p, g, per_device=True))
             if grp.on_host:
-                fetched = np.maximum(fetched, 2 * self._on_device(grp.ctx, self.policy.read_bytes(grp.ctx, p, g)))
+                heads = self.heads_on_device(grp.ctx)
+                fetched = np.maximum(fetched, 2 * self.policy.device_read(grp.ctx, p, g, heads)[0])
         return np.asarray(worst + fetched, dtype=np.int64)

@@ -187,19 +187,71 @@ class Compose:
     def bytes_of(self, ctx: LayerCtx, segs: list[Segment]) -> np.ndarray:
         return self._segments_bytes(ctx, segs)
 
-    def write_bytes(self, ctx: LayerCtx) -> int:
-        """Bytes one decode step writes for its new token, all heads of the layer."""
+    def write_bytes(self, ctx: LayerCtx, heads: int | None = None) -> int:
+        """Bytes one decode step writes for its new token: all heads of the layer, or `heads` of them."""
         k, v = self.dims(ctx)
         per_head = self.quant.write_bytes(k, v, ctx.elem_bits) if self.quant is not None else \
             (k + v) * ctx.elem_bits // 8
-        return ctx.heads * per_head
+        return (ctx.heads if heads is None else heads) * per_head
 
-    def shared_bytes(self, ctx: LayerCtx) -> int:
-        """Per-layer bytes shared by all sequences (scorer weights, low-rank bases)."""
+    def shared_bytes(self, ctx: LayerCtx, heads: int | None = None) -> int:
+        """Per-layer bytes shared by all sequences (scorer weights, low-rank bases); with `heads`, what a device
+        holding that many KV heads needs (a scorer whole, the bases of its own heads)."""
         n = self.select.shared_bytes(ctx) if ctx.rank >= 0 else 0
         if self.lowrank is not None:
-            n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim, ctx.heads, ctx.elem_bits)
+            n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim,
+                                           ctx.heads if heads is None else heads, ctx.elem_bits)
         return n
+
+    # ----- one tensor-parallel device, holding `heads` of the layer's KV heads -----
+    def busiest(self, ctx: LayerCtx, segs: list[Segment], heads: int, per_head) -> np.ndarray:
+        """Sum of `per_head(segment)` over the KV heads of the busiest device that holds `heads` of them.
+        Segments either all cover every head (parts of each head: every device holds the same), or partition
+        the heads (DuoAttention's retrieval and streaming heads: which heads are heavy is decided by the data,
+        so the busiest device is the one that holds the heaviest). Never a floor of a proportional share."""
+        live = [s for s in segs if s.heads]
+        if not live:
+            return i64(0)
+        loads = [i64(per_head(s)) for s in live]
+        if heads >= ctx.heads:
+            return i64(sum(s.heads * x for s, x in zip(live, loads)))
+        if all(s.heads == ctx.heads for s in live):
+            return i64(heads * sum(loads))
+        if sum(s.heads for s in live) != ctx.heads:  # no known layout: a proportional share, rounded up
+            total = sum(s.heads * x for s, x in zip(live, loads))
+            return i64(-(-total * heads // ctx.heads))
+        stacked = np.stack(np.broadcast_arrays(*loads))
+        counts = np.broadcast_to(np.array([s.heads for s in live]).reshape((-1,) + (1,) * (stacked.ndim - 1)),
+                                 stacked.shape)
+        order = np.argsort(-stacked, axis=0, kind="stable")
+        stacked, counts = np.take_along_axis(stacked, order, 0), np.take_along_axis(counts, order, 0)
+        before = np.cumsum(counts, axis=0) - counts
+        return i64(np.sum(stacked * np.clip(heads - before, 0, counts), axis=0))
+
+    def _head_load(self, ctx: LayerCtx):
+        """Per-head bytes of a segment: its payload plus the sparse reader's per-head state (page summaries)."""
+        if self.reader is None:
+            return lambda s: self._head_bytes(ctx, s)
+        return lambda s: self._head_bytes(ctx, s) + self.reader.state_bytes(ctx, [Segment(1, i64(s.tokens))])
+
+    def device_bytes(self, ctx: LayerCtx, p, g, heads: int, *, peak: bool = False,
+                     prefill: bool = False) -> np.ndarray:
+        """stored_bytes (or peak_bytes, or prefill_bytes) of the busiest device holding `heads` KV heads."""
+        if heads >= ctx.heads:
+            return self.prefill_bytes(ctx, p) if prefill else (
+                self.peak_bytes(ctx, p, g) if peak else self.stored_bytes(ctx, p, g))
+        if prefill and ctx.rank >= 0 and self.merge is None and getattr(self.select, "defers", False):
+            return self.busiest(ctx, [Segment(ctx.heads, i64(p))], heads, lambda s: self._head_bytes(ctx, s))
+        g = 0 if prefill else g
+        segs = self.peak_segments(ctx, p, g) if peak else self.segments(ctx, p, g)
+        state = 0 if ctx.rank < 0 else self.select.state_bytes(ctx, i64(p), i64(g))  # per head alike
+        return self.busiest(ctx, segs, heads, self._head_load(ctx)) + i64(-(-i64(state) * heads // ctx.heads))
+
+    def device_read(self, ctx: LayerCtx, p, g, heads: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, head-tokens) decode step g+1 reads on the busiest device holding `heads` KV heads."""
+        segs = self.read_segments(ctx, p, g)
+        return (self.busiest(ctx, segs, heads, lambda s: self._head_bytes(ctx, s)),
+                self.busiest(ctx, segs, heads, lambda s: i64(s.tokens)))
 
     def on_host(self, ctx: LayerCtx) -> bool:
         return self.place is not None and self.place.offloaded(ctx.kv_rank, ctx.n_kv)
