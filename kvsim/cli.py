@@ -79,7 +79,7 @@ def parse_values(text: str, flag: str, integer: bool = True, limit: int = 10_000
                 out.append(conv(f))
         except CliError:
             raise
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an infinite range end
             raise CliError(f"{flag}: cannot read {item!r} as a {'whole number' if integer else 'number'}") \
                 from None
     if not out:
@@ -190,8 +190,7 @@ def cmd_predict(args) -> int:
     prof = _profile(args)
     pred = predict(model, hw, policy, wl, prof)
     values = {k: _scalar(getattr(pred, k)) if k != "max_context" else None for k in JSON_KEYS}
-    mc = int(pred.max_context().ravel()[0])
-    values["max_context"] = None if mc == (2**63 - 1) else mc
+    values["max_context"] = int(pred.max_context().ravel()[0])
     layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
     for note in pred.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -208,7 +207,7 @@ def cmd_predict(args) -> int:
         print(",".join(_csv_cell(row[k]) for k in keys))
     else:
         v = values
-        mc_s = "unbounded" if v["max_context"] is None else f"{v['max_context']:,}"
+        mc_s = f"{v['max_context']:,}"
         rows = [
             ("model", f"{model.name} ({fmt_count(model.n_params())} params, {inputs['weight_dtype']})"),
             ("hardware", f"{hw.display} ({fmt_bytes(hw.memory_bytes)})"),

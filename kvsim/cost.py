@@ -95,8 +95,10 @@ def group_layers(model: ModelSpec, policy: Compose, kv_bits: int) -> list[Group]
 
 
 def causal_pairs(p: np.ndarray, span: int) -> np.ndarray:
-    """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all)."""
-    full = p * (p + 1) // 2
+    """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all).
+    float64: a count of FLOP grows with the square of the prompt and passes 2**63 where no byte count does."""
+    p = np.asarray(p, dtype=np.float64)
+    full = p * (p + 1) / 2
     if not span:
         return full
     return np.where(p <= span, full, span * (span + 1) // 2 + (p - span) * span)
@@ -298,7 +300,7 @@ class CostModel:
         mixer, pol = grp.layer.mixer, self.policy
         if isinstance(mixer, (Mamba, LinearAttention)):
             state = _state_bytes(self.model, mixer, self.abytes)
-            return (p if prefill else 1) * mixer.step_flops(), 2.0 * state / self.tp, 0.0
+            return np.asarray(p if prefill else 1, dtype=np.float64) * mixer.step_flops(), 2.0 * state / self.tp, 0.0
         ctx = grp.ctx if grp.ctx is not None else grp.source
         heads = self.heads_on_device(ctx)
         if prefill:
@@ -315,7 +317,7 @@ class CostModel:
         """The part of a forward pass that does not depend on how full the cache is: weight matmuls,
         activation traffic, embeddings and logits, all-reduces."""
         model, tp, h = self.model, self.tp, self.model.hidden
-        tokens = b * p if prefill else b
+        tokens = np.multiply(b, p, dtype=np.float64) if prefill else np.asarray(b, dtype=np.float64)
         ph = Phase()
         link = self.hw.interconnect_bandwidth
         matrix = self._timer(tokens)
@@ -345,12 +347,13 @@ class CostModel:
         tp = self.tp
         ph = Phase()
         host = flops = traffic = 0.0
-        attention = self._timer(b * p if prefill else b, kv=True)
+        attention = self._timer(np.multiply(b, p, dtype=np.float64) if prefill else b, kv=True)
+        b = np.asarray(b, dtype=np.float64)  # batch-scaled work in float64 (limits.py)
         policy_timer = self._timer(0, policy=True)
         for grp, active in zip(self.groups, self.policy_active):
             n = grp.count
             a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)  # a_bytes: the busiest device's
-            a_flops = a_flops / tp
+            a_flops, a_bytes = a_flops / tp, np.asarray(a_bytes, dtype=np.float64)
             ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
@@ -359,7 +362,7 @@ class CostModel:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
                 pf, pb = self.policy.prefill_cost(grp.ctx, p) if prefill else self.policy.step_cost(grp.ctx, p, s)
-                pf, pb = pf / tp, pb / tp
+                pf, pb = np.asarray(pf, dtype=np.float64) / tp, np.asarray(pb, dtype=np.float64) / tp
                 ph.add(n, pf * b, pb * b, policy_timer, totals=totals)
                 flops, traffic = flops + n * pf, traffic + n * pb
                 ph.policy_layers += n
@@ -415,11 +418,17 @@ class CostModel:
         return names[np.argmax(terms, axis=0)]
 
     # ----- memory -----
+    def activation_live_elements(self) -> int:
+        """Widest live activation set of any layer, in elements per token."""
+        return max(_activation_width(self.model, g.layer)[1] for g in self.groups)
+
     def activation_peak(self, p, b, prefill: bool) -> np.ndarray:
-        """Largest live activation set: one layer's intermediates for the whole batch, plus fp32 logits."""
+        """Largest live activation set: one layer's intermediates for the whole batch, plus fp32 logits
+        (float64 holding whole bytes, per device)."""
+        b = np.asarray(b, dtype=np.float64)
         tokens = b * p if prefill else b
-        live = max(_activation_width(self.model, g.layer)[1] for g in self.groups)
-        return -(-(tokens * live * self.abytes + b * self.model.vocab * 4) // self.tp)
+        live = self.activation_live_elements()
+        return -(-(tokens * (live * self.abytes) + b * (self.model.vocab * 4)) // self.tp)
 
     def decode_workspace(self, p, g) -> np.ndarray:
         """Per-sequence transient KV during a decode step, per device: one layer's grown copy of a

@@ -22,6 +22,7 @@ from .errors import KvsimError
 from .hardware import HardwareSpec
 from .model import ModelSpec
 from .policies import Compose, Policy, compose
+from .limits import INPUT_MAX, ceil_div, check_tokens, exact, token_limit
 from .profile import DATASHEET, Profile
 
 
@@ -39,10 +40,17 @@ class Workload:
 
 def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
     a = np.asarray(x)
+    if a.dtype.kind == "O":  # Python integers beyond int64
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise KvsimError(f"{name} must be numeric") from None
     if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(np.isfinite(a))):
         raise KvsimError(f"{name} must be numeric")
     if a.dtype.kind == "f" and np.any(a != np.floor(a)):
         raise KvsimError(f"{name} must be whole numbers")
+    if np.any(a > INPUT_MAX):
+        raise KvsimError(f"{name} must be at most 2**53 ({INPUT_MAX:,}), got {float(np.max(a)):.3g}")
     a = a.astype(np.int64)
     if np.any(a < minimum):
         raise KvsimError(f"{name} must be >= {minimum}, got {int(a.min())}")
@@ -85,7 +93,8 @@ class Prediction:
         return self.bound_decode
 
     def max_context(self) -> np.ndarray:
-        """Largest prompt that fits in device memory at this batch and gen (bisection, per point)."""
+        """Largest prompt that fits in device memory at this batch and gen (bisection, per point; 0 when not
+        even one token fits)."""
         return self._engine.max_context()
 
     def kv_bytes_per_layer(self) -> list[tuple[int, np.ndarray]]:
@@ -117,38 +126,50 @@ class _Engine:
         self.cost, self.p, self.gen, self.b, self.capacity = cost, p, gen, b, capacity
 
     def peak_memory(self, p, gen, b) -> tuple[np.ndarray, ...]:
+        """(peak bytes per device, weights, shared, per-sequence KV peak, activations). Per-sequence sizes are
+        exact int64 (limits.token_limit bounds them); whatever the batch scales is float64, exact below 2**53
+        (limits.exact turns a reported figure back to int64 or refuses)."""
         c = self.cost
         steps = gen - 1
-        weights = -(-c.weight_bytes() // (c.tp * c.pp))
+        weights = ceil_div(c.weight_bytes(), c.tp * c.pp)
         shared = c.shared_bytes(per_device=True)
-        state = -(-c.state_bytes() // c.tp)
+        state = ceil_div(c.state_bytes(), c.tp)
         kv_prefill = c.kv_stored(p, 0, per_device=True, place="device", prefill=True)
         kv_peak = c.kv_stored(p, steps, peak=True, per_device=True, place="device")
+        bf = np.asarray(b, dtype=np.float64)
         act_pre = c.activation_peak(p, b, True)
-        act_dec = c.activation_peak(p, b, False) + b * c.decode_workspace(p, np.maximum(steps - 1, 0))
+        act_dec = c.activation_peak(p, b, False) + bf * c.decode_workspace(p, np.maximum(steps - 1, 0))
         pp = c.pp
-        prefill = -(-b * (kv_prefill + state) // pp) + act_pre
-        decode = -(-b * (kv_peak + state) // pp) + act_dec
-        total = weights + -(-shared // pp) + np.maximum(prefill, decode)
+        prefill = ceil_div(bf * (kv_prefill + state), pp) + act_pre
+        decode = ceil_div(bf * (kv_peak + state), pp) + act_dec
+        total = float(weights) + float(ceil_div(shared, pp)) + np.maximum(prefill, decode)
         return total, weights, shared, kv_peak, np.maximum(act_pre, act_dec)
 
     def max_context(self) -> np.ndarray:
-        p0 = np.broadcast_to(self.p, np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b)))
-        lo = np.zeros(p0.shape, dtype=np.int64)  # fits (0 tokens: trivially, unless weights do not)
-        hi = np.full(p0.shape, 2**36, dtype=np.int64)
-        fits_hi = self.peak_memory(hi, self.gen, self.b)[0] <= self.capacity
-        for _ in range(37):
+        """Largest prompt that fits at this gen and batch (0 when even one token does not). The prefill's
+        activations alone grow by batch x live width / tp bytes per prompt token, so a prompt beyond capacity
+        over that cannot fit: the search is bounded by it (and by limits.token_limit) in every case."""
+        c = self.cost
+        shape = np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b))
+        gen, b = np.broadcast_to(self.gen, shape), np.broadcast_to(self.b, shape)
+        per_token = b * (c.activation_live_elements() * c.abytes / c.tp)  # float64, >= 1 / tp
+        room = np.floor(self.capacity / per_token) + 1  # does not fit
+        hi = np.minimum(room, float(token_limit(c.model)) - gen).astype(np.int64)
+        hi = np.maximum(hi, 1)
+        lo = np.zeros(shape, dtype=np.int64)  # fits (0 tokens: trivially, unless the weights do not)
+        lo = np.where(self.peak_memory(hi, gen, b)[0] <= self.capacity, hi, lo)
+        for _ in range(int(np.max(hi)).bit_length() + 1):
             mid = (lo + hi + 1) // 2
-            ok = self.peak_memory(np.maximum(mid, 1), self.gen, self.b)[0] <= self.capacity
+            ok = self.peak_memory(np.maximum(mid, 1), gen, b)[0] <= self.capacity
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid - 1)
-        weights_fit = self.peak_memory(np.ones_like(lo), self.gen, self.b)[0] <= self.capacity
-        out = np.where(weights_fit, lo, 0)
-        return np.where(fits_hi, np.iinfo(np.int64).max, out)
+        weights_fit = self.peak_memory(np.ones_like(lo), gen, b)[0] <= self.capacity
+        return np.where(weights_fit, lo, 0)
 
     def per_layer(self):
         steps = self.gen - 1
-        return [(i, b * self.b) for i, b in self.cost.kv_layer_stored(self.p, steps)]
+        bf = np.asarray(self.b, dtype=np.float64)
+        return [(i, exact(f"layer {i} KV", bf * b)) for i, b in self.cost.kv_layer_stored(self.p, steps)]
 
 
 def _weights(steps: np.ndarray, k: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,8 +197,10 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     p = _as_int_array("prompt", wl.prompt, 1)
     gen = _as_int_array("gen", wl.gen, 1)
     b = _as_int_array("batch", wl.batch, 1)
+    check_tokens(model, p + gen)
     cost = CostModel(model, hardware, policy, kv_dtype=wl.kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
                      pp=wl.pp, profile=profile)
+    exact("the model's weights", cost.weight_bytes())
     capacity = int(hardware.memory_bytes - profile.reserved_bytes)
     eng = _Engine(cost, p, gen, b, capacity)
     steps = gen - 1
@@ -213,13 +236,16 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
 
     e2e = ttft + steps * tpot
     total, weights_dev, shared_dev, kv_peak_dev, act = eng.peak_memory(p, gen, b)
-    fixed = weights_dev + -(-shared_dev // cost.pp)
+    total = exact("peak memory per device", total)
+    fixed = weights_dev + ceil_div(shared_dev, cost.pp)
     per_seq = eng.peak_memory(p, gen, np.ones_like(b))[0] - fixed
     room = capacity - fixed
     max_batch = np.where(room > 0, np.floor(room / per_seq), 0).astype(np.int64)
 
-    kv_total = b * cost.kv_stored(p, steps)
-    kv_dev = b * cost.kv_stored(p, steps, per_device=True, place="device") // cost.pp
+    bf = b.astype(np.float64)  # batch-scaled sizes in float64, exact below 2**53 (limits.py)
+    kv_total = exact("KV cache", bf * cost.kv_stored(p, steps))
+    kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device"),
+                                                    cost.pp))
     notes = policy.notes(p)
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape)
     if model.max_context and np.any(p + gen > model.max_context):
@@ -232,13 +258,13 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     return Prediction(
         kv_cache_bytes=kv_total,
         kv_cache_bytes_per_device=kv_dev,
-        kv_peak_bytes=b * kv_peak_dev // cost.pp,
-        kv_shared_bytes=np.asarray(cost.shared_bytes()),
-        kv_host_bytes=b * cost.kv_stored(p, steps, place="host"),
-        state_bytes=b * np.asarray(round(cost.state_bytes()), dtype=np.int64),
-        weights_bytes=np.asarray(cost.weight_bytes(), dtype=np.int64),
-        weights_bytes_per_device=np.asarray(weights_dev),
-        activation_peak_bytes=act,
+        kv_peak_bytes=exact("KV peak per device", ceil_div(bf * kv_peak_dev, cost.pp)),
+        kv_shared_bytes=exact("shared policy data", cost.shared_bytes()),
+        kv_host_bytes=exact("offloaded KV", bf * cost.kv_stored(p, steps, place="host")),
+        state_bytes=exact("recurrent state", bf * cost.state_bytes()),
+        weights_bytes=exact("the model's weights", cost.weight_bytes()),
+        weights_bytes_per_device=exact("weights per device", weights_dev),
+        activation_peak_bytes=exact("activations", act),
         peak_memory_bytes=total,
         capacity_bytes=int(capacity),
         fits=total <= capacity,
@@ -253,7 +279,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
         tpot_last_s=tpot_last,
         e2e_s=e2e,
         decode_tokens_per_s=b / tpot,
-        throughput_tokens_per_s=b * gen / e2e,
+        throughput_tokens_per_s=bf * gen / e2e,
         bound_prefill=bound_prefill,
         bound_decode=bound_decode,
         notes=notes,

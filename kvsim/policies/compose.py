@@ -266,26 +266,29 @@ class Compose:
     def attn_flops(self, ctx: LayerCtx, tokens) -> np.ndarray:
         """Attention FLOP for `tokens` head-tokens read (plus the appended token per head), per sequence."""
         sd, vd = self.attn_dims(ctx)
-        n = i64(tokens) + ctx.heads
+        n = np.asarray(tokens, dtype=np.float64) + ctx.heads  # FLOP in float64 (limits.py)
         flops = n * ctx.layout.group * (2 * sd + 2 * vd + 5)
         if self.lowrank is not None:  # project the query down and lift the output back, per query head
             flops = flops + ctx.layout.n_q_heads * 2 * (ctx.layout.score_dim * sd + vd * ctx.layout.value_dim)
         return flops
 
     def step_cost(self, ctx: LayerCtx, p, g) -> tuple[np.ndarray, np.ndarray]:
-        """Policy-only (FLOP, bytes) of decode step g+1, per sequence: scoring, selection, dequantisation."""
+        """Policy-only (FLOP, bytes) of decode step g+1, per sequence: scoring, selection, dequantisation.
+        FLOP are float64 (the selector sees float64 p and g holding whole numbers), bytes int64."""
         p, g = i64(p), i64(g)
-        flops, traffic = (self.select.step_cost(ctx, p, g) if ctx.rank >= 0 else (0, 0))
+        pf, gf = p.astype(np.float64), g.astype(np.float64)
+        flops, traffic = (self.select.step_cost(ctx, pf, gf) if ctx.rank >= 0 else (0, 0))
         if self.reader is not None:
             f, b = self.reader.step_cost(ctx, self.segments(ctx, p, g))
             flops, traffic = flops + f, traffic + b
         if self.quant is not None:
             k, v = self.dims(ctx)
-            flops = flops + self.quant.dequant_flops(k, v, self.read_tokens(ctx, p, g))
-        return i64(flops), i64(traffic)
+            flops = flops + self.quant.dequant_flops(k, v, self.read_tokens(ctx, p, g).astype(np.float64))
+        return np.asarray(flops, dtype=np.float64), i64(traffic)
 
     def prefill_cost(self, ctx: LayerCtx, p) -> tuple[np.ndarray, np.ndarray]:
-        p = i64(p)
+        """Policy-only (FLOP, bytes) of the prefill, per sequence; FLOP in float64 as in step_cost."""
+        p = i64(p).astype(np.float64)
         flops, traffic = (self.select.prefill_cost(ctx, p) if ctx.rank >= 0 else (0, 0))
         if self.merge is not None and ctx.rank >= 0:
             f, b = self.merge.prefill_cost(ctx, p)
@@ -293,7 +296,7 @@ class Compose:
         if self.lowrank is not None:  # fitting the bases: a thin SVD of the prompt's keys and values per head
             k, v = ctx.layout.k_dim, ctx.layout.v_dim
             flops = flops + ctx.heads * 4 * p * (k * k + v * v)
-        return i64(flops), i64(traffic)
+        return np.asarray(flops, dtype=np.float64), i64(traffic)
 
 
 def compose(*policies: Policy) -> Compose:
