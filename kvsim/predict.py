@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cost import CostModel
+from .cost import CostModel, layer_contexts
 from .errors import KvsimError
 from .hardware import HardwareSpec
 from .model import ModelSpec
@@ -246,7 +246,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     kv_total = exact("KV cache", bf * cost.kv_stored(p, steps))
     kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device"),
                                                     cost.pp))
-    notes = policy.notes(p)
+    notes = policy.notes(p, [c for c in layer_contexts(model, cost.kv_bits) if c is not None and c.rank >= 0])
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")

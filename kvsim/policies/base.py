@@ -114,6 +114,8 @@ class Policy:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return ",".join(_fmt(x) for x in v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float) and v.is_integer():

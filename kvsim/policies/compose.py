@@ -82,10 +82,16 @@ class Compose:
     def spec(self) -> str:
         return " ".join(p.spec() for p in self.parts) or "full"
 
-    def notes(self, p) -> list[str]:
+    def notes(self, p, ctxs: list[LayerCtx] | None = None) -> list[str]:
+        """What a user should be told for these prompts. With `ctxs` (the model's layers whose cache grows
+        without bound), policies whose behaviour differs by layer (`layer_notes`) speak per layer."""
         out: list[str] = []
         for part in self.parts:
-            out.extend(part.notes(np.asarray(p)))
+            per_layer = getattr(part, "layer_notes", None)
+            if per_layer is not None and ctxs is not None:
+                out.extend(per_layer(np.asarray(p), ctxs))
+            else:
+                out.extend(part.notes(np.asarray(p)))
         return out
 
     @property
