@@ -30,12 +30,13 @@ SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-
 }
 WORKLOAD_FLAGS = {"--seq": ("seq", 1024), "--gen": ("gen", 1), "--batch": ("batch", 1), "--tp": ("tp", 1),
                   "--pp": ("pp", 1)}
-JSON_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+JSON_KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes",
+             "kv_host_bytes",
              "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
              "peak_memory_bytes", "capacity_bytes", "fits", "max_batch", "max_context", "prefill_flops",
              "prefill_bytes", "decode_flops", "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s",
              "e2e_s", "decode_tokens_per_s", "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound")
-SWEEP_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
+SWEEP_KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
               "peak_memory_bytes", "fits", "max_batch", "ttft_s", "tpot_s", "decode_tokens_per_s",
               "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound")
 
@@ -217,6 +218,7 @@ def cmd_predict(args) -> int:
             ("", ""),
             ("KV cache", f"{fmt_bytes(v['kv_cache_bytes'])}  ({v['kv_cache_bytes']:,} B; "
                          f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device)"),
+            ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
             ("activations (peak)", fmt_bytes(v["activation_peak_bytes"])),

@@ -249,17 +249,20 @@ class CostModel:
 
     # ----- KV bytes -----
     def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all",
-                  prefill: bool = False) -> np.ndarray:
+                  prefill: bool = False, state: bool = True) -> np.ndarray:
         """Per-sequence KV bytes over all layers (payload, metadata and policy state, not shared parts).
         place: "all", "device" (layers kept on the device) or "host" (offloaded layers); prefill: what is
-        resident at the end of the prefill (g ignored)."""
+        resident at the end of the prefill (g ignored); state=False: the cache alone, without policy state
+        (not with peak or prefill)."""
         total = 0
         for grp in self.groups:
             if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
                 continue
             if per_device:  # the busiest device's share
                 b = self.policy.device_bytes(grp.ctx, p, g, self.heads_on_device(grp.ctx), peak=peak,
-                                             prefill=prefill)
+                                             prefill=prefill, state=state)
+            elif not state:
+                b = self.policy.stored_bytes(grp.ctx, p, g) - self.policy.policy_state_bytes(grp.ctx, p, g)
             elif prefill:
                 b = self.policy.prefill_bytes(grp.ctx, p)
             else:
@@ -267,13 +270,22 @@ class CostModel:
             total = total + grp.count * b
         return np.asarray(total, dtype=np.int64)
 
+    def policy_state(self, p, g, place: str = "all") -> np.ndarray:
+        """Per-sequence policy state over all layers (scores, positions, counts, page summaries)."""
+        total = 0
+        for grp in self.groups:
+            if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
+                continue
+            total = total + grp.count * self.policy.policy_state_bytes(grp.ctx, p, g)
+        return np.asarray(total, dtype=np.int64)
+
     def kv_layer_stored(self, p, g) -> list[tuple[int, np.ndarray]]:
-        """(layer index, per-sequence bytes) for every layer with a cache of its own."""
+        """(layer index, per-sequence cache bytes, policy state excluded) for every layer with a cache of its own."""
         out = []
         for grp in self.groups:
             if grp.ctx is None:
                 continue
-            b = self.policy.stored_bytes(grp.ctx, p, g)
+            b = self.policy.stored_bytes(grp.ctx, p, g) - self.policy.policy_state_bytes(grp.ctx, p, g)
             out.extend((i, b) for i in grp.members)
         return sorted(out, key=lambda t: t[0])
 

@@ -34,7 +34,7 @@ class Workload:
     tp: int = 1
     pp: int = 1
     kv_dtype: str | None = None  # None: the activation dtype of the weight format (bf16 for a bf16 model)
-    weight_dtype: str | None = None  # weight format spec (weights.py: "fp16", "fp8:block=128", "int4"); None: the model's
+    weight_dtype: str | None = None  # weight format (weights.py: "fp16", "fp8:block=128", "int4"); None: the model's
     quadrature: int = 8  # decode steps evaluated for the mean TPOT
 
 
@@ -59,11 +59,13 @@ def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
 
 @dataclass
 class Prediction:
-    kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives
-    kv_cache_bytes_per_device: np.ndarray  # of that, what one device's memory holds (offloaded layers excluded)
-    kv_peak_bytes: np.ndarray  # largest device-resident KV during the request, per device
+    kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives:
+    #   keys and values with their quantization metadata; policy state is in policy_state_bytes
+    policy_state_bytes: np.ndarray  # the policy's bookkeeping beside it (scores, positions, counts, page summaries)
+    kv_cache_bytes_per_device: np.ndarray  # of kv_cache_bytes, what the busiest device holds (offloaded excluded)
+    kv_peak_bytes: np.ndarray  # largest device-resident KV and policy state during the request, per device
     kv_shared_bytes: np.ndarray  # per-layer policy data shared by the batch (scorer weights, bases)
-    kv_host_bytes: np.ndarray  # part of the KV kept in host memory (offload)
+    kv_host_bytes: np.ndarray  # part of kv_cache_bytes kept in host memory (offload)
     state_bytes: np.ndarray  # SSM / linear-attention recurrent state, whole batch
     weights_bytes: np.ndarray
     weights_bytes_per_device: np.ndarray
@@ -101,7 +103,8 @@ class Prediction:
         """(layer index, bytes for the whole batch) after the last step, layers with a cache only."""
         return self._engine.per_layer()
 
-    KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+    KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes",
+            "kv_host_bytes",
             "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
             "peak_memory_bytes", "fits", "max_batch", "prefill_flops", "prefill_bytes", "decode_flops",
             "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "e2e_s", "decode_tokens_per_s",
@@ -243,9 +246,9 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     max_batch = np.where(room > 0, np.floor(room / per_seq), 0).astype(np.int64)
 
     bf = b.astype(np.float64)  # batch-scaled sizes in float64, exact below 2**53 (limits.py)
-    kv_total = exact("KV cache", bf * cost.kv_stored(p, steps))
-    kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device"),
-                                                    cost.pp))
+    kv_total = exact("KV cache", bf * cost.kv_stored(p, steps, state=False))
+    kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device",
+                                                                       state=False), cost.pp))
     notes = policy.notes(p, [c for c in layer_contexts(model, cost.kv_bits) if c is not None and c.rank >= 0])
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape)
     if model.max_context and np.any(p + gen > model.max_context):
@@ -257,10 +260,11 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
 
     return Prediction(
         kv_cache_bytes=kv_total,
+        policy_state_bytes=exact("policy state", bf * cost.policy_state(p, steps)),
         kv_cache_bytes_per_device=kv_dev,
         kv_peak_bytes=exact("KV peak per device", ceil_div(bf * kv_peak_dev, cost.pp)),
         kv_shared_bytes=exact("shared policy data", cost.shared_bytes()),
-        kv_host_bytes=exact("offloaded KV", bf * cost.kv_stored(p, steps, place="host")),
+        kv_host_bytes=exact("offloaded KV", bf * cost.kv_stored(p, steps, place="host", state=False)),
         state_bytes=exact("recurrent state", bf * cost.state_bytes()),
         weights_bytes=exact("the model's weights", cost.weight_bytes()),
         weights_bytes_per_device=exact("weights per device", weights_dev),

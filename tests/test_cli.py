@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-REQUIRED_JSON = {"kv_cache_bytes", "weights_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "decode_tokens_per_s",
+REQUIRED_JSON = {"kv_cache_bytes", "policy_state_bytes", "weights_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "decode_tokens_per_s",
                  "max_batch", "bound"}
 
 

@@ -211,3 +211,18 @@ def test_per_layer_budget_ratios():
 def test_bad_ratio_lists(spec, message):
     with pytest.raises(KvsimError, match=message):
         parse_policy(spec)
+
+
+def test_policy_state_is_reported_beside_the_cache():
+    # H2O keeps an fp32 score and an int32 position per kept token and head: 8 bytes, in policy_state_bytes;
+    # kv_cache_bytes holds keys and values only, so budget / prompt is the compression ratio as read.
+    m = uniform("t", n_layers=4, hidden=128, vocab=100, n_heads=4, n_kv_heads=2, head_dim=32, intermediate=256)
+    wl = Workload(prompt=1000, batch=3)
+    full = predict(m, HW, None, wl)
+    h2o = predict(m, HW, parse_composition(["h2o:budget=100,recent=10"]), wl)
+    assert int(h2o.kv_cache_bytes) * 10 == int(full.kv_cache_bytes)
+    assert int(h2o.policy_state_bytes) == 3 * 4 * 2 * 100 * 8 and int(full.policy_state_bytes) == 0
+    assert int(h2o.kv_peak_bytes) >= int(h2o.kv_cache_bytes) + int(h2o.policy_state_bytes)  # memory counts both
+    assert sum(int(b) for _, b in h2o.kv_bytes_per_layer()) == int(h2o.kv_cache_bytes)
+    snap = predict(m, HW, parse_composition(["snapkv:budget=100,window=10"]), wl)
+    assert int(snap.policy_state_bytes) == 0  # compresses once: no scores kept

@@ -166,6 +166,11 @@ class Compose:
         kept = self.segments(ctx, p, g)
         return self._segments_bytes(ctx, kept) + self._state_bytes(ctx, p, g, kept)
 
+    def policy_state_bytes(self, ctx: LayerCtx, p, g) -> np.ndarray:
+        """Per-sequence policy state in this layer after the prefill and g steps (scores, positions, counts, page
+        summaries): the part of stored_bytes that is not the cache itself."""
+        return self._state_bytes(ctx, p, g, self.segments(ctx, p, g))
+
     def prefill_bytes(self, ctx: LayerCtx, p) -> np.ndarray:
         """Per-sequence bytes resident at the end of the prefill, before a deferred compression."""
         if ctx.rank >= 0 and self.merge is None and getattr(self.select, "defers", False):
@@ -240,9 +245,13 @@ class Compose:
             return lambda s: self._head_bytes(ctx, s)
         return lambda s: self._head_bytes(ctx, s) + self.reader.state_bytes(ctx, [Segment(1, i64(s.tokens))])
 
-    def device_bytes(self, ctx: LayerCtx, p, g, heads: int, *, peak: bool = False,
-                     prefill: bool = False) -> np.ndarray:
-        """stored_bytes (or peak_bytes, or prefill_bytes) of the busiest device holding `heads` KV heads."""
+    def device_bytes(self, ctx: LayerCtx, p, g, heads: int, *, peak: bool = False, prefill: bool = False,
+                     state: bool = True) -> np.ndarray:
+        """stored_bytes (or peak_bytes, or prefill_bytes) of the busiest device holding `heads` KV heads; with
+        state=False the cache alone, policy state left out."""
+        if not state:
+            segs = self.segments(ctx, p, 0 if prefill else g)
+            return self.busiest(ctx, segs, heads, lambda s: self._head_bytes(ctx, s))
         if heads >= ctx.heads:
             return self.prefill_bytes(ctx, p) if prefill else (
                 self.peak_bytes(ctx, p, g) if peak else self.stored_bytes(ctx, p, g))

@@ -3,9 +3,10 @@
 PyramidKV (Cai et al. 2024): budgets fall linearly from the first to the last layer; `beta` sets how
 steep (the last layer gets (budget - window) / beta beyond its window). Or any per-layer schedule: `ratios`
 lists budget fractions from the first layer to the last, stretched over the depth in equal runs of layers
-(`pyramidkv:budget=1024,ratios=1,1,0.5,0.25`: the first quarter of the layers keep 1024, the last 256). DynamicKV (Zhou et al. 2024): the
-same total, split across layers at run time by how concentrated each layer's attention is; layer budgets
-come in multiples of `quantum`, so per-layer figures are averages and the total is exact."""
+(`pyramidkv:budget=1024,ratios=1,1,0.5,0.25`: the first quarter of the layers keep 1024, the last 256).
+DynamicKV (Zhou et al. 2024): the same total, split across layers at run time by how concentrated each layer's
+attention is; layer budgets come in multiples of `quantum`, so per-layer figures are averages and the total is
+exact."""
 
 from __future__ import annotations
 
