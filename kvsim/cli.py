@@ -190,7 +190,12 @@ def cmd_predict(args) -> int:
                   kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature)
     prof = _profile(args)
     pred = predict(model, hw, policy, wl, prof)
+    from .predict import DECODE_KEYS
+
     values = {k: _scalar(getattr(pred, k)) if k != "max_context" else None for k in JSON_KEYS}
+    decode = bool(_scalar(pred.has_decode))
+    if not decode:  # gen = 1: no decode step, so no TPOT or decode throughput to report
+        values.update({k: None for k in DECODE_KEYS if k in values})
     values["max_context"] = int(pred.max_context().ravel()[0])
     layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
     for note in pred.notes:
@@ -228,12 +233,16 @@ def cmd_predict(args) -> int:
             ("max context", f"{mc_s} tokens at batch {wl.batch}"),
             ("", ""),
             ("prefill", f"{fmt_count(v['prefill_flops'], 'FLOP')}, {fmt_bytes(v['prefill_bytes'])} moved"),
-            ("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, {fmt_bytes(v['decode_bytes'])} moved"),
             ("TTFT", f"{fmt_seconds(v['ttft_s'])}  ({v['bound_prefill']}-bound)"),
-            ("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
-                     f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),
-            ("decode throughput", f"{v['decode_tokens_per_s']:,.1f} tokens/s"),
         ]
+        if decode:
+            rows[-1:-1] = [("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, "
+                                                  f"{fmt_bytes(v['decode_bytes'])} moved")]
+            rows += [("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
+                              f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),
+                     ("decode throughput", f"{v['decode_tokens_per_s']:,.1f} tokens/s")]
+        else:
+            rows.append(("decode", "none (gen 1: the prefill yields the only token)"))
         width = max(len(k) for k, _ in rows)
         for k, val in rows:
             print(f"{k:<{width}}  {val}" if k else "")
@@ -308,12 +317,19 @@ def cmd_sweep(args) -> int:
 
 
 def _write_block(sink, prefix, S, G, B, tp, pp, kv_dtype, cols) -> int:
-    """Format a block of rows with one %-format per row: about a microsecond per field."""
+    """Format a block of rows with one %-format per row: about a microsecond per field. Decode figures of rows
+    with gen = 1 (no decode step) are left empty."""
+    from .predict import DECODE_KEYS
+
     fmt_parts = [prefix, "%d", "%d", "%d", str(tp), str(pp), kv_dtype]
     data = [S, G, B]
     for k in SWEEP_KEYS:
         a = cols[k]
-        if a.dtype.kind == "b":
+        if k in DECODE_KEYS and np.any(G <= 1):
+            cell = np.char.mod("%.9g", a) if a.dtype.kind == "f" else a.astype(str)
+            fmt_parts.append("%s")
+            data.append(np.where(G > 1, cell, ""))
+        elif a.dtype.kind == "b":
             fmt_parts.append("%s")
             data.append(np.where(a, "true", "false"))
         elif a.dtype.kind in "iu":

@@ -7,7 +7,9 @@ for the whole model. Times use the profile (the datasheet roofline unless a cali
 Conventions: `prompt` tokens are prefilled, which yields the first generated token; the remaining gen - 1
 tokens take one decode step each. kv_cache_bytes is what is resident after the last step. TPOT is the mean
 decode step time: exact for up to `quadrature` steps, a midpoint rule over `quadrature` points beyond.
-With gen = 1 there is no decode step; decode figures then describe the first one that would follow.
+With gen = 1 there is no decode step: the DECODE_KEYS figures then describe the first one that would follow,
+`has_decode` is False there, and front ends report them as absent (the CLI prints none, JSON gives null);
+`bound` is then the prefill's.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
     return a
 
 
+# Figures of the decode steps; where gen = 1 there is none and they describe a step that does not happen.
+DECODE_KEYS = ("decode_flops", "decode_bytes", "tpot_s", "tpot_first_s", "tpot_last_s", "decode_tokens_per_s",
+               "bound_decode")
+
+
 @dataclass
 class Prediction:
     kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives:
@@ -91,8 +98,14 @@ class Prediction:
     _engine: object = field(default=None, repr=False)
 
     @property
+    def has_decode(self) -> np.ndarray:
+        """Where the request has a decode step (gen > 1), at the workload's broadcast shape."""
+        return np.broadcast_to(np.asarray(self._engine.gen) > 1, np.shape(self.bound_decode))
+
+    @property
     def bound(self) -> np.ndarray:
-        return self.bound_decode
+        """What limits the request's token generation: the decode step's bound, the prefill's where gen = 1."""
+        return np.where(self.has_decode, self.bound_decode, self.bound_prefill)
 
     def max_context(self) -> np.ndarray:
         """Largest prompt that fits in device memory at this batch and gen (bisection, per point; 0 when not

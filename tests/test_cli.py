@@ -125,3 +125,16 @@ def test_max_context_is_a_number_at_large_batches():
     # Llama-2-7B fp16 at batch 512 used to report 59,382,906,711 tokens (an int64 wrap in the search)
     d = json.loads(run("predict", "--model", "llama-2-7b", "--batch", "512", "--format", "json").stdout)
     assert 0 < d["max_context"] < 1024 and not d["fits"]
+
+
+def test_gen_1_has_no_decode_figures():
+    # gen 1: the prefill yields the only token; no decode step happens, so no TPOT or decode throughput
+    table = run("predict", "--model", "gpt2", "--gen", "1").stdout
+    assert "TPOT" not in table and "decode throughput" not in table and "TTFT" in table
+    assert "TPOT" in run("predict", "--model", "gpt2", "--gen", "2").stdout
+    d = json.loads(run("predict", "--model", "gpt2", "--gen", "1", "--format", "json").stdout)
+    assert d["tpot_s"] is None and d["decode_tokens_per_s"] is None and d["ttft_s"] > 0
+    assert d["bound"] == d["bound_prefill"]
+    rows = list(csv.DictReader(io.StringIO(run("sweep", "--model", "gpt2", "--gen", "1,2", "--seq", "64").stdout)))
+    assert [r["tpot_s"] == "" for r in rows] == [True, False]
+    assert all("nan" not in v.lower() and "inf" not in v.lower() for r in rows for v in r.values())
