@@ -53,8 +53,15 @@ def cmd_calibrate(argv) -> int:
     from kvsim import DATASHEET, Profile, load_hardware, load_profile
 
     p = _Parser(prog="kvsim calibrate", description="fit efficiency parameters; held-out error")
-    p.add_argument("--data", action="append", required=True, help="measurement CSV or folder (repeatable)")
-    p.add_argument("--out", required=True, help="profile JSON to write (a PNG plot is written beside it)")
+    p.add_argument("--data", action="append", help="measurement CSV or folder (repeatable)")
+    p.add_argument("--kernels", choices=["aiconfigurator"], help="fit to a public kernel database instead: "
+                   "NVIDIA's aiconfigurator-core tables (pip install 'kvsim[gpu-data]')")
+    p.add_argument("--system", default="h100_sxm", help="with --kernels: the database's system (h100_sxm, "
+                                                        "h200_sxm, a100_sxm)")
+    p.add_argument("--framework", default="vllm", help="with --kernels: vllm, trtllm or sglang")
+    p.add_argument("--version", default=None, help="with --kernels: the framework version (default: newest)")
+    p.add_argument("--out", default=None, help="profile JSON to write (a PNG plot is written beside it); with "
+                                               "--kernels default calibrate/profiles/<hardware>-<framework>.json")
     p.add_argument("--hardware", default=None, help="hardware preset the datasheet comparison uses "
                                                     "(default: cpu for CPU data)")
     p.add_argument("--probe", default=None, help="profile from `kvsim probe`: its measured peaks are the base")
@@ -62,6 +69,10 @@ def cmd_calibrate(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plot", action="store_true")
     a = p.parse_args(argv)
+    if a.kernels:
+        return _calibrate_kernels(a)
+    if not a.data or not a.out:
+        raise KvsimError("kvsim calibrate needs --data and --out (or --kernels aiconfigurator)")
     if a.folds < 2:
         raise KvsimError("--folds must be at least 2")
     out = Path(a.out)
@@ -128,6 +139,26 @@ def cmd_calibrate(argv) -> int:
           f"TTFT {h['ttft_mape']:.1%} (median {h['ttft_median_ape']:.1%}, max {h['ttft_max_ape']:.1%})")
     print(f"uncalibrated on the same rows: TPOT {u['tpot_mape']:.1%}, TTFT {u['ttft_mape']:.1%}")
     print(f"wrote {out}" + ("" if a.no_plot else f" and {out.with_suffix('.png')}"))
+    return 0
+
+
+def _calibrate_kernels(a) -> int:
+    from .kernels import aiconfigurator, run
+
+    aiconfigurator.data_root()  # one line naming the extra when the package is missing
+    out = Path(a.out) if a.out else run.default_out(a.system, a.framework)
+    if out.suffix != ".json":
+        raise KvsimError("--out must be a .json file")
+    from tqdm import tqdm
+
+    def progress(items):
+        return tqdm(items, desc="calibrate", unit="stage", file=sys.stderr, disable=not sys.stderr.isatty())
+    doc = run.calibrate(a.system, a.framework, a.version, progress)
+    write_json(out, doc)
+    for fam, h in doc["heldout_summary"].items():
+        print(f"{fam:18s} held-out MAPE {h['mape']:6.1%} (mean over hold-out schemes; worst {h['worst_mape']:.1%}: "
+              f"{h['worst_split']}); datasheet roofline {h['datasheet_mape']:.1%}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -30,14 +30,15 @@ SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-
 }
 WORKLOAD_FLAGS = {"--seq": ("seq", 1024), "--gen": ("gen", 1), "--batch": ("batch", 1), "--tp": ("tp", 1),
                   "--pp": ("pp", 1)}
-JSON_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+JSON_KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes",
+             "kv_host_bytes",
              "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
              "peak_memory_bytes", "capacity_bytes", "fits", "max_batch", "max_context", "prefill_flops",
              "prefill_bytes", "decode_flops", "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s",
              "e2e_s", "decode_tokens_per_s", "throughput_tokens_per_s", "bound_prefill", "bound_decode", "bound",
              "kv_pool_bytes", "kv_pool_blocks", "kv_pool_tokens", "kv_request_bytes", "max_concurrency",
              "max_request_context")
-SWEEP_KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
+SWEEP_KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "weights_bytes",
               "peak_memory_bytes", "fits", "max_batch", "ttft_s", "tpot_s", "decode_tokens_per_s",
               "throughput_tokens_per_s", "prefill_flops", "decode_bytes", "bound_prefill", "bound",
               "kv_pool_bytes", "kv_pool_blocks", "kv_pool_tokens", "kv_request_bytes", "max_concurrency")
@@ -92,7 +93,7 @@ def parse_values(text: str, flag: str, integer: bool = True, limit: int = 10_000
                 out.append(conv(f))
         except CliError:
             raise
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an infinite range end
             raise CliError(f"{flag}: cannot read {item!r} as a {'whole number' if integer else 'number'}") \
                 from None
     if not out:
@@ -109,7 +110,9 @@ def _add_model_args(p: argparse.ArgumentParser, sweep: bool):
         g.add_argument(flag, dest=dest, default=None, metavar="N" + ("|LIST" if sweep else ""),
                        help=f"default {default if default is not None else 'heads (MHA)'}")
     g.add_argument("--dtype", dest="weight_dtype", default=None,
-                   help="weight dtype (fp16, bf16, fp32, fp8, int8, int4); default: the model's, fp16 for sizes")
+                   help="weight format: bf16, fp16, fp32, fp8[:block=128], int8[:weight-only], int4[:group=128], "
+                        "q4_0, q8_0; options head=F (embeddings and output head), act=D; default: the model's, "
+                        "fp16 for sizes")
 
 
 def _models(args, sweep: bool):
@@ -177,7 +180,7 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool):
     p.add_argument("--policy", action="append", default=[], metavar="SPEC",
                    help="KV policy name or name:key=value,...; repeat to compose in order"
                         + ("; alternatives separated by ';' (none: skip this slot)" if sweep else ""))
-    p.add_argument("--profile", default=None, help="calibrated efficiency profile JSON (default: the datasheet "
+    p.add_argument("--profile", default=None, help="calibrated efficiency profile: a JSON path or a shipped name (kvsim list profiles; default: the datasheet "
                                                    "roofline, a lower bound on time)")
     p.add_argument("--quadrature", type=int, default=8, help="decode steps evaluated for the mean TPOT")
     s = p.add_argument_group("serving engine (kvsim list engines; explicit knobs override the engine's defaults)")
@@ -229,8 +232,14 @@ def cmd_predict(args) -> int:
                   shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"))
     prof = _profile(args)
     engine = _engine(args)
+    from .profile import DATASHEET, describe as describe_profile
     pred = predict(model, hw, policy, wl, prof, engine)
+    from .predict import DECODE_KEYS
+
     values = {k: _scalar(getattr(pred, k)) for k in JSON_KEYS if k not in ("max_context", "max_request_context")}
+    decode = bool(_scalar(pred.has_decode))
+    if not decode:  # gen = 1: no decode step, so no TPOT or decode throughput to report
+        values.update({k: None for k in DECODE_KEYS if k in values})
     for key in ("max_context", "max_request_context"):
         mc = int(getattr(pred, key)().ravel()[0])
         values[key] = None if mc == (2**63 - 1) else mc
@@ -242,6 +251,7 @@ def cmd_predict(args) -> int:
     inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "seq": wl.prompt, "gen": wl.gen,
               "batch": wl.batch, "tp": wl.tp, "pp": wl.pp, "kv_dtype": pred._engine.cost.kv_dtype,
               "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet",
+              "profile_description": describe_profile(prof or DATASHEET),
               "engine": engine.label, "max_num_batched_tokens": engine.max_num_batched_tokens,
               "gpu_memory_utilization": engine.memory_fraction, "block_size": engine.block_size,
               "shared_prefix": wl.shared_prefix}
@@ -269,6 +279,7 @@ def cmd_predict(args) -> int:
             ("", ""),
             ("KV cache", f"{fmt_bytes(v['kv_cache_bytes'])}  ({v['kv_cache_bytes']:,} B; "
                          f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device)"),
+            ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
             ("activations (peak)", fmt_bytes(v["activation_peak_bytes"])),
@@ -287,17 +298,24 @@ def cmd_predict(args) -> int:
             ("longest request", f"{mr_s} prompt tokens (gen {wl.gen})"),
             ("", ""),
             ("prefill", f"{fmt_count(v['prefill_flops'], 'FLOP')}, {fmt_bytes(v['prefill_bytes'])} moved"),
-            ("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, {fmt_bytes(v['decode_bytes'])} moved"),
             ("TTFT", f"{fmt_seconds(v['ttft_s'])}  ({v['bound_prefill']}-bound)"),
-            ("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
-                     f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),
-            ("decode throughput", f"{v['decode_tokens_per_s']:,.1f} tokens/s"),
         ]
+        if decode:
+            rows[-1:-1] = [("decode step (mean)", f"{fmt_count(v['decode_flops'], 'FLOP')}, "
+                                                  f"{fmt_bytes(v['decode_bytes'])} moved")]
+            rows += [("TPOT", f"{fmt_seconds(v['tpot_s'])}  ({v['bound_decode']}-bound; first "
+                              f"{fmt_seconds(v['tpot_first_s'])}, last {fmt_seconds(v['tpot_last_s'])})"),
+                     ("decode throughput", f"{v['decode_tokens_per_s']:,.1f} tokens/s")]
+        else:
+            rows.append(("decode", "none (gen 1: the prefill yields the only token)"))
         width = max(len(k) for k, _ in rows)
         for k, val in rows:
             print(f"{k:<{width}}  {val}" if k or val else "")
         if not prof:
             print("\n(times: datasheet roofline, a lower bound; pass --profile for calibrated predictions)")
+        else:
+            from .profile import describe
+            print(f"\n(times: profile {describe(prof)})")
     return 0
 
 
@@ -372,12 +390,19 @@ def cmd_sweep(args) -> int:
 
 
 def _write_block(sink, prefix, S, G, B, tp, pp, kv_dtype, cols) -> int:
-    """Format a block of rows with one %-format per row: about a microsecond per field."""
+    """Format a block of rows with one %-format per row: about a microsecond per field. Decode figures of rows
+    with gen = 1 (no decode step) are left empty."""
+    from .predict import DECODE_KEYS
+
     fmt_parts = [prefix, "%d", "%d", "%d", str(tp), str(pp), kv_dtype]
     data = [S, G, B]
     for k in SWEEP_KEYS:
         a = cols[k]
-        if a.dtype.kind == "b":
+        if k in DECODE_KEYS and np.any(G <= 1):
+            cell = np.char.mod("%.9g", a) if a.dtype.kind == "f" else a.astype(str)
+            fmt_parts.append("%s")
+            data.append(np.where(G > 1, cell, ""))
+        elif a.dtype.kind == "b":
             fmt_parts.append("%s")
             data.append(np.where(a, "true", "false"))
         elif a.dtype.kind in "iu":
@@ -447,6 +472,11 @@ def cmd_list(args) -> int:
                   f"blocks, {chunk}, {e.batching} batching")
             for knob, src in e.sources.items():
                 print(f"    {knob}: {src}")
+    elif args.what == "profiles":
+        from .profile import describe, load_profile, shipped_profiles
+        for n, path in shipped_profiles().items():
+            prof = load_profile(path)
+            print(f"{n:20s} {prof.meta.get('hardware', ''):12s} {describe(prof)}")
     elif args.what == "hardware":
         for n in hardware_names():
             h = load_hardware(n)
@@ -485,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sw, sweep=True)
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
     ls = sub.add_parser("list", help="list presets and policies")
-    ls.add_argument("what", choices=("models", "hardware", "policies", "engines"))
+    ls.add_argument("what", choices=("models", "hardware", "policies", "engines", "profiles"))
     for name, _, helptext in EXTERNAL:
         sub.add_parser(name, help=helptext)  # listed in --help; their own parsers take the arguments
     return p

@@ -24,10 +24,14 @@ import numpy as np
 from .errors import KvsimError
 from .hardware import HardwareSpec
 from .model import MLA, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from .parallel import check_model as check_tensor_parallel
+from .parallel import kv_heads_per_device
 from .policies.base import LayerCtx
 from .policies.compose import Compose
 from .profile import Profile
 from .units import DTYPE_BITS, canonical_dtype
+from .weights import on_device as weights_on_device
+from .weights import resolve as resolve_weights
 
 
 @dataclass(frozen=True)
@@ -92,11 +96,13 @@ def group_layers(model: ModelSpec, policy: Compose, kv_bits: int) -> list[Group]
 
 def causal_pairs(p: np.ndarray, span) -> np.ndarray:
     """Query-key pairs in a causal prefill of p tokens when each query sees at most `span` keys (0: all);
-    span may be an array."""
-    full = p * (p + 1) // 2
+    span may be an array. float64: a count of FLOP grows with the square of the prompt and passes 2**63
+    where no byte count does."""
+    p = np.asarray(p, dtype=np.float64)
+    full = p * (p + 1) / 2
     if not np.any(span):
         return full
-    return np.where((span > 0) & (p > span), span * (span + 1) // 2 + (p - span) * span, full)
+    return np.where((span > 0) & (p > span), span * (span + 1) / 2 + (p - span) * span, full)
 
 
 def expected_experts(moe: MoE, tokens: np.ndarray) -> np.ndarray:
@@ -194,7 +200,7 @@ class Phase:
 class CostModel:
     """Bytes, FLOP and time for one (model, hardware, policy, dtypes, parallelism, profile)."""
 
-    def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str,
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str | None,
                  weight_dtype: str | None, tp: int, pp: int, profile: Profile):
         if tp < 1 or pp < 1:
             raise KvsimError("tensor and pipeline parallel degrees must be positive")
@@ -202,28 +208,35 @@ class CostModel:
             raise KvsimError(f"pipeline degree {pp} exceeds the model's {model.n_layers} layers")
         self.model, self.hw, self.policy, self.profile = model, hardware, policy, profile
         self.tp, self.pp = tp, pp
-        self.kv_dtype = canonical_dtype(kv_dtype)
-        self.weight_dtype = canonical_dtype(weight_dtype or model.weight_dtype)
+        check_tensor_parallel(model, tp)
+        # Weight format (weights.py): stored bits, and the dtypes activations and matmuls run in on this device.
+        self.weights = resolve_weights(weight_dtype, model.weight_dtype)
+        self.weight_dtype = self.weights.spec
+        self.act_dtype, self.gemm_dtype, self.notes = weights_on_device(self.weights, hardware)
+        self.wbytes = float(self.weights.bits) / 8  # per linear-layer weight
+        self.head_wbytes = float(self.weights.head_bits) / 8  # per output-head weight
+        self.abytes = DTYPE_BITS[self.act_dtype] // 8
+        self.kv_dtype = canonical_dtype(kv_dtype or self.act_dtype)
         self.kv_bits = DTYPE_BITS[self.kv_dtype]
         if self.kv_bits % 8:
             raise KvsimError("the KV dtype must be at least a byte wide; use a quantization policy for fewer bits")
-        self.wbytes = DTYPE_BITS[self.weight_dtype] / 8
-        # Activations stay in 16-bit when weights are stored in 8 bits or fewer (weight-only quantization).
-        self.act_dtype = self.weight_dtype if DTYPE_BITS[self.weight_dtype] >= 16 else "bf16"
-        self.abytes = DTYPE_BITS[self.act_dtype] // 8
         self.groups = group_layers(model, policy, self.kv_bits)
         bw = profile.memory_bandwidth or hardware.memory_bandwidth
         peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
         self.raw_bw, self.raw_peak = bw, peak
+        # W8A8 weight matmuls run on the 8-bit units: the datasheet ratio scales a measured peak as well.
+        self.raw_gemm_peak = peak * hardware.peak_flops(self.gemm_dtype) / hardware.peak_flops(self.act_dtype)
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
-        self.raw_attn_peak = hardware.peak_flops(self.act_dtype)  # attention runs at the activation dtype
         self.kernels = model.kernels()
         # Graph-replayed kernels still have a floor each: weight matmuls and attention kernels per pass.
         self.matmuls = sum(_matmuls(l) for l in model.layers) + 1  # + the logits
         self.attention_kernels = sum(isinstance(l.mixer, (Attention, MLA)) for l in model.layers)
         self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
                               for g in self.groups]
+        if tp > 1 and policy.data_dependent:
+            self.notes.append(f"{policy.select.name} splits its budget across heads or layers at run time: per-device "
+                              "KV under tensor parallelism is the average; the busiest device can hold more")
 
     def _policy_works(self, ctx: LayerCtx) -> bool:
         pol = self.policy
@@ -232,29 +245,35 @@ class CostModel:
 
     # ----- helpers -----
     def kv_share(self, ctx: LayerCtx) -> float:
-        """Fraction of a layer's logical KV that one tensor-parallel device holds (KV heads split; MQA and
-        MLA latents replicated)."""
-        heads = ctx.layout.n_kv_heads
-        return max(1, heads // self.tp) / heads
+        """Fraction of a layer's KV heads one device holds (exact: tp splits them evenly or replicates)."""
+        return self.heads_on_device(ctx) / ctx.layout.n_kv_heads
 
     def _on_device(self, ctx: LayerCtx, nbytes):
-        """Integer bytes one device holds of a layer's `nbytes`."""
-        heads = ctx.layout.n_kv_heads
-        return nbytes * max(1, heads // self.tp) // heads
+        """One device's integer share of `nbytes` spread evenly over a layer's KV heads."""
+        return nbytes * self.heads_on_device(ctx) // ctx.layout.n_kv_heads
 
-    def _timer(self, tokens, policy: bool = False, kv: bool = False, seq_tokens=None):
+    def heads_on_device(self, ctx: LayerCtx) -> int:
+        """KV heads of this layer one tensor-parallel device holds (parallel.py: split, or replicated when the
+        degree exceeds the KV heads; MQA and MLA latents on every device)."""
+        return kv_heads_per_device(ctx.layout.n_q_heads, ctx.layout.n_kv_heads, self.tp)
+
+    def _timer(self, tokens, policy: bool = False, kv: bool = False, gemm: bool = False, seq_tokens=None,
+               units=None):
         """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
         Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; attention (when
         `seq_tokens`, the tokens per sequence, is given) at its own ramp; the policy's own elementwise
-        arithmetic at policy_efficiency; KV traffic at the KV dtype's fraction of the bandwidth."""
+        arithmetic at policy_efficiency; KV traffic at the KV dtype's fraction of the bandwidth (spread over
+        `units` (sequence, KV head) pairs in a decode step, when given). Weight
+        matmuls (gemm) run at the weight format's matmul peak, everything else at the activation dtype's."""
         prof = self.profile
+        raw = self.raw_gemm_peak if gemm else self.raw_peak
         if policy:
-            peak = self.raw_peak * prof.policy_efficiency
+            peak = raw * prof.policy_efficiency
         elif seq_tokens is not None:
-            peak = self.raw_attn_peak * prof.attention_fraction(seq_tokens, tokens)
+            peak = self.raw_peak * prof.attention_fraction(seq_tokens, tokens)
         else:
-            peak = self.raw_peak * prof.matmul_fraction(tokens, self.act_dtype)
-        bw = self.raw_bw * prof.kv_fraction(self.kv_dtype) if kv else self.bw
+            peak = raw * prof.matmul_fraction(tokens, self.gemm_dtype if gemm else self.act_dtype)
+        bw = self.raw_bw * prof.kv_fraction(self.kv_dtype, units) if kv else self.bw
 
         def timer(flops, bytes_):
             return flops / peak, bytes_ / bw
@@ -262,30 +281,43 @@ class CostModel:
 
     # ----- KV bytes -----
     def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all",
-                  prefill: bool = False) -> np.ndarray:
+                  prefill: bool = False, state: bool = True) -> np.ndarray:
         """Per-sequence KV bytes over all layers (payload, metadata and policy state, not shared parts).
         place: "all", "device" (layers kept on the device) or "host" (offloaded layers); prefill: what is
-        resident at the end of the prefill (g ignored)."""
+        resident at the end of the prefill (g ignored); state=False: the cache alone, without policy state
+        (not with peak or prefill)."""
         total = 0
         for grp in self.groups:
             if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
                 continue
-            if prefill:
+            if per_device:  # the busiest device's share
+                b = self.policy.device_bytes(grp.ctx, p, g, self.heads_on_device(grp.ctx), peak=peak,
+                                             prefill=prefill, state=state)
+            elif not state:
+                b = self.policy.stored_bytes(grp.ctx, p, g) - self.policy.policy_state_bytes(grp.ctx, p, g)
+            elif prefill:
                 b = self.policy.prefill_bytes(grp.ctx, p)
             else:
                 b = self.policy.peak_bytes(grp.ctx, p, g) if peak else self.policy.stored_bytes(grp.ctx, p, g)
-            if per_device:
-                b = self._on_device(grp.ctx, b)
             total = total + grp.count * b
         return np.asarray(total, dtype=np.int64)
 
+    def policy_state(self, p, g, place: str = "all") -> np.ndarray:
+        """Per-sequence policy state over all layers (scores, positions, counts, page summaries)."""
+        total = 0
+        for grp in self.groups:
+            if grp.ctx is None or (place == "device" and grp.on_host) or (place == "host" and not grp.on_host):
+                continue
+            total = total + grp.count * self.policy.policy_state_bytes(grp.ctx, p, g)
+        return np.asarray(total, dtype=np.int64)
+
     def kv_layer_stored(self, p, g) -> list[tuple[int, np.ndarray]]:
-        """(layer index, per-sequence bytes) for every layer with a cache of its own."""
+        """(layer index, per-sequence cache bytes, policy state excluded) for every layer with a cache of its own."""
         out = []
         for grp in self.groups:
             if grp.ctx is None:
                 continue
-            b = self.policy.stored_bytes(grp.ctx, p, g)
+            b = self.policy.stored_bytes(grp.ctx, p, g) - self.policy.policy_state_bytes(grp.ctx, p, g)
             out.extend((i, b) for i in grp.members)
         return sorted(out, key=lambda t: t[0])
 
@@ -293,8 +325,8 @@ class CostModel:
         total = 0
         for grp in self.groups:
             if grp.ctx is not None:
-                b = self.policy.shared_bytes(grp.ctx)
-                total += grp.count * (self._on_device(grp.ctx, b) if per_device else b)
+                heads = self.heads_on_device(grp.ctx) if per_device else None
+                total += grp.count * self.policy.shared_bytes(grp.ctx, heads)
         return int(total)
 
     def state_bytes(self) -> int:
@@ -303,45 +335,48 @@ class CostModel:
 
     # ----- weights -----
     def weight_bytes(self) -> int:
-        return -(-self.model.n_params() * DTYPE_BITS[self.weight_dtype] // 8)
+        return self.weights.weight_bytes(self.model)
 
     # ----- phases -----
     def _attention(self, grp: Group, p, s, prefill: bool):
-        """(FLOP, bytes, host-link bytes) of one layer's attention or state work, per sequence, all devices."""
+        """(FLOP over all devices, bytes on the busiest device, host-link bytes of that device) of one layer's
+        attention or state work, per sequence. Attention FLOP split evenly: query heads divide by tp."""
         mixer, pol = grp.layer.mixer, self.policy
         if isinstance(mixer, (Mamba, LinearAttention)):
             state = _state_bytes(self.model, mixer, self.abytes)
-            return (p if prefill else 1) * mixer.step_flops(), 2.0 * state, 0.0
+            return np.asarray(p if prefill else 1, dtype=np.float64) * mixer.step_flops(), 2.0 * state / self.tp, 0.0
         ctx = grp.ctx if grp.ctx is not None else grp.source
+        heads = self.heads_on_device(ctx)
         if prefill:
             span = ctx.layout.span
             pairs = causal_pairs(p, span + self.profile.window_edge_tokens if span else 0)
             flops = pairs * ctx.layout.n_q_heads * (2 * ctx.layout.score_dim + 2 * ctx.layout.value_dim + 5)
-            written = pol.stored_bytes(grp.ctx, p, 0) if grp.ctx is not None else 0
+            written = pol.device_bytes(grp.ctx, p, 0, heads) if grp.ctx is not None else 0
             return flops, written, (written if grp.on_host else 0)
         segs = pol.read_segments(ctx, p, s)
         flops = pol.attn_flops(ctx, pol.tokens_of(segs))
-        read = pol.bytes_of(ctx, segs)
+        read = pol.device_read(ctx, p, s, heads)[0]
         span, edge = ctx.layout.span, self.profile.window_edge_tokens
         if span and edge:  # a window that binds is read with the tiles at its edge
             resident = p + s + 1
             read = read * (np.minimum(resident, span + edge) / np.minimum(resident, span))
-        moved = read + (pol.write_bytes(ctx) if grp.ctx is not None else 0)
+        moved = read + (pol.write_bytes(ctx, heads) if grp.ctx is not None else 0)
         return flops, moved, (moved if grp.on_host else 0)
 
     def fixed_phase(self, p, b, prefill: bool) -> Phase:
         """The part of a forward pass that does not depend on how full the cache is: weight matmuls,
         activation traffic, embeddings and logits, all-reduces."""
         model, tp, h = self.model, self.tp, self.model.hidden
-        tokens = b * p if prefill else b
+        tokens = np.multiply(b, p, dtype=np.float64) if prefill else np.asarray(b, dtype=np.float64)
         ph = Phase()
         link = self.hw.interconnect_bandwidth
         matrix = self._timer(tokens)
+        weight_matmul = self._timer(tokens, gemm=True)
         for grp in self.groups:
             layer, n = grp.layer, grp.count
             active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
             w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
-            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, matrix)
+            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul)
             written, _ = _activation_width(model, layer)
             ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
             if tp > 1:
@@ -351,7 +386,7 @@ class CostModel:
                 prof = self.profile
                 ph.comm_s = ph.comm_s + n * (volume / (link * prof.comm_efficiency) + 2 * prof.allreduce_overhead_s)
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
-        head_bytes = (model.vocab * h * self.wbytes + tokens * h * self.abytes * 3) / tp
+        head_bytes = (model.vocab * h * self.head_wbytes + tokens * h * self.abytes * 3) / tp
         ph.add(1, head_flops, head_bytes, self._timer(b))
         return ph
 
@@ -363,27 +398,29 @@ class CostModel:
         tp = self.tp
         ph = Phase()
         host = flops = traffic = 0.0
-        attention = self._timer(b * p if prefill else b, kv=True, seq_tokens=p)
+        attention = self._timer(np.multiply(b, p, dtype=np.float64) if prefill else b, kv=True, seq_tokens=p)
         per_seq_s = self.profile.attention_seq_overhead_s
+        b = np.asarray(b, dtype=np.float64)  # batch-scaled work in float64 (limits.py)
         policy_timer = self._timer(0, policy=True)
         for grp, active in zip(self.groups, self.policy_active):
             n = grp.count
-            a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)
+            a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)  # a_bytes: the busiest device's
+            a_flops, a_bytes = a_flops / tp, np.asarray(a_bytes, dtype=np.float64)
             kv_ctx = grp.ctx or grp.source
-            # KV heads split across devices; MQA heads and MLA latents are replicated, read on every device
-            share = self.kv_share(kv_ctx) if kv_ctx is not None else 1.0 / tp
-            a_flops, a_bytes = a_flops / tp, a_bytes * share
-            ph.add(n, a_flops * b, a_bytes * b, attention, totals=totals)
+            timer = attention
+            if not prefill and self.profile.kv_half_units and kv_ctx is not None:
+                timer = self._timer(b, kv=True, seq_tokens=p, units=b * self.heads_on_device(kv_ctx))
+            ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals)
             if per_seq_s and kv_ctx is not None:
-                ph.time_s = ph.time_s + n * b * kv_ctx.layout.n_kv_heads * self.kv_share(kv_ctx) * per_seq_s
+                ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
-                self._add_copy(ph, grp, p, s, b * n * share, attention, totals)
+                self._add_copy(ph, grp, p, s, b * n, attention, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
                 pf, pb = self.policy.prefill_cost(grp.ctx, p) if prefill else self.policy.step_cost(grp.ctx, p, s)
-                pf, pb = pf / tp, pb / tp
+                pf, pb = np.asarray(pf, dtype=np.float64) / tp, np.asarray(pb, dtype=np.float64) / tp
                 ph.add(n, pf * b, pb * b, policy_timer, totals=totals)
                 flops, traffic = flops + n * pf, traffic + n * pb
                 ph.policy_layers += n
@@ -395,18 +432,20 @@ class CostModel:
             raise KvsimError(f"{self.hw.name} lists no host link bandwidth for offload")
         return ph
 
-    def full_width_read_bytes(self, ctx, p, g) -> np.ndarray:
+    def full_width_read_bytes(self, ctx, p, g, per_device: bool = False) -> np.ndarray:
         """Per-sequence bytes of decode step g+1's reads at the full KV dtype: the size of a dequantised,
-        gathered or grown copy of them."""
+        gathered or grown copy of them (all heads, or the busiest device's)."""
         lay = ctx.layout
-        return self.policy.read_tokens(ctx, p, g) * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
+        tokens = self.policy.device_read(ctx, p, g, self.heads_on_device(ctx))[1] if per_device else \
+            self.policy.read_tokens(ctx, p, g)
+        return tokens * (lay.k_dim + lay.v_dim) * self.kv_bits // 8
 
     def _add_copy(self, ph: Phase, grp: Group, p, s, scale, timer, totals: bool) -> None:
         """Time (not counted as the policy's bytes) of an unfused executor writing a dequantised or gathered
         copy of the step's reads and reading it back; attention reads a plain cache as stored."""
         if self.policy.quant is None and self.policy.reader is None:
             return
-        moved = 2.0 * self.profile.materialised_reads * self.full_width_read_bytes(grp.ctx, p, s) * scale
+        moved = 2.0 * self.profile.materialised_reads * self.full_width_read_bytes(grp.ctx, p, s, True) * scale
         _, m = timer(0.0, moved)
         ph.time_s = ph.time_s + m
         if totals:
@@ -438,11 +477,17 @@ class CostModel:
         return names[np.argmax(terms, axis=0)]
 
     # ----- memory -----
+    def activation_live_elements(self) -> int:
+        """Widest live activation set of any layer, in elements per token."""
+        return max(_activation_width(self.model, g.layer)[1] for g in self.groups)
+
     def activation_peak(self, p, b, prefill: bool) -> np.ndarray:
-        """Largest live activation set: one layer's intermediates for the whole batch, plus fp32 logits."""
+        """Largest live activation set: one layer's intermediates for the whole batch, plus fp32 logits
+        (float64 holding whole bytes, per device)."""
+        b = np.asarray(b, dtype=np.float64)
         tokens = b * p if prefill else b
-        live = max(_activation_width(self.model, g.layer)[1] for g in self.groups)
-        return -(-(tokens * live * self.abytes + b * self.model.vocab * 4) // self.tp)
+        live = self.activation_live_elements()
+        return -(-(tokens * (live * self.abytes) + b * (self.model.vocab * 4)) // self.tp)
 
     def decode_workspace(self, p, g) -> np.ndarray:
         """Per-sequence transient KV during a decode step, per device: one layer's grown copy of a
@@ -453,7 +498,8 @@ class CostModel:
         for grp in self.groups:
             if grp.ctx is None:
                 continue
-            worst = np.maximum(worst, self._on_device(grp.ctx, self.full_width_read_bytes(grp.ctx, p, g)))
+            worst = np.maximum(worst, self.full_width_read_bytes(grp.ctx, p, g, per_device=True))
             if grp.on_host:
-                fetched = np.maximum(fetched, 2 * self._on_device(grp.ctx, self.policy.read_bytes(grp.ctx, p, g)))
+                heads = self.heads_on_device(grp.ctx)
+                fetched = np.maximum(fetched, 2 * self.policy.device_read(grp.ctx, p, g, heads)[0])
         return np.asarray(worst + fetched, dtype=np.int64)

@@ -29,12 +29,16 @@ class HardwareSpec:
         object.__setattr__(self, "flops", {canonical_dtype(k): float(v) for k, v in self.flops.items()})
 
     def peak_flops(self, dtype: str) -> float:
-        """Dense peak for `dtype` operands. A dtype the device has no units for runs at the next wider
-        one it has (bf16 on a T4 runs at its fp32 rate), as the frameworks do."""
+        """Dense peak for `dtype` operands. A dtype the device has no units for runs on the units it does
+        have (`runs_on`): bf16 on a T4 or V100 at the fp16 rate, as frameworks cast it there."""
+        return self.flops[self.runs_on(dtype)]
+
+    def runs_on(self, dtype: str) -> str:
+        """The listed dtype whose units run `dtype` operands: itself, else the next one in `_WIDER`."""
         dt = canonical_dtype(dtype)
         for candidate in (dt, *_WIDER.get(dt, ())):
             if candidate in self.flops:
-                return self.flops[candidate]
+                return candidate
         raise KvsimError(f"hardware {self.name} lists no FLOP/s for {dtype} (has {', '.join(self.flops)})")
 
 
@@ -42,7 +46,9 @@ _WIDER = {
     "int4": ("int8", "fp8", "fp16", "bf16", "fp32"),
     "int8": ("fp8", "fp16", "bf16", "fp32"),
     "fp8": ("fp16", "bf16", "fp32"),
-    "bf16": ("fp32",),  # no device here has bf16 units but lacks fp16; without them bf16 runs on fp32 units
+    # Pre-Ampere GPUs (T4, V100) have fp16 but no bf16 tensor cores; frameworks run bf16 checkpoints in fp16 there
+    # (vLLM's dtype=auto picks fp16; weights.on_device says so in a note). Without either, the fp32 units.
+    "bf16": ("fp16", "fp32"),
     "fp16": ("bf16", "fp32"),
     "tf32": ("fp32",),
     "fp32": ("tf32",),

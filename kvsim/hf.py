@@ -88,6 +88,34 @@ def _dtype(cfg: dict) -> str:
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(str(raw), "bf16")
 
 
+def _weight_format(cfg: dict, dtype: str) -> tuple[str | None, list[str]]:
+    """The weight format a config's `quantization_config` describes (None: none), and notes. `dtype` is the
+    checkpoint's torch_dtype: the activation dtype of a quantized format."""
+    q = cfg.get("quantization_config")
+    if q is None:
+        return None, []
+    if not isinstance(q, dict):
+        raise KvsimError("config 'quantization_config' must be an object")
+    method = str(q.get("quant_method", "")).lower()
+    act = "" if dtype == "bf16" else f",act={dtype}"
+    if method == "fp8":  # DeepSeek-V3, Qwen3-FP8: float8 e4m3 weights with per-block or per-tensor scales
+        block = q.get("weight_block_size")
+        if block is None:
+            return "fp8" + act.replace(",", ":", 1), []
+        if not (isinstance(block, list) and len(block) == 2 and block[0] == block[1] and isinstance(block[0], int)
+                and block[0] > 0):
+            raise KvsimError(f"config fp8 weight_block_size {block!r}: kvsim reads square blocks only")
+        return f"fp8:block={block[0]}{act}", []
+    if method in ("awq", "gptq"):
+        bits, group = q.get("bits", q.get("w_bit")), q.get("group_size", q.get("q_group_size", 128))
+        if bits == 4 and isinstance(group, int):
+            return f"int4:group={max(group, 0)}{act}", []
+        if bits == 8:
+            return f"int8:weight-only{act}", []
+    return None, [f"quantization_config ({method or 'no quant_method'}) is not modelled: weights are counted "
+                  f"at {dtype}"]
+
+
 def _layer_types(cfg: dict, n_layers: int) -> list[str]:
     """Per-layer attention type: 'full' or 'sliding', from `layer_types` or each family's older keys."""
     types = cfg.get("layer_types")
@@ -287,8 +315,13 @@ def from_hf_config(cfg: dict, name: str | None = None, strict: bool = False) -> 
     if name:
         cfg["_kvsim_name"] = name
     try:
-        return read(cfg)
+        spec = read(cfg)
     except KvsimError:
         raise
     except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise KvsimError(f"cannot read config ({mt}): {e}") from None
+        raise KvsimError(f"cannot read config ({mt or 'no model_type'}): {e}") from None
+    fmt, notes = _weight_format(cfg, spec.weight_dtype)
+    if fmt is not None or notes:
+        spec = spec.with_(weight_dtype=fmt or spec.weight_dtype, notes=spec.notes + tuple(notes))
+    return spec
+

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import KvsimError
-from .units import canonical_dtype
+from .weights import canonical as canonical_weights
 
 
 def _positive(obj, *names: str, allow_zero: tuple[str, ...] = ()) -> None:
@@ -356,7 +356,7 @@ class ModelSpec:
     vocab: int
     layers: tuple[Layer, ...]
     tied_embeddings: bool = False
-    weight_dtype: str = "bf16"
+    weight_dtype: str = "bf16"  # a weight format spec (weights.py): "bf16", "fp8:block=128", "int4:group=128"
     learned_positions: int = 0  # rows of a learned position table (GPT-2's wpe)
     lm_head_bias: bool = False  # a bias on the output projection (GPT-J, Phi-1/2)
     norm_bias: bool = False  # LayerNorm with a bias (GPT-2) rather than RMSNorm
@@ -369,7 +369,7 @@ class ModelSpec:
         _positive(self, "hidden", "vocab")
         if not self.layers:
             raise KvsimError("a model needs at least one layer")
-        object.__setattr__(self, "weight_dtype", canonical_dtype(self.weight_dtype))
+        object.__setattr__(self, "weight_dtype", canonical_weights(self.weight_dtype))
         for i, layer in enumerate(self.layers):
             mixer = layer.mixer
             if isinstance(mixer, Attention) and mixer.shares_kv_with >= 0:

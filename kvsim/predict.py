@@ -7,7 +7,9 @@ for the whole model. Times use the profile (the datasheet roofline unless a cali
 Conventions: `prompt` tokens are prefilled, which yields the first generated token; the remaining gen - 1
 tokens take one decode step each. kv_cache_bytes is what is resident after the last step. TPOT is the mean
 decode step time: exact for up to `quadrature` steps, a midpoint rule over `quadrature` points beyond.
-With gen = 1 there is no decode step; decode figures then describe the first one that would follow.
+With gen = 1 there is no decode step: the DECODE_KEYS figures then describe the first one that would follow,
+`has_decode` is False there, and front ends report them as absent (the CLI prints none, JSON gives null);
+`bound` is then the prefill's.
 
 The engine (serving.py) decides how a prompt is prefilled (whole, or in chunks of its token budget) and how
 memory is counted: under `static` batching (hf, the default) the batch is prefilled and decoded together and
@@ -23,14 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cost import CostModel
+from .cost import CostModel, layer_contexts
 from .errors import KvsimError
 from .hardware import HardwareSpec
 from .model import ModelSpec
 from .policies import Compose, Policy, compose
+from .limits import INPUT_MAX, ceil_div, check_tokens, exact, token_limit
 from .profile import DATASHEET, Profile
 from .serving import HF, Engine, Serving, checked_mul
-from .units import DTYPE_BITS
 
 
 @dataclass(frozen=True)
@@ -40,31 +42,45 @@ class Workload:
     batch: object = 1  # sequences decoded together (array-like)
     tp: int = 1
     pp: int = 1
-    kv_dtype: str | None = None  # None: the weight dtype when 16 bits or wider, else bf16
-    weight_dtype: str | None = None  # None: the model's
+    kv_dtype: str | None = None  # None: the activation dtype of the weight format (bf16 for a bf16 model)
+    weight_dtype: str | None = None  # weight format (weights.py: "fp16", "fp8:block=128", "int4"); None: the model's
     quadrature: int = 8  # decode steps evaluated for the mean TPOT
     shared_prefix: object = 0  # leading prompt tokens every request shares (a system prompt), stored once
 
 
 def _as_int_array(name: str, x, minimum: int) -> np.ndarray:
     a = np.asarray(x)
+    if a.dtype.kind == "O":  # Python integers beyond int64
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise KvsimError(f"{name} must be numeric") from None
     if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(np.isfinite(a))):
         raise KvsimError(f"{name} must be numeric")
     if a.dtype.kind == "f" and np.any(a != np.floor(a)):
         raise KvsimError(f"{name} must be whole numbers")
+    if np.any(a > INPUT_MAX):
+        raise KvsimError(f"{name} must be at most 2**53 ({INPUT_MAX:,}), got {float(np.max(a)):.3g}")
     a = a.astype(np.int64)
     if np.any(a < minimum):
         raise KvsimError(f"{name} must be >= {minimum}, got {int(a.min())}")
     return a
 
 
+# Figures of the decode steps; where gen = 1 there is none and they describe a step that does not happen.
+DECODE_KEYS = ("decode_flops", "decode_bytes", "tpot_s", "tpot_first_s", "tpot_last_s", "decode_tokens_per_s",
+               "bound_decode")
+
+
 @dataclass
 class Prediction:
-    kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives
-    kv_cache_bytes_per_device: np.ndarray  # of that, what one device's memory holds (offloaded layers excluded)
-    kv_peak_bytes: np.ndarray  # largest device-resident KV during the request, per device
+    kv_cache_bytes: np.ndarray  # resident after the last step, whole model, whole batch, wherever it lives:
+    #   keys and values with their quantization metadata; policy state is in policy_state_bytes
+    policy_state_bytes: np.ndarray  # the policy's bookkeeping beside it (scores, positions, counts, page summaries)
+    kv_cache_bytes_per_device: np.ndarray  # of kv_cache_bytes, what the busiest device holds (offloaded excluded)
+    kv_peak_bytes: np.ndarray  # largest device-resident KV and policy state during the request, per device
     kv_shared_bytes: np.ndarray  # per-layer policy data shared by the batch (scorer weights, bases)
-    kv_host_bytes: np.ndarray  # part of the KV kept in host memory (offload)
+    kv_host_bytes: np.ndarray  # part of kv_cache_bytes kept in host memory (offload)
     state_bytes: np.ndarray  # SSM / linear-attention recurrent state, whole batch
     weights_bytes: np.ndarray
     weights_bytes_per_device: np.ndarray
@@ -96,11 +112,18 @@ class Prediction:
     _engine: object = field(default=None, repr=False)
 
     @property
+    def has_decode(self) -> np.ndarray:
+        """Where the request has a decode step (gen > 1), at the workload's broadcast shape."""
+        return np.broadcast_to(np.asarray(self._engine.gen) > 1, np.shape(self.bound_decode))
+
+    @property
     def bound(self) -> np.ndarray:
-        return self.bound_decode
+        """What limits the request's token generation: the decode step's bound, the prefill's where gen = 1."""
+        return np.where(self.has_decode, self.bound_decode, self.bound_prefill)
 
     def max_context(self) -> np.ndarray:
-        """Largest prompt that fits in device memory at this batch and gen (bisection, per point)."""
+        """Largest prompt that fits in device memory at this batch and gen (bisection, per point; 0 when not
+        even one token fits)."""
         return self._engine.max_context()
 
     def max_request_context(self) -> np.ndarray:
@@ -111,7 +134,8 @@ class Prediction:
         """(layer index, bytes for the whole batch) after the last step, layers with a cache only."""
         return self._engine.per_layer()
 
-    KEYS = ("kv_cache_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes", "kv_host_bytes",
+    KEYS = ("kv_cache_bytes", "policy_state_bytes", "kv_cache_bytes_per_device", "kv_peak_bytes", "kv_shared_bytes",
+            "kv_host_bytes",
             "state_bytes", "weights_bytes", "weights_bytes_per_device", "activation_peak_bytes",
             "peak_memory_bytes", "fits", "max_batch", "prefill_flops", "prefill_bytes", "decode_flops",
             "decode_bytes", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "e2e_s", "decode_tokens_per_s",
@@ -141,19 +165,23 @@ class _Engine:
         self.reserve = int(prof.runtime_bytes) + int(prof.cudagraph_bytes)
 
     def peak_memory(self, p, gen, b) -> tuple[np.ndarray, ...]:
+        """(peak bytes per device, weights, shared, per-sequence KV peak, activations). Per-sequence sizes are
+        exact int64 (limits.token_limit bounds them); whatever the batch scales is float64, exact below 2**53
+        (limits.exact turns a reported figure back to int64 or refuses)."""
         c = self.cost
         steps = gen - 1
-        weights = -(-c.weight_bytes() // (c.tp * c.pp))
+        weights = ceil_div(c.weight_bytes(), c.tp * c.pp)
         shared = c.shared_bytes(per_device=True)
-        state = -(-c.state_bytes() // c.tp)
+        state = ceil_div(c.state_bytes(), c.tp)
         kv_prefill = c.kv_stored(p, 0, per_device=True, place="device", prefill=True)
         kv_peak = c.kv_stored(p, steps, peak=True, per_device=True, place="device")
+        bf = np.asarray(b, dtype=np.float64)
         act_pre = c.activation_peak(p, b, True)
-        act_dec = c.activation_peak(p, b, False) + b * c.decode_workspace(p, np.maximum(steps - 1, 0))
+        act_dec = c.activation_peak(p, b, False) + bf * c.decode_workspace(p, np.maximum(steps - 1, 0))
         pp = c.pp
-        prefill = -(-b * (kv_prefill + state) // pp) + act_pre
-        decode = -(-b * (kv_peak + state) // pp) + act_dec
-        total = weights + -(-shared // pp) + np.maximum(prefill, decode) + self.reserve
+        prefill = ceil_div(bf * (kv_prefill + state), pp) + act_pre
+        decode = ceil_div(bf * (kv_peak + state), pp) + act_dec
+        total = float(weights) + float(ceil_div(shared, pp)) + np.maximum(prefill, decode) + self.reserve
         return total, weights, shared, kv_peak, np.maximum(act_pre, act_dec)
 
     def _shape(self):
@@ -163,24 +191,32 @@ class _Engine:
         return self.serving.longest(self.gen, 1, self.shared, self._shape())
 
     def max_context(self) -> np.ndarray:
+        """Largest prompt that fits at this gen and batch (0 when even one token does not). The prefill's
+        activations alone grow by batch x live width / tp bytes per prompt token, so a prompt beyond capacity
+        over that cannot fit: the search is bounded by it (and by limits.token_limit) in every case."""
         if self.serving.engine.batching == "continuous":
             return self.serving.longest(self.gen, self.b, self.shared, self._shape())
-        p0 = np.broadcast_to(self.p, np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b)))
-        lo = np.zeros(p0.shape, dtype=np.int64)  # fits (0 tokens: trivially, unless weights do not)
-        hi = np.full(p0.shape, 2**36, dtype=np.int64)
-        fits_hi = self.peak_memory(hi, self.gen, self.b)[0] <= self.capacity
-        for _ in range(37):
+        c = self.cost
+        shape = np.broadcast_shapes(np.shape(self.p), np.shape(self.gen), np.shape(self.b))
+        gen, b = np.broadcast_to(self.gen, shape), np.broadcast_to(self.b, shape)
+        per_token = b * (c.activation_live_elements() * c.abytes / c.tp)  # float64, >= 1 / tp
+        room = np.floor(self.capacity / per_token) + 1  # does not fit
+        hi = np.minimum(room, float(token_limit(c.model)) - gen).astype(np.int64)
+        hi = np.maximum(hi, 1)
+        lo = np.zeros(shape, dtype=np.int64)  # fits (0 tokens: trivially, unless the weights do not)
+        lo = np.where(self.peak_memory(hi, gen, b)[0] <= self.capacity, hi, lo)
+        for _ in range(int(np.max(hi)).bit_length() + 1):
             mid = (lo + hi + 1) // 2
-            ok = self.peak_memory(np.maximum(mid, 1), self.gen, self.b)[0] <= self.capacity
+            ok = self.peak_memory(np.maximum(mid, 1), gen, b)[0] <= self.capacity
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid - 1)
-        weights_fit = self.peak_memory(np.ones_like(lo), self.gen, self.b)[0] <= self.capacity
-        out = np.where(weights_fit, lo, 0)
-        return np.where(fits_hi, np.iinfo(np.int64).max, out)
+        weights_fit = self.peak_memory(np.ones_like(lo), gen, b)[0] <= self.capacity
+        return np.where(weights_fit, lo, 0)
 
     def per_layer(self):
         steps = self.gen - 1
-        return [(i, b * self.b) for i, b in self.cost.kv_layer_stored(self.p, steps)]
+        bf = np.asarray(self.b, dtype=np.float64)
+        return [(i, exact(f"layer {i} KV", bf * b)) for i, b in self.cost.kv_layer_stored(self.p, steps)]
 
 
 def _weights(steps: np.ndarray, k: int, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +256,10 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     if engine.chunked and np.any(b > engine.max_num_batched_tokens):
         raise KvsimError(f"--max-num-batched-tokens {engine.max_num_batched_tokens} is smaller than the batch "
                          f"{int(np.max(b))}: every step needs at least one token per request")
-    wdt = wl.weight_dtype or model.weight_dtype
-    kv_dtype = wl.kv_dtype or (wdt if DTYPE_BITS.get(wdt, 16) >= 16 else "bf16")
-    cost = CostModel(model, hardware, policy, kv_dtype=kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
+    check_tokens(model, p + gen)
+    cost = CostModel(model, hardware, policy, kv_dtype=wl.kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
                      pp=wl.pp, profile=profile)
+    exact("the model's weights", cost.weight_bytes())
     capacity = int(hardware.memory_bytes - profile.reserved_bytes)
     serving = Serving(cost, engine, capacity)
     eng = _Engine(cost, p, gen, b, capacity, serving, shared_prefix)
@@ -259,7 +295,8 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
 
     e2e = ttft + steps * tpot
     total, weights_dev, shared_dev, kv_peak_dev, act = eng.peak_memory(p, gen, b)
-    fixed = weights_dev + -(-shared_dev // cost.pp)
+    total = exact("peak memory per device", total)
+    fixed = weights_dev + ceil_div(shared_dev, cost.pp)
     per_seq = eng.peak_memory(p, gen, np.ones_like(b))[0] - fixed - eng.reserve
     room = capacity - fixed - eng.reserve
     max_batch = np.where(room > 0, np.floor(room / per_seq), 0).astype(np.int64)
@@ -279,26 +316,30 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     else:
         notes_pool = []
 
-    kv_total = b * cost.kv_stored(p, steps)
-    kv_dev = b * cost.kv_stored(p, steps, per_device=True, place="device") // cost.pp
-    notes = policy.notes(p) + notes_pool
+    bf = b.astype(np.float64)  # batch-scaled sizes in float64, exact below 2**53 (limits.py)
+    kv_total = exact("KV cache", bf * cost.kv_stored(p, steps, state=False))
+    kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device",
+                                                                       state=False), cost.pp))
+    notes = policy.notes(p, [c for c in layer_contexts(model, cost.kv_bits) if c is not None and c.rank >= 0]) + notes_pool
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape, shared_prefix.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
     notes.extend(model.notes)
+    notes.extend(cost.notes)
     def full(x):  # every field has the workload's broadcast shape, whatever it depends on
         return np.broadcast_to(np.asarray(x), shape)
 
     return Prediction(
         kv_cache_bytes=kv_total,
+        policy_state_bytes=exact("policy state", bf * cost.policy_state(p, steps)),
         kv_cache_bytes_per_device=kv_dev,
-        kv_peak_bytes=b * kv_peak_dev // cost.pp,
-        kv_shared_bytes=np.asarray(cost.shared_bytes()),
-        kv_host_bytes=b * cost.kv_stored(p, steps, place="host"),
-        state_bytes=b * np.asarray(round(cost.state_bytes()), dtype=np.int64),
-        weights_bytes=np.asarray(cost.weight_bytes(), dtype=np.int64),
-        weights_bytes_per_device=np.asarray(weights_dev),
-        activation_peak_bytes=act,
+        kv_peak_bytes=exact("KV peak per device", ceil_div(bf * kv_peak_dev, cost.pp)),
+        kv_shared_bytes=exact("shared policy data", cost.shared_bytes()),
+        kv_host_bytes=exact("offloaded KV", bf * cost.kv_stored(p, steps, place="host", state=False)),
+        state_bytes=exact("recurrent state", bf * cost.state_bytes()),
+        weights_bytes=exact("the model's weights", cost.weight_bytes()),
+        weights_bytes_per_device=exact("weights per device", weights_dev),
+        activation_peak_bytes=exact("activations", act),
         peak_memory_bytes=total,
         capacity_bytes=int(capacity),
         fits=fits,
@@ -313,7 +354,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
         tpot_last_s=tpot_last,
         e2e_s=e2e,
         decode_tokens_per_s=b / tpot,
-        throughput_tokens_per_s=b * gen / e2e,
+        throughput_tokens_per_s=bf * gen / e2e,
         bound_prefill=bound_prefill,
         bound_decode=bound_decode,
         kv_pool_bytes=pool["pool_bytes"],

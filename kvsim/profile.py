@@ -158,9 +158,26 @@ class Profile:
 DATASHEET = Profile()
 
 
+def shipped_profiles() -> dict[str, Path]:
+    """Calibrated profiles that ship with kvsim (calibrate/profiles), by name; probe outputs excluded."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("calibrate")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(list(spec.submodule_search_locations)[0]) / "profiles"
+    return {q.stem: q for q in sorted(folder.glob("*.json")) if not q.stem.endswith("-probe")}
+
+
 def load_profile(path: str | Path) -> Profile:
-    """Read a calibrated profile JSON ({"params": {...}, "heldout": {...}, ...})."""
+    """Read a calibrated profile JSON ({"params": {...}, "heldout": {...}, ...}): a path, or the name of a
+    shipped profile (kvsim list profiles)."""
     p = Path(path)
+    shipped = shipped_profiles()
+    if not p.exists() and str(path) in shipped:
+        p = shipped[str(path)]
+    elif not p.exists() and p.suffix != ".json":
+        raise KvsimError(f"no profile {str(path)!r}: give a JSON path or one of {', '.join(shipped) or '(none)'}")
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
@@ -173,3 +190,22 @@ def load_profile(path: str | Path) -> Profile:
         return Profile.from_dict(data)
     except TypeError as e:
         raise KvsimError(f"profile {p}: {e}") from None
+
+
+def describe(prof: Profile) -> str:
+    """One line naming a profile, where it comes from and its held-out error."""
+    meta = prof.meta or {}
+    if prof.name == "datasheet" and not meta:
+        return "datasheet roofline (a lower bound on time)"
+    if meta.get("kind") == "kernel-database":
+        src = meta.get("source", {})
+        errs = ", ".join(f"{k.replace('_', ' ')} {v['mape']:.0%}" for k, v in meta.get("heldout_summary", {}).items())
+        fw = src.get("framework_versions", {}).get("gemm", "")
+        return (f"{prof.name}: {src.get('package', '')} {src.get('package_version', '')} kernel tables, "
+                f"{src.get('system', '')} {src.get('framework', '')} {fw}; held-out op MAPE {errs}; "
+                "single ops timed alone, so times are a lower bound on an engine's step")
+    held = meta.get("heldout", {})
+    if "tpot_mape" in held:
+        return (f"{prof.name}: fitted to harness runs on {meta.get('device', prof.device) or 'its device'}; "
+                f"held-out MAPE TPOT {held['tpot_mape']:.1%}, TTFT {held['ttft_mape']:.1%}")
+    return f"{prof.name} (no held-out error recorded)"

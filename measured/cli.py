@@ -145,7 +145,8 @@ def cmd_quality(argv) -> int:
                     # prefill yields plus one per decode step, so gen = continuation + 1
                     pred = predict(spec, hw, pol, Workload(prompt=a.context, gen=a.continuation + 1, kv_dtype="fp32"))
                     row.update(value=r["ppl"], kv_cache_bytes=r["kv_cache_bytes"], kv_shared_bytes=r["kv_shared_bytes"],
-                               kv_cache_bytes_predicted=int(pred.kv_cache_bytes), status="ok", **prov)
+                               kv_cache_bytes_predicted=int(pred.kv_cache_bytes + pred.policy_state_bytes), status="ok",
+                               **prov)
                     writer.write(row)
                     print(f"{pol.spec()}: perplexity {r['ppl']:.3f}, {r['kv_cache_bytes']:,} B", file=sys.stderr)
             if a.skip_passkey:
@@ -160,7 +161,8 @@ def cmd_quality(argv) -> int:
                         r = passkey(model, tok, pol, length, depth, k, bos, scorer_state=scorers)
                         pred = predict(spec, hw, pol, Workload(prompt=r["prompt_tokens"], gen=8, kv_dtype="fp32"))
                         row.update(value=float(r["correct"]), answer=r["answer"][:40],
-                                   kv_cache_bytes=r["kv_cache_bytes"], kv_cache_bytes_predicted=int(pred.kv_cache_bytes),
+                                   kv_cache_bytes=r["kv_cache_bytes"],
+                                   kv_cache_bytes_predicted=int(pred.kv_cache_bytes + pred.policy_state_bytes),
                                    status="ok", **prov)
                         writer.write(row)
             print(f"{pol.spec()}: passkey done", file=sys.stderr)

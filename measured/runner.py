@@ -114,7 +114,8 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen_).to(device)
                     pred = predict(spec, hw, pol, Workload(prompt=seq, gen=gen, batch=batch, kv_dtype=dtype))
                     prov["date"] = provenance.columns(device)["date"]  # when this point was measured
-                    row = dict(key, repeats=repeats, kv_cache_bytes_predicted=int(pred.kv_cache_bytes),
+                    resident = int(pred.kv_cache_bytes + pred.policy_state_bytes)  # physical: cache and state
+                    row = dict(key, repeats=repeats, kv_cache_bytes_predicted=resident,
                                kv_shared_bytes_predicted=int(pred.kv_shared_bytes), **prov)
                     try:
                         m = measure(model, pol, ids, gen, repeats=repeats, warmup=warmup)

@@ -64,7 +64,8 @@ def check_policy(model, arch: str, specs: list[str], prompt: int, gen: int, batc
     out = []
     for phase, g, got in (("prefill", 1, r.bytes_prefill), ("end", gen, r.bytes_end)):
         pred = predict(spec, hw, pol, Workload(prompt=prompt, gen=g, batch=batch, kv_dtype="fp32"))
-        seq_pred = int(pred.kv_cache_bytes)  # gen=1: resident after the prefill (and any split across layers)
+        # gen=1: resident after the prefill (and any split across layers); physical storage holds the policy state too
+        seq_pred = int(pred.kv_cache_bytes) + int(pred.policy_state_bytes)
         out.append(Check(arch, name, phase, got["sequence"], seq_pred))
         out.append(Check(arch, name, phase + " shared", got["shared"], int(pred.kv_shared_bytes)))
     return out

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-REQUIRED_JSON = {"kv_cache_bytes", "weights_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "decode_tokens_per_s",
+REQUIRED_JSON = {"kv_cache_bytes", "policy_state_bytes", "weights_bytes", "peak_memory_bytes", "ttft_s", "tpot_s", "decode_tokens_per_s",
                  "max_batch", "bound"}
 
 
@@ -106,3 +106,35 @@ def test_malformed_config_json(tmp_path):
 def test_budget_larger_than_sequence_is_clamped_and_said():
     r = run("predict", "--seq", "100", "--policy", "h2o:budget=1024")
     assert "clamped" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--seq", "1e18"], "at most 2**53"),
+    (["predict", "--batch", "1e15"], "beyond 2**53 bytes"),
+    (["predict", "--model", "llama-3-70b", "--tp", "3"], "query heads"),
+    (["sweep", "--seq", "1..1e400*2"], "cannot read"),
+])
+def test_unrepresentable_inputs_are_refused_in_one_line(args, message):
+    r = run(*args, ok=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if not l.startswith("note:")]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_max_context_is_a_number_at_large_batches():
+    # Llama-2-7B fp16 at batch 512 used to report 59,382,906,711 tokens (an int64 wrap in the search)
+    d = json.loads(run("predict", "--model", "llama-2-7b", "--batch", "512", "--format", "json").stdout)
+    assert 0 < d["max_context"] < 1024 and not d["fits"]
+
+
+def test_gen_1_has_no_decode_figures():
+    # gen 1: the prefill yields the only token; no decode step happens, so no TPOT or decode throughput
+    table = run("predict", "--model", "gpt2", "--gen", "1").stdout
+    assert "TPOT" not in table and "decode throughput" not in table and "TTFT" in table
+    assert "TPOT" in run("predict", "--model", "gpt2", "--gen", "2").stdout
+    d = json.loads(run("predict", "--model", "gpt2", "--gen", "1", "--format", "json").stdout)
+    assert d["tpot_s"] is None and d["decode_tokens_per_s"] is None and d["ttft_s"] > 0
+    assert d["bound"] == d["bound_prefill"]
+    rows = list(csv.DictReader(io.StringIO(run("sweep", "--model", "gpt2", "--gen", "1,2", "--seq", "64").stdout)))
+    assert [r["tpot_s"] == "" for r in rows] == [True, False]
+    assert all("nan" not in v.lower() and "inf" not in v.lower() for r in rows for v in r.values())

@@ -116,3 +116,40 @@ def test_h100_preset_is_dense():
     # NVIDIA's datasheet: 989.4 TFLOP/s dense BF16 (1979 is the 2:4 sparse figure and must not be used).
     assert H100.peak_flops("bf16") == pytest.approx(989.4e12)
     assert H100.memory_bandwidth == pytest.approx(3.35e12)
+
+
+def test_llama3_8b_awq_int4_checkpoint_size():
+    # hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4 (https://huggingface.co/hugging-quants/
+    # Meta-Llama-3.1-8B-Instruct-AWQ-INT4, same shapes as Llama-3-8B): about 5.7 GB of safetensors. AutoAWQ's
+    # GEMM layout: int4 weights, per group of 128 input channels an fp16 scale and a 4-bit zero point; embeddings,
+    # lm_head and norms stay fp16. kvsim used to count every weight at 4 bits: 3.74 GiB.
+    pred = predict(load_model("llama-3-8b"), H100, None, Workload(weight_dtype="int4"))
+    assert int(pred.weights_bytes) == pytest.approx(5.7e9, rel=0.01)
+    assert int(pred.weights_bytes) > 5.3 * GiB
+
+
+def test_deepseek_v3_preset_is_its_fp8_checkpoint():
+    # deepseek-ai/DeepSeek-V3 config.json: quantization_config {quant_method fp8, fmt e4m3, weight_block_size
+    # [128, 128]}: about one byte per weight (the 671B main model), embeddings and lm_head in bf16.
+    m = load_model("deepseek-v3")
+    assert m.weight_dtype == "fp8:block=128"
+    w = int(predict(m, H100, None, Workload()).weights_bytes)
+    assert 671e9 < w < 671e9 * 1.01
+    assert int(predict(m, H100, None, Workload(prompt=1)).kv_cache_bytes) == 70_272  # the KV stays bf16
+
+
+@pytest.mark.parametrize("model, batch, tp, isl, osl, published", [
+    ("llama-2-7b", 64, 1, 128, 128, 9193),
+    ("llama-2-7b", 64, 1, 128, 2048, 5367),
+    ("llama-2-7b", 64, 1, 2048, 128, 2058),
+    ("llama-2-7b", 32, 1, 2048, 2048, 2230),
+    ("llama-2-70b", 64, 4, 128, 128, 3317),
+    ("llama-2-70b", 64, 4, 2048, 128, 843),
+])
+def test_published_tensorrt_llm_fp8_throughput_is_below_the_datasheet_bound(model, batch, tp, isl, osl, published):
+    # TensorRT-LLM 0.5.0 docs/source/performance.md, "H100 GPUs (FP8)" (static batches; output tokens/s):
+    # https://github.com/NVIDIA/TensorRT-LLM/blob/release/0.5.0/docs/source/performance.md
+    # The datasheet roofline is a lower bound on time, so no published throughput may exceed kvsim's.
+    pred = predict(load_model(model), H100, None, Workload(prompt=isl, gen=osl, batch=batch, tp=tp,
+                                                            weight_dtype="fp8", kv_dtype="fp8"))
+    assert bool(pred.fits) and float(pred.throughput_tokens_per_s) >= published

@@ -61,6 +61,8 @@ def _perturbed(cls, f, preset):
         return others[0]
     if isinstance(value, bool):
         return not value
+    if isinstance(value, tuple):  # a per-layer list: an uneven one
+        return (1.0, 0.5)
     hi = meta.get("hi")
     if isinstance(value, float):
         new = value / 2 if (hi is not None and value * 2 > hi) or value >= 1 else value * 2
@@ -162,3 +164,65 @@ def test_pyramid_budgets_average_to_budget():
     from kvsim.policies.pyramid import pyramid_budgets
     b = pyramid_budgets(1024, 32, 20, 32)
     assert b[0] > b[-1] and abs(np.mean(b) - 1024) < 1
+
+
+@pytest.mark.parametrize("name", [n for n in POLICIES if parse_policy(POLICIES[n]).role in ("select", "read")
+                                  and n not in ("full", "mixed")])
+def test_a_prompt_below_the_budget_is_said(name):
+    """Every budgeted policy says so when the prompt is below its budget (nothing is evicted at the prefill)."""
+    pred = predict(MODEL, HW, parse_composition([POLICIES[name]]), Workload(prompt=2))
+    assert any(n.startswith(parse_policy(POLICIES[name]).name) for n in pred.notes), pred.notes
+
+
+def test_pyramid_notes_layers_whose_budget_exceeds_the_prompt():
+    # Budgets fall from 1966 (first layer) to 82 (last) around an average of 1024: a 1500-token prompt is kept
+    # whole by the first layers although it exceeds the average budget.
+    m = uniform("t", n_layers=32, hidden=256, vocab=100, n_heads=4, n_kv_heads=2, head_dim=64, intermediate=512)
+    pol = parse_composition(["pyramidkv:budget=1024"])
+    assert any("8 of 32 layers (up to 1966)" in n for n in predict(m, HW, pol, Workload(prompt=1500)).notes)
+    assert not predict(m, HW, pol, Workload(prompt=2000)).notes
+
+
+def test_minicache_says_when_nothing_is_merged():
+    notes = predict(MODEL, HW, parse_composition(["minicache:start=0.9"]), Workload(prompt=50)).notes
+    assert any("nothing is merged" in n for n in notes)
+    assert not predict(MODEL, HW, parse_composition(["minicache:start=0.0"]), Workload(prompt=50)).notes
+
+
+def test_per_layer_budget_ratios():
+    pol = parse_policy("pyramidkv:budget=64,window=8,kernel=3,ratios=1,1,0.5,0.25")
+    assert pol.ratios == (1.0, 1.0, 0.5, 0.25) and parse_policy(pol.spec()) == pol
+    full = uniform("t", n_layers=8, hidden=128, vocab=100, n_heads=4, n_kv_heads=2, head_dim=32, intermediate=256)
+    from kvsim.cost import layer_contexts
+    budgets = [pol.layer_budget(c) for c in layer_contexts(full, 16)]
+    assert budgets == [64, 64, 64, 64, 32, 32, 16, 16]  # 4 ratios stretched over 8 layers
+    kv = int(predict(full, HW, parse_composition([pol.spec()]), Workload(prompt=100)).kv_cache_bytes)
+    assert kv == sum(budgets) * 2 * 32 * 2 * 2  # tokens x KV heads x dims x (K, V) x 2 bytes
+    later = parse_policy("pyramidkv:ratios=1,0.5,budget=64,window=8")  # values run up to the next key=
+    assert later.ratios == (1.0, 0.5) and later.budget == 64
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("pyramidkv:budget=64,window=8,ratios=1,0.1", "not above the window"),
+    ("pyramidkv:ratios=1,x", "must be numbers"),
+    ("pyramidkv:ratios=1,-1", "positive"),
+    ("h2o:budget=64,128", "expected key=value"),
+])
+def test_bad_ratio_lists(spec, message):
+    with pytest.raises(KvsimError, match=message):
+        parse_policy(spec)
+
+
+def test_policy_state_is_reported_beside_the_cache():
+    # H2O keeps an fp32 score and an int32 position per kept token and head: 8 bytes, in policy_state_bytes;
+    # kv_cache_bytes holds keys and values only, so budget / prompt is the compression ratio as read.
+    m = uniform("t", n_layers=4, hidden=128, vocab=100, n_heads=4, n_kv_heads=2, head_dim=32, intermediate=256)
+    wl = Workload(prompt=1000, batch=3)
+    full = predict(m, HW, None, wl)
+    h2o = predict(m, HW, parse_composition(["h2o:budget=100,recent=10"]), wl)
+    assert int(h2o.kv_cache_bytes) * 10 == int(full.kv_cache_bytes)
+    assert int(h2o.policy_state_bytes) == 3 * 4 * 2 * 100 * 8 and int(full.policy_state_bytes) == 0
+    assert int(h2o.kv_peak_bytes) >= int(h2o.kv_cache_bytes) + int(h2o.policy_state_bytes)  # memory counts both
+    assert sum(int(b) for _, b in h2o.kv_bytes_per_layer()) == int(h2o.kv_cache_bytes)
+    snap = predict(m, HW, parse_composition(["snapkv:budget=100,window=10"]), wl)
+    assert int(snap.policy_state_bytes) == 0  # compresses once: no scores kept

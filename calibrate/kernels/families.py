@@ -7,7 +7,8 @@ Row selection, recorded in every profile:
 - attention keeps the framework's main kernel (the source with most rows: FlashAttention-3 on Hopper), and
   drops head dim 192 (a QK-192 / V-128 layout the table has no V-width column for) and query-per-KV-head
   ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
-- all-reduce keeps CUDA-graph rows (the engines replay graphs in decode).
+- all-reduce keeps CUDA-graph rows (the engines replay graphs in decode);
+- MoE keeps balanced routing in bf16 and per-tensor fp8, the fastest kernel per shape.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _attn_args(d, length):
             d["window_size"].to_numpy())
 
 
-def attention(decode, prefill) -> Family:
+def attention(decode, prefill, l2_bytes: float = 0.0) -> Family:
     """Decode and prefill attention in one fit: the same kernels' floors, per-sequence cost and window edge.
     `length` is the cached history (decode) or the prompt (prefill)."""
     parts = []
@@ -96,7 +97,8 @@ def attention(decode, prefill) -> Family:
         dec = (d["phase"] == "decode").to_numpy()
         for sel, fn in ((dec, ops.decode_attention), (~dec, ops.prefill_attention)):
             if sel.any():
-                out[sel] = fn(prof, hw, *_attn_args(d[sel], "length"))
+                extra = (l2_bytes,) if fn is ops.decode_attention else ()
+                out[sel] = fn(prof, hw, *_attn_args(d[sel], "length"), *extra)
         return out
 
     def splits(d):
@@ -107,7 +109,8 @@ def attention(decode, prefill) -> Family:
                 ("unseen KV-head count", _label(d["num_key_value_heads"])),
                 ("contexts >= 8K fitted from shorter", _two_way(long)),
                 ("batches >= 128 (decode) / 64 (prefill) fitted from smaller", _two_way(big))]
-    return Family("attention", ATTENTION_PARAMS, predict, splits, df, by="phase")
+    params = {**ATTENTION_PARAMS, "meta.l2_speedup": (1.0, 20.0, 1.5)} if l2_bytes else ATTENTION_PARAMS
+    return Family("attention", params, predict, splits, df, by="phase")
 
 
 def allreduce(df) -> Family:
@@ -126,3 +129,16 @@ def allreduce(df) -> Family:
 
 
 BUILDERS = {"gemm": gemm, "allreduce": allreduce}
+
+
+def moe(df) -> Family:
+    """MoE blocks with balanced routing on one device group; never fitted, predicted from the GEMM terms."""
+    keep = df["distribution"].eq("balanced") & df["moe_dtype"].isin(GEMM_DTYPES)
+    df = _fastest(df[keep], ["num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
+                             "moe_ep_size", "moe_dtype"])
+
+    def predict(prof, hw, d):
+        return ops.moe(prof, hw, *(d[c].to_numpy() for c in ("num_tokens", "hidden_size", "inter_size", "topk",
+                                                             "num_experts", "moe_tp_size", "moe_ep_size",
+                                                             "moe_dtype")))
+    return Family("moe", {}, predict, lambda d: [], df)

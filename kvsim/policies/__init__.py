@@ -66,7 +66,19 @@ def make(name: str, **params) -> Policy:
         raise KvsimError(f"policy {name}: {e}") from None
 
 
-def _coerce(policy: str, field: dataclasses.Field, raw: str):
+def _is_list(field: dataclasses.Field) -> bool:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    return kind.startswith("tuple")
+
+
+def _coerce(policy: str, field: dataclasses.Field, raw):
+    if _is_list(field):  # a list of numbers: every value after key= up to the next key=
+        values = [v for v in raw if v]
+        try:
+            return tuple(float(v) for v in values)
+        except ValueError:
+            raise KvsimError(f"policy {policy}: {field.name} must be numbers, got {','.join(values)!r}") from None
+    raw = raw[0]
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
     try:
         if kind == "bool":
@@ -89,7 +101,8 @@ def _coerce(policy: str, field: dataclasses.Field, raw: str):
 
 
 def parse_policy(text: str) -> Policy:
-    """'h2o:budget=1024,recent=128' -> H2O(budget=1024, recent=128)."""
+    """'h2o:budget=1024,recent=128' -> H2O(budget=1024, recent=128). A list parameter takes every value up to
+    the next key=value: 'pyramidkv:ratios=1,1,0.5,0.25,budget=512' (commas need no quoting on a command line)."""
     text = text.strip()
     if not text:
         raise KvsimError("empty policy spec")
@@ -97,16 +110,20 @@ def parse_policy(text: str) -> Policy:
     name = name.strip().lower()
     cls = policy_class(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    params: dict[str, Any] = {}
+    raw: dict[str, list[str]] = {}
+    key = None
     for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
+        k, eq, value = item.partition("=")
         if not eq:
-            raise KvsimError(f"policy {name}: expected key=value, got {item!r}")
+            if key is None or not _is_list(fields[key]):
+                raise KvsimError(f"policy {name}: expected key=value, got {item!r}")
+            raw[key].append(item)
+            continue
+        key = k.strip()
         if key not in fields:
             raise KvsimError(f"policy {name} has no parameter {key!r}; valid: {', '.join(fields) or '(none)'}")
-        params[key] = _coerce(name, fields[key], raw.strip())
-    return make(name, **params)
+        raw[key] = [value.strip()]
+    return make(name, **{k: _coerce(name, fields[k], v) for k, v in raw.items()})
 
 
 def parse_composition(specs: list[str] | tuple[str, ...] | str | None) -> Compose:

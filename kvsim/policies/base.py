@@ -114,6 +114,8 @@ class Policy:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        return ",".join(_fmt(x) for x in v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float) and v.is_integer():
@@ -196,11 +198,12 @@ class Selector(Policy):
         return 0
 
     def step_cost(self, ctx: LayerCtx, p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(FLOP, bytes) of the policy's own work in decode step g+1, per sequence."""
+        """(FLOP, bytes) of the policy's own work in decode step g+1, per sequence. p and g arrive as float64
+        arrays holding whole numbers, so FLOP formulas (which can pass 2**63) stay in float64."""
         z = zeros_like(p, g)
         return z, z
 
     def prefill_cost(self, ctx: LayerCtx, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(FLOP, bytes) of the policy's own work at the prefill, per sequence."""
+        """(FLOP, bytes) of the policy's own work at the prefill, per sequence (p: float64, as in step_cost)."""
         z = zeros_like(p, 0)
         return z, z

@@ -82,10 +82,16 @@ class Compose:
     def spec(self) -> str:
         return " ".join(p.spec() for p in self.parts) or "full"
 
-    def notes(self, p) -> list[str]:
+    def notes(self, p, ctxs: list[LayerCtx] | None = None) -> list[str]:
+        """What a user should be told for these prompts. With `ctxs` (the model's layers whose cache grows
+        without bound), policies whose behaviour differs by layer (`layer_notes`) speak per layer."""
         out: list[str] = []
         for part in self.parts:
-            out.extend(part.notes(np.asarray(p)))
+            per_layer = getattr(part, "layer_notes", None)
+            if per_layer is not None and ctxs is not None:
+                out.extend(per_layer(np.asarray(p), ctxs))
+            else:
+                out.extend(part.notes(np.asarray(p)))
         return out
 
     @property
@@ -160,6 +166,11 @@ class Compose:
         kept = self.segments(ctx, p, g)
         return self._segments_bytes(ctx, kept) + self._state_bytes(ctx, p, g, kept)
 
+    def policy_state_bytes(self, ctx: LayerCtx, p, g) -> np.ndarray:
+        """Per-sequence policy state in this layer after the prefill and g steps (scores, positions, counts, page
+        summaries): the part of stored_bytes that is not the cache itself."""
+        return self._state_bytes(ctx, p, g, self.segments(ctx, p, g))
+
     def prefill_bytes(self, ctx: LayerCtx, p) -> np.ndarray:
         """Per-sequence bytes resident at the end of the prefill, before a deferred compression."""
         if ctx.rank >= 0 and self.merge is None and getattr(self.select, "defers", False):
@@ -187,19 +198,75 @@ class Compose:
     def bytes_of(self, ctx: LayerCtx, segs: list[Segment]) -> np.ndarray:
         return self._segments_bytes(ctx, segs)
 
-    def write_bytes(self, ctx: LayerCtx) -> int:
-        """Bytes one decode step writes for its new token, all heads of the layer."""
+    def write_bytes(self, ctx: LayerCtx, heads: int | None = None) -> int:
+        """Bytes one decode step writes for its new token: all heads of the layer, or `heads` of them."""
         k, v = self.dims(ctx)
         per_head = self.quant.write_bytes(k, v, ctx.elem_bits) if self.quant is not None else \
             (k + v) * ctx.elem_bits // 8
-        return ctx.heads * per_head
+        return (ctx.heads if heads is None else heads) * per_head
 
-    def shared_bytes(self, ctx: LayerCtx) -> int:
-        """Per-layer bytes shared by all sequences (scorer weights, low-rank bases)."""
+    def shared_bytes(self, ctx: LayerCtx, heads: int | None = None) -> int:
+        """Per-layer bytes shared by all sequences (scorer weights, low-rank bases); with `heads`, what a device
+        holding that many KV heads needs (a scorer whole, the bases of its own heads)."""
         n = self.select.shared_bytes(ctx) if ctx.rank >= 0 else 0
         if self.lowrank is not None:
-            n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim, ctx.heads, ctx.elem_bits)
+            n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim,
+                                           ctx.heads if heads is None else heads, ctx.elem_bits)
         return n
+
+    # ----- one tensor-parallel device, holding `heads` of the layer's KV heads -----
+    def busiest(self, ctx: LayerCtx, segs: list[Segment], heads: int, per_head) -> np.ndarray:
+        """Sum of `per_head(segment)` over the KV heads of the busiest device that holds `heads` of them.
+        Segments either all cover every head (parts of each head: every device holds the same), or partition
+        the heads (DuoAttention's retrieval and streaming heads: which heads are heavy is decided by the data,
+        so the busiest device is the one that holds the heaviest). Never a floor of a proportional share."""
+        live = [s for s in segs if s.heads]
+        if not live:
+            return i64(0)
+        loads = [i64(per_head(s)) for s in live]
+        if heads >= ctx.heads:
+            return i64(sum(s.heads * x for s, x in zip(live, loads)))
+        if all(s.heads == ctx.heads for s in live):
+            return i64(heads * sum(loads))
+        if sum(s.heads for s in live) != ctx.heads:  # no known layout: a proportional share, rounded up
+            total = sum(s.heads * x for s, x in zip(live, loads))
+            return i64(-(-total * heads // ctx.heads))
+        stacked = np.stack(np.broadcast_arrays(*loads))
+        counts = np.broadcast_to(np.array([s.heads for s in live]).reshape((-1,) + (1,) * (stacked.ndim - 1)),
+                                 stacked.shape)
+        order = np.argsort(-stacked, axis=0, kind="stable")
+        stacked, counts = np.take_along_axis(stacked, order, 0), np.take_along_axis(counts, order, 0)
+        before = np.cumsum(counts, axis=0) - counts
+        return i64(np.sum(stacked * np.clip(heads - before, 0, counts), axis=0))
+
+    def _head_load(self, ctx: LayerCtx):
+        """Per-head bytes of a segment: its payload plus the sparse reader's per-head state (page summaries)."""
+        if self.reader is None:
+            return lambda s: self._head_bytes(ctx, s)
+        return lambda s: self._head_bytes(ctx, s) + self.reader.state_bytes(ctx, [Segment(1, i64(s.tokens))])
+
+    def device_bytes(self, ctx: LayerCtx, p, g, heads: int, *, peak: bool = False, prefill: bool = False,
+                     state: bool = True) -> np.ndarray:
+        """stored_bytes (or peak_bytes, or prefill_bytes) of the busiest device holding `heads` KV heads; with
+        state=False the cache alone, policy state left out."""
+        if not state:
+            segs = self.segments(ctx, p, 0 if prefill else g)
+            return self.busiest(ctx, segs, heads, lambda s: self._head_bytes(ctx, s))
+        if heads >= ctx.heads:
+            return self.prefill_bytes(ctx, p) if prefill else (
+                self.peak_bytes(ctx, p, g) if peak else self.stored_bytes(ctx, p, g))
+        if prefill and ctx.rank >= 0 and self.merge is None and getattr(self.select, "defers", False):
+            return self.busiest(ctx, [Segment(ctx.heads, i64(p))], heads, lambda s: self._head_bytes(ctx, s))
+        g = 0 if prefill else g
+        segs = self.peak_segments(ctx, p, g) if peak else self.segments(ctx, p, g)
+        state = 0 if ctx.rank < 0 else self.select.state_bytes(ctx, i64(p), i64(g))  # per head alike
+        return self.busiest(ctx, segs, heads, self._head_load(ctx)) + i64(-(-i64(state) * heads // ctx.heads))
+
+    def device_read(self, ctx: LayerCtx, p, g, heads: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, head-tokens) decode step g+1 reads on the busiest device holding `heads` KV heads."""
+        segs = self.read_segments(ctx, p, g)
+        return (self.busiest(ctx, segs, heads, lambda s: self._head_bytes(ctx, s)),
+                self.busiest(ctx, segs, heads, lambda s: i64(s.tokens)))
 
     def on_host(self, ctx: LayerCtx) -> bool:
         return self.place is not None and self.place.offloaded(ctx.kv_rank, ctx.n_kv)
@@ -214,26 +281,29 @@ class Compose:
     def attn_flops(self, ctx: LayerCtx, tokens) -> np.ndarray:
         """Attention FLOP for `tokens` head-tokens read (plus the appended token per head), per sequence."""
         sd, vd = self.attn_dims(ctx)
-        n = i64(tokens) + ctx.heads
+        n = np.asarray(tokens, dtype=np.float64) + ctx.heads  # FLOP in float64 (limits.py)
         flops = n * ctx.layout.group * (2 * sd + 2 * vd + 5)
         if self.lowrank is not None:  # project the query down and lift the output back, per query head
             flops = flops + ctx.layout.n_q_heads * 2 * (ctx.layout.score_dim * sd + vd * ctx.layout.value_dim)
         return flops
 
     def step_cost(self, ctx: LayerCtx, p, g) -> tuple[np.ndarray, np.ndarray]:
-        """Policy-only (FLOP, bytes) of decode step g+1, per sequence: scoring, selection, dequantisation."""
+        """Policy-only (FLOP, bytes) of decode step g+1, per sequence: scoring, selection, dequantisation.
+        FLOP are float64 (the selector sees float64 p and g holding whole numbers), bytes int64."""
         p, g = i64(p), i64(g)
-        flops, traffic = (self.select.step_cost(ctx, p, g) if ctx.rank >= 0 else (0, 0))
+        pf, gf = p.astype(np.float64), g.astype(np.float64)
+        flops, traffic = (self.select.step_cost(ctx, pf, gf) if ctx.rank >= 0 else (0, 0))
         if self.reader is not None:
             f, b = self.reader.step_cost(ctx, self.segments(ctx, p, g))
             flops, traffic = flops + f, traffic + b
         if self.quant is not None:
             k, v = self.dims(ctx)
-            flops = flops + self.quant.dequant_flops(k, v, self.read_tokens(ctx, p, g))
-        return i64(flops), i64(traffic)
+            flops = flops + self.quant.dequant_flops(k, v, self.read_tokens(ctx, p, g).astype(np.float64))
+        return np.asarray(flops, dtype=np.float64), i64(traffic)
 
     def prefill_cost(self, ctx: LayerCtx, p) -> tuple[np.ndarray, np.ndarray]:
-        p = i64(p)
+        """Policy-only (FLOP, bytes) of the prefill, per sequence; FLOP in float64 as in step_cost."""
+        p = i64(p).astype(np.float64)
         flops, traffic = (self.select.prefill_cost(ctx, p) if ctx.rank >= 0 else (0, 0))
         if self.merge is not None and ctx.rank >= 0:
             f, b = self.merge.prefill_cost(ctx, p)
@@ -241,7 +311,7 @@ class Compose:
         if self.lowrank is not None:  # fitting the bases: a thin SVD of the prompt's keys and values per head
             k, v = ctx.layout.k_dim, ctx.layout.v_dim
             flops = flops + ctx.heads * 4 * p * (k * k + v * v)
-        return i64(flops), i64(traffic)
+        return np.asarray(flops, dtype=np.float64), i64(traffic)
 
 
 def compose(*policies: Policy) -> Compose:

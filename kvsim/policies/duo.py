@@ -29,6 +29,11 @@ class DuoAttention(Selector):
         t = p + g
         return [Segment(n_r, t), Segment(ctx.heads - n_r, np.minimum(t, self.sinks + self.window))]
 
+    def notes(self, p):
+        cap = self.sinks + self.window
+        return [f"duo: sinks + window = {cap} >= prompt {int(np.min(p))}: streaming heads keep the whole prompt"] \
+            if np.any(np.asarray(p) <= cap) else []
+
     def prefill_cost(self, ctx, p):
         # Picking the retrieval heads: attention mass of the last query outside sinks + window, per head.
         return ctx.heads * p * ctx.layout.group * (2 * ctx.layout.score_dim + 5), np.zeros_like(p)

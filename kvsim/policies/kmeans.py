@@ -42,6 +42,11 @@ class KMeans(Selector):
     def state_bytes(self, ctx, p, g):
         return np.where(self._clustered(p, g), ctx.heads * self.clusters * 4, 0)  # fp32 counts
 
+    def notes(self, p):
+        cap = self.cap
+        return [f"kmeans: clusters + recent = {cap} >= prompt {int(np.min(p))}: nothing is clustered at the "
+                "prefill"] if np.any(np.asarray(p) <= cap) else []
+
     def _cluster_flops(self, ctx, n):
         return ctx.heads * self.iters * n * self.clusters * (2 * ctx.layout.k_dim + 1)
 

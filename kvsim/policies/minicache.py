@@ -44,6 +44,14 @@ class MiniCache(Policy):
             return [Segment(ctx.heads, p - r, None, mags), own]
         return [Segment(ctx.heads, p - r, None, 2 * ctx.elem_bits), own] if reading else [own]
 
+    def layer_notes(self, p, ctxs) -> list[str]:
+        """Say so when nothing would be merged: no adjacent pair of layers from depth `start`, or retain=1."""
+        if self.retain >= 1:
+            return ["minicache: retain=1 keeps every prompt token unmerged: nothing is merged"]
+        if not any(self.pair_position(c) == 0 for c in ctxs):
+            return [f"minicache: no pair of adjacent layers from depth start={self.start}: nothing is merged"]
+        return []
+
     def prefill_cost(self, ctx, p):
         if self.pair_position(ctx) != 0:
             return np.zeros_like(p), np.zeros_like(p)

@@ -67,7 +67,7 @@ class MixedPrecision(Selector):
 
     def step_cost(self, ctx, p, g):
         n = retained(p, g, self.retain, self.every) + 1
-        flops = ctx.heads * n * (ctx.layout.group + 1)
+        flops = ctx.heads * n * float(ctx.layout.group + 1)
         return flops, 2 * ctx.heads * n * self.state_bits // 8
 
     def prefill_cost(self, ctx, p):

@@ -43,7 +43,7 @@ class Quest(Policy):
 
     def step_cost(self, ctx, kept):
         pages = self._pages(kept)
-        flops = pages * ctx.layout.group * 3 * ctx.layout.k_dim + pages
+        flops = pages * float(ctx.layout.group * 3 * ctx.layout.k_dim) + pages
         return flops, self.state_bytes(ctx, kept)
 
     def notes(self, p):

@@ -16,8 +16,10 @@ from .base import Segment, Selector, budget_peak, budget_resident, clamp_note, p
 
 
 def causal_pairs(p: np.ndarray) -> np.ndarray:
-    """Query-key pairs a causal pass over p tokens scores: p (p + 1) / 2."""
-    return p * (p + 1) // 2
+    """Query-key pairs a causal pass over p tokens scores: p (p + 1) / 2, in float64 (it is a FLOP count, and
+    passes 2**63 for prompts of a few tens of millions of tokens)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p * (p + 1) / 2
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,15 @@ class SnapKV(Selector):
 
     def notes(self, p):
         return clamp_note(self.name, self.budget, p)
+
+    def layer_notes(self, p, ctxs) -> list[str]:
+        """Say so when the prompt is below some layer's budget: that layer keeps the whole prompt."""
+        budgets = [self.layer_budget(c) for c in ctxs if c.rank >= 0] or [self.budget]
+        small = int(np.min(p))
+        if small >= max(budgets):
+            return []
+        if len(set(budgets)) == 1:
+            return clamp_note(self.name, budgets[0], p)
+        over = sum(b > small for b in budgets)
+        return [f"{self.name}: prompt {small} is below the budget of {over} of {len(budgets)} layers (up to "
+                f"{max(budgets)}): those layers keep the whole prompt, nothing is evicted there at the prefill"]
