@@ -230,7 +230,10 @@ class CostModel:
         self.peak = peak * profile.compute_efficiency
         self.kernels = model.kernels()
         # Graph-replayed kernels still have a floor each: weight matmuls and attention kernels per pass.
-        self.matmuls = sum(_matmuls(l) for l in model.layers) + 1  # + the logits
+        self.matmuls = sum(_matmuls(l) for l in model.layers)
+        if self.gemm_dtype != self.act_dtype:  # W8A8: a kernel quantises each matmul's activations first
+            self.matmuls *= 2
+        self.matmuls += 1  # the logits
         self.attention_kernels = sum(isinstance(l.mixer, (Attention, MLA)) for l in model.layers)
         self.policy_active = [g.ctx is not None and g.ctx.rank >= 0 and self._policy_works(g.ctx)
                               for g in self.groups]
@@ -409,7 +412,8 @@ class CostModel:
             kv_ctx = grp.ctx or grp.source
             timer = attention
             if not prefill and self.profile.kv_half_units and kv_ctx is not None:
-                timer = self._timer(b, kv=True, seq_tokens=p, units=b * self.heads_on_device(kv_ctx))
+                units = self.profile.decode_units(b * self.heads_on_device(kv_ctx), p + s + 1)
+                timer = self._timer(b, kv=True, seq_tokens=p, units=units)
             ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals)
             if per_seq_s and kv_ctx is not None:
                 ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s

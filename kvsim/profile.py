@@ -22,8 +22,9 @@ the roofline is unchanged:
   on FlashAttention-3), kv_efficiency otherwise;
 - matrix work in a dtype listed in matmul_dtype_efficiency reaches that fraction of its own dense peak at
   many tokens;
-- a decode step's KV reads are spread over its (sequence, KV head) pairs: with few of them the kernel
-  cannot keep enough loads in flight, and reaches units / (units + kv_half_units) of the KV bandwidth;
+- a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
+  kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"): with few such units the kernel cannot
+  keep enough loads in flight, and reaches units / (units + kv_half_units) of the KV bandwidth;
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
   tiles or splits and its epilogue in varlen and paged kernels);
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
@@ -35,6 +36,7 @@ the roofline is unchanged:
 from __future__ import annotations
 
 import json
+import numpy as np
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -65,7 +67,9 @@ class Profile:
     kv_dtype_efficiency: dict = field(default_factory=dict)  # KV dtype -> fraction of bandwidth
     matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
     attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
-    kv_half_units: float = 0.0  # (sequence, KV head) pairs in a decode step at which KV reads reach half speed
+    kv_half_units: float = 0.0  # parallel units of a decode step at which KV reads reach half speed
+    kv_split_tokens: float = 0.0  # tokens per split of a sequence's KV in decode (0: no splitting)
+    kv_max_splits: float = 0.0  # most splits per (sequence, KV head)
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
@@ -130,6 +134,13 @@ class Profile:
             h = self.attn_half_tokens
             return (self.attn_small_efficiency * h + self.attn_efficiency * seq_tokens) / (h + seq_tokens)
         return self.attn_efficiency + 0.0 * seq_tokens
+
+    def decode_units(self, pairs, tokens):
+        """Parallel units of a decode step: (sequence, KV head) pairs, each split along its `tokens`."""
+        if not self.kv_split_tokens:
+            return pairs
+        return pairs * np.minimum(1.0 + np.asarray(tokens, dtype=np.float64) / self.kv_split_tokens,
+                                  max(self.kv_max_splits, 1.0))
 
     def kv_fraction(self, kv_dtype: str, units=None):
         """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`

@@ -25,11 +25,12 @@ GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.7), "compute_small_efficiency
                "compute_half_tokens": (1.0, 1e5, 256.0), "mem_efficiency": (0.05, 1.2, 0.8),
                "matmul_overhead_s": (1e-8, 1e-3, 4e-6), "matmul_dtype_efficiency.fp8": (0.05, 1.2, 0.6)}
 # decode and prefill attention share their kernels' floors, per-sequence cost and window edge: one fit
-ATTENTION_PARAMS = {"kv_efficiency": (0.05, 1.2, 0.8), "kv_dtype_efficiency.fp8": (0.05, 1.2, 0.6),
+ATTENTION_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.8), "kv_dtype_efficiency.fp8": (0.05, 1.0, 0.6),
                     "attention_seq_overhead_s": (1e-11, 1e-4, 1e-8), "attention_overhead_s": (1e-8, 1e-3, 5e-6),
                     "window_edge_tokens": (1e-2, 1e4, 64.0), "attn_efficiency": (0.01, 1.2, 0.6),
                     "attn_small_efficiency": (1e-4, 1.2, 0.05), "attn_half_tokens": (1.0, 1e6, 1024.0),
-                    "kv_half_units": (1e-2, 1e4, 4.0)}
+                    "kv_half_units": (1e-2, 1e5, 30.0), "kv_split_tokens": (1.0, 1e6, 256.0),
+                    "kv_max_splits": (1.0, 1e4, 16.0)}
 FIT_ROWS = 4000
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
 

@@ -19,6 +19,7 @@ MATMUL_DTYPES = {"bfloat16": ("bf16", 2), "float16": ("fp16", 2), "fp8": ("fp8",
                  "int8_wo": ("bf16", 1), "int4_wo": ("bf16", 0.5), "w4a16_mxfp4": ("bf16", 0.5)}
 KV_DTYPES = {"bfloat16": ("bf16", 2), "float16": ("fp16", 2), "fp8": ("fp8", 1), "int8": ("int8", 1)}
 ACT_BYTES = 2  # activations and outputs stay in 16 bits
+W8A8 = ("fp8", "int8")  # matmul dtypes whose activations are quantised before the matmul
 
 
 def _bw(prof: Profile, hw: HardwareSpec) -> float:
@@ -37,8 +38,11 @@ def gemm(prof: Profile, hw: HardwareSpec, m, n, k, dtype) -> np.ndarray:
         flops = 2.0 * m[sel] * n[sel] * k[sel]
         abytes = wbytes if kv_dt == "fp8" else ACT_BYTES
         moved = n[sel] * k[sel] * wbytes + m[sel] * k[sel] * abytes + m[sel] * n[sel] * ACT_BYTES
-        out[sel] = np.maximum(flops / peak, moved / (_bw(prof, hw) * prof.mem_efficiency))
-    return out + prof.matmul_overhead_s
+        bw = _bw(prof, hw) * prof.mem_efficiency
+        out[sel] = np.maximum(flops / peak, moved / bw) + prof.matmul_overhead_s
+        if kv_dt in W8A8:  # a kernel of its own quantises the activations first: read 16-bit, write 8-bit
+            out[sel] += m[sel] * k[sel] * (ACT_BYTES + abytes) / bw + prof.matmul_overhead_s
+    return out
 
 
 def _kv(prof: Profile, kv_dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +66,7 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
     kv_dtype = np.asarray(kv_dtype)
     tokens = np.where(w > 0, np.minimum(step + 1, w + prof.window_edge_tokens), step + 1)
     elem, frac = _kv(prof, kv_dtype)
-    frac = frac * prof.kv_fraction("", b * kvh) / prof.kv_fraction("")
+    frac = frac * prof.kv_fraction("", prof.decode_units(b * kvh, step + 1)) / prof.kv_fraction("")
     per_token = kvh * 2 * d * elem
     moved = b * (tokens * per_token + per_token)
     flops = b * h * tokens * (4 * d + 5)
