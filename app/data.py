@@ -158,30 +158,46 @@ def check(setup: Setup, spec: str) -> None:
     _predict(setup, spec, prompt=min(setup.seq, 64), gen=1, batch=1)
 
 
-def measured_vs_predicted(hardware: str, profile_name: str) -> pd.DataFrame | None:
-    """Measured latency rows next to kvsim's prediction for them, with the given hardware and profile."""
+def own_profile(device_name: str, folder: str) -> tuple[str, str]:
+    """(hardware preset, profile file or "") to predict one device's measured rows with: the shipped profile
+    fitted to that device's own runs, else the datasheet of the hardware preset named by its results folder."""
+    for name in profiles():
+        summary = profile_summary(name)
+        if summary["device"] == device_name and summary["hardware"]:
+            return summary["hardware"], name
+    return folder, ""
+
+
+def measured_vs_predicted() -> pd.DataFrame | None:
+    """Measured latency rows next to kvsim's prediction for them, each device with its own profile."""
     files = sorted(glob.glob(str(RESULTS / "*" / "latency*.csv")))
     if not files:
         return None
-    df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    df = pd.concat([pd.read_csv(f).assign(folder=Path(f).parent.name) for f in files], ignore_index=True)
     df = df[df["status"] == "ok"].reset_index(drop=True)
     if df.empty:
         return None
-    prof = profile(profile_name)
-    hw = kvsim.load_hardware(hardware)
     out = []
-    for (model, pol, dtype, gen), sub in df.groupby(["model", "policy", "dtype", "gen"]):
+    for (device, folder), rows in df.groupby(["device_name", "folder"]):
+        hardware, prof_name = own_profile(str(device), str(folder))
         try:
-            spec = kvsim.load_model(model)
+            hw = kvsim.load_hardware(hardware)
         except KvsimError:
-            continue
-        pr = predict(spec, hw, kvsim.parse_composition(pol.split(" ") if pol != "full" else []),
-                     Workload(prompt=sub["seq"].to_numpy(), gen=int(gen), batch=sub["batch"].to_numpy(),
-                              kv_dtype=dtype, weight_dtype=dtype), prof)
-        for metric, meas, pred in (("TTFT", sub["ttft_s"], pr.ttft_s), ("TPOT", sub["tpot_s"], pr.tpot_s)):
-            out.append(pd.DataFrame({"model": model, "policy": pol, "seq": sub["seq"], "batch": sub["batch"],
-                                     "metric": metric, "device": sub["device_name"], "measured_ms": meas * 1e3,
-                                     "predicted_ms": np.asarray(pred) * 1e3}))
+            continue  # no preset for this device: nothing honest to compare with
+        prof = profile(prof_name)
+        for (model, pol, dtype, gen), sub in rows.groupby(["model", "policy", "dtype", "gen"]):
+            try:
+                spec = kvsim.load_model(model)
+            except KvsimError:
+                continue
+            pr = predict(spec, hw, kvsim.parse_composition(pol.split(" ") if pol != "full" else []),
+                         Workload(prompt=sub["seq"].to_numpy(), gen=int(gen), batch=sub["batch"].to_numpy(),
+                                  kv_dtype=dtype, weight_dtype=dtype), prof)
+            for metric, meas, pred in (("TTFT", sub["ttft_s"], pr.ttft_s), ("TPOT", sub["tpot_s"], pr.tpot_s)):
+                out.append(pd.DataFrame({"model": model, "policy": pol, "seq": sub["seq"], "batch": sub["batch"],
+                                         "metric": metric, "device": sub["device_name"],
+                                         "profile": prof_name.removesuffix(".json") or f"{hardware} datasheet",
+                                         "measured_ms": meas * 1e3, "predicted_ms": np.asarray(pred) * 1e3}))
     if not out:
         return None
     res = pd.concat(out, ignore_index=True)

@@ -49,8 +49,8 @@ def cached_quality():
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def cached_measured(hardware: str, profile: str):
-    return data.measured_vs_predicted(hardware, profile)
+def cached_measured():
+    return data.measured_vs_predicted()
 
 
 def policy_widgets(name: str) -> str:
@@ -66,13 +66,21 @@ def policy_widgets(name: str) -> str:
             label = f"{f.name} ({UNITS[f.name]})" if f.name in UNITS else f.name
             help_text = meta.get("help", "") + (" (changes which tokens are kept, not cost)"
                                                 if meta.get("quality_only") else "")
-            if key in st.session_state and not isinstance(st.session_state[key], type(default)):
+            if key in st.session_state and not isinstance(default, tuple) and \
+                    not isinstance(st.session_state[key], type(default)):
                 try:  # a value from the URL arrives as text
                     raw = st.session_state[key]
                     st.session_state[key] = (raw.lower() in ("1", "true") if isinstance(default, bool)
                                              else type(default)(raw))
                 except (TypeError, ValueError):
                     del st.session_state[key]
+            if isinstance(default, tuple):  # a per-layer list: comma-separated, empty for none
+                if key not in st.session_state or not isinstance(st.session_state[key], str):
+                    st.session_state[key] = ",".join(map(str, default))
+                value = st.text_input(label, key=key, help=help_text).strip()
+                if value:
+                    parts.append(f"{f.name}={value}")
+                continue
             if meta.get("choices"):
                 choices = list(meta["choices"])
                 if key not in st.session_state:
@@ -244,15 +252,16 @@ with tabs[2]:
 with tabs[3]:
     show(charts.roofline(summary), summary, "roofline")
 with tabs[4]:
-    mvp = cached_measured(hw_name, profile_name)
+    mvp = cached_measured()
     if mvp is None:
         st.info("No measured latency yet: run `kvsim measure` into measured/results/<device>/latency.csv.")
     else:
-        device = ", ".join(sorted(mvp["device"].astype(str).unique()))
-        for metric in ("TPOT", "TTFT"):
-            err = mvp[mvp["metric"] == metric]["error"].abs().mean()
-            st.metric(f"{metric} mean absolute error on {device}", f"{err:.1%}")
-        st.caption("Predictions for the measured runs with the hardware and profile chosen in the sidebar; choose "
-                   "the CPU hardware and its calibrated profile to see the fitted model.")
+        for (device, prof), rows in mvp.groupby(["device", "profile"]):
+            for metric in ("TPOT", "TTFT"):
+                err = rows[rows["metric"] == metric]["error"].abs().mean()
+                st.metric(f"{metric} mean absolute error on {device} ({prof})", f"{err:.1%}")
+        st.caption("Each device's measured runs against its own calibrated profile (the datasheet of its "
+                   "hardware where it has none), whatever the sidebar shows. The profile was fitted to these "
+                   "rows: held-out error is in `kvsim list profiles`.")
         show(charts.measured_vs_predicted(mvp), mvp, "measured_vs_predicted")
 st.caption(f"KV at the chosen workload, first policy: {fmt_bytes(summary['kv_gib'].iloc[0] * 2**30)}")

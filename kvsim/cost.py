@@ -229,6 +229,9 @@ class CostModel:
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
         self.kernels = model.kernels()
+        # Norms, residuals, activations and rope; off only to compare with tables that time matmuls and
+        # attention alone (calibrate/kernels/compose.py).
+        self.elementwise = True
         # Graph-replayed kernels still have a floor each: weight matmuls and attention kernels per pass.
         self.matmuls = sum(_matmuls(l) for l in model.layers)
         if self.gemm_dtype != self.act_dtype:  # W8A8: a kernel quantises each matmul's activations first
@@ -380,8 +383,9 @@ class CostModel:
             active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
             w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
             ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul)
-            written, _ = _activation_width(model, layer)
-            ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
+            if self.elementwise:
+                written, _ = _activation_width(model, layer)
+                ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
             if tp > 1:
                 if not link:
                     raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")

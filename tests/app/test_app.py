@@ -78,6 +78,8 @@ def test_every_policy_and_every_parameter_widget():
                 at.selectbox(key=key).set_value(list(meta["choices"])[-1])
             elif isinstance(f.default, bool):
                 at.checkbox(key=key).uncheck()
+            elif isinstance(f.default, tuple):  # a per-layer list, typed as text
+                at.text_input(key=key).set_value("1,1,0.5")
             else:
                 widget = at.number_input(key=key)
                 widget.set_value(widget.value)  # exercised; values kept valid
@@ -133,3 +135,11 @@ def test_exports():
     assert export.png(chart)[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in export.svg(chart)
     assert export.csv(df).startswith(b"policy,seq,kv_gib")
+
+
+def test_measured_rows_are_compared_with_their_own_device_profile():
+    from app import data
+    df = data.measured_vs_predicted()
+    assert set(df["profile"]) == {"cpu"}  # the CPU runs, with the profile fitted on that CPU, not the H100 sheet
+    tpot = df[df["metric"] == "TPOT"]["error"].abs().mean()
+    assert tpot < 0.2
