@@ -264,7 +264,7 @@ class CostModel:
         return kv_heads_per_device(ctx.layout.n_q_heads, ctx.layout.n_kv_heads, self.tp)
 
     def _timer(self, tokens, policy: bool = False, kv: bool = False, gemm: bool = False, seq_tokens=None,
-               units=None):
+               units=None, moe: bool = False):
         """Roofline of one operation class in one layer: flops, bytes -> (compute time, memory time).
         Matrix work over `tokens` rows runs at the profile's size-dependent efficiency; attention (when
         `seq_tokens`, the tokens per sequence, is given) at its own ramp; the policy's own elementwise
@@ -279,6 +279,8 @@ class CostModel:
             peak = self.raw_peak * prof.attention_fraction(seq_tokens, tokens)
         else:
             peak = raw * prof.matmul_fraction(tokens, self.gemm_dtype if gemm else self.act_dtype)
+            if moe:
+                peak = peak * prof.moe_efficiency
         bw = self.raw_bw * prof.kv_fraction(self.kv_dtype, units) if kv else self.bw
 
         def timer(flops, bytes_):
@@ -382,6 +384,13 @@ class CostModel:
             layer, n = grp.layer, grp.count
             active = layer.mixer.params(h) + (layer.mlp.active_params(h) if layer.mlp else 0)
             w_bytes = layer.mixer.params(h) * self.wbytes + _mlp_weight_bytes(model, layer, tokens, self.wbytes)
+            if isinstance(layer.mlp, MoE):  # routed experts: their own kernels, each over its share of rows
+                moe, ep = layer.mlp, layer.mlp.expert_params(h)
+                touched = expected_experts(moe, tokens)
+                r_bytes = touched * ep * self.wbytes
+                ph.add(n, 2.0 * moe.top_k * ep * tokens / tp, r_bytes / tp,
+                       self._timer(tokens * moe.top_k / touched, gemm=True, moe=True))
+                active, w_bytes = active - moe.top_k * ep, w_bytes - r_bytes
             ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul)
             if self.elementwise:
                 written, _ = _activation_width(model, layer)

@@ -30,6 +30,8 @@ the roofline is unchanged:
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
   per weight matmul and attention_overhead_s per attention kernel;
 - sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge);
+- routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency at the rows each
+  expert sees (tokens x top-k / experts);
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 """
 
@@ -73,6 +75,7 @@ class Profile:
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
+    moe_efficiency: float = 1.0  # routed-expert matmuls' fraction of the matrix efficiency at their rows
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
     allreduce_overhead_s: float = 0.0  # per all-reduce
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
@@ -99,6 +102,8 @@ class Profile:
         for name in ("compute_small_efficiency", "attn_efficiency", "attn_small_efficiency"):
             if getattr(self, name) > 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be at most 1.5")
+        if not 0 < self.moe_efficiency <= 1.5:
+            raise KvsimError(f"profile {self.name}: moe_efficiency must be in (0, 1.5]")
         if not 0 < self.comm_efficiency <= 1.5:
             raise KvsimError(f"profile {self.name}: comm_efficiency must be in (0, 1.5]")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency"):

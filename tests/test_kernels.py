@@ -93,7 +93,7 @@ def test_heldout_reports_each_family_beside_the_datasheet():
     assert set(out) == {"decode_attention", "prefill_attention"}
     for splits in out.values():
         for res in splits.values():
-            assert res["mape"] < 0.05 and res["datasheet_mape"] > res["mape"]
+            assert res["mape"] < 0.2 and res["datasheet_mape"] > 2 * res["mape"]
 
 
 def _decode(prof, model="llama-3-8b", **kw):
@@ -172,3 +172,34 @@ def test_shipped_kernel_profiles_load_and_name_their_error(capsys):
     assert main(["predict", "--model", "llama-3-8b", "--profile", "h100-sxm-vllm", "--gen", "4"]) == 0
     assert "h100-sxm-vllm" in capsys.readouterr().out
     assert main(["predict", "--model", "llama-3-8b", "--profile", "no-such-profile"]) == 2
+
+
+def test_moe_fit_recovers_its_efficiency():
+    rows = [dict(num_tokens=t, hidden_size=4096, inter_size=i, topk=k, num_experts=e, moe_tp_size=1, moe_ep_size=1,
+                 moe_dtype="bfloat16", distribution="balanced", kernel_source="x")
+            for t in (1, 16, 256, 4096) for i in (1536, 14336) for k, e in ((2, 8), (8, 128))]
+    df = pd.DataFrame(rows)
+    truth = dataclasses.replace(KNOWN, moe_efficiency=0.4)
+    df["seconds"] = families.moe(df.assign(seconds=1.0)).predict(truth, H100, df)
+    fam = families.moe(df)
+    prof = fit.fit_family(fam, H100, KNOWN)
+    assert prof.moe_efficiency == pytest.approx(0.4, rel=0.02)
+
+
+def test_moe_layers_charge_routed_experts_at_their_own_efficiency():
+    slow = _decode(Profile(moe_efficiency=0.25), model="mixtral-8x7b", prompt=4095, batch=1)
+    fast = _decode(Profile(), model="mixtral-8x7b", prompt=4095, batch=1)
+    assert float(slow.tpot_first_s) == float(fast.tpot_first_s)  # one token: the expert weights bound it
+    slow = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=8192), Profile(moe_efficiency=0.25))
+    fast = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=8192), Profile())
+    assert float(slow.ttft_s) > 1.5 * float(fast.ttft_s)  # a long prefill is compute-bound in the experts
+
+
+@pytest.mark.skipif(not HAS_DB, reason="aiconfigurator-core (kvsim[gpu-data]) not installed")
+def test_composed_steps_agree_with_the_cost_model(monkeypatch):
+    from calibrate.kernels import compose
+    monkeypatch.setattr(compose, "CASES", [("llama-3-8b", 1)])
+    monkeypatch.setattr(compose, "BATCHES", (1, 8))
+    rows = [r for r in compose.check("h100-sxm-vllm", "h100_sxm", "vllm") if "ratio" in r]
+    assert len(rows) >= 8
+    assert np.mean([abs(r["ratio"] - 1) for r in rows]) < 0.10

@@ -112,6 +112,8 @@ def load(system: str, family: str, framework: str, version: str | None = None) -
     except Exception as e:  # a damaged wheel: say which file
         raise KvsimError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     df = df[df["latency"] > 0].copy()
+    if family.endswith("attention") and "window_size" not in df:  # older tables: full attention only
+        df["window_size"] = 0
     df["seconds"] = df["latency"].astype(float) * 1e-3
     device = str(df["device"].iloc[0]) if "device" in df and len(df) else system
     return Table(family, system, framework, chosen, path, device, df.reset_index(drop=True))

@@ -8,7 +8,10 @@ Row selection, recorded in every profile:
   drops head dim 192 (a QK-192 / V-128 layout the table has no V-width column for) and query-per-KV-head
   ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
 - all-reduce keeps CUDA-graph rows (the engines replay graphs in decode);
-- MoE keeps balanced routing in bf16 and per-tensor fp8, the fastest kernel per shape.
+- MoE keeps balanced routing on one device (no tensor or expert split) in bf16 (fp8 fused MoE reaches
+  another fraction of its peak than fp8 GEMMs and is left out), the
+  fastest kernel per shape; it is fitted after
+  the GEMMs, whose terms it shares.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .fit import ALLREDUCE_PARAMS, ATTENTION_PARAMS, GEMM_PARAMS, Family
+from .fit import ALLREDUCE_PARAMS, ATTENTION_PARAMS, GEMM_PARAMS, MOE_PARAMS, Family
 
 
 # Block-scaled fp8 GEMMs are left out: vLLM's table puts a 55-150 us floor on every call (activation
@@ -132,8 +135,9 @@ BUILDERS = {"gemm": gemm, "allreduce": allreduce}
 
 
 def moe(df) -> Family:
-    """MoE blocks with balanced routing on one device group; never fitted, predicted from the GEMM terms."""
-    keep = df["distribution"].eq("balanced") & df["moe_dtype"].isin(GEMM_DTYPES)
+    """Fused MoE blocks with balanced routing: the GEMM terms plus one efficiency of their own."""
+    keep = (df["distribution"].eq("balanced") & df["moe_dtype"].eq("bfloat16") & df["moe_tp_size"].eq(1)
+            & df["moe_ep_size"].eq(1))  # one device: kvsim models no expert parallelism
     df = _fastest(df[keep], ["num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
                              "moe_ep_size", "moe_dtype"])
 
@@ -141,4 +145,8 @@ def moe(df) -> Family:
         return ops.moe(prof, hw, *(d[c].to_numpy() for c in ("num_tokens", "hidden_size", "inter_size", "topk",
                                                              "num_experts", "moe_tp_size", "moe_ep_size",
                                                              "moe_dtype")))
-    return Family("moe", {}, predict, lambda d: [], df)
+    def splits(d):
+        shape = d["hidden_size"].astype(str) + "x" + d["inter_size"].astype(str) + "/" + d["num_experts"].astype(str)
+        return [("unseen (hidden, intermediate, experts), 5 folds", _folds(shape)),
+                ("tokens >= 1024 fitted from fewer", _two_way(d["num_tokens"] >= 1024))]
+    return Family("moe", MOE_PARAMS, predict, splits, df)

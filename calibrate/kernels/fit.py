@@ -32,6 +32,7 @@ ATTENTION_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.8), "kv_dtype_efficiency.fp8"
                     "kv_half_units": (1e-2, 1e5, 30.0), "kv_split_tokens": (1.0, 1e6, 256.0),
                     "kv_max_splits": (1.0, 1e4, 16.0)}
 FIT_ROWS = 4000
+MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6)}
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
 
 

@@ -104,8 +104,8 @@ def moe(prof: Profile, hw: HardwareSpec, tokens, hidden, inter, topk, experts, t
         per_expert = 3.0 * hd[sel] * it[sel]
         touched = touched_experts(e[sel], k[sel], t_[sel])
         flops = 2.0 * t_[sel] * k[sel] * per_expert / (tp[sel] * ep[sel])
-        rows = t_[sel] * k[sel] / e[sel]  # tokens each expert's matmul sees
-        peak = (prof.peak_flops or hw.peak_flops(kv_dt)) * prof.matmul_fraction(rows, kv_dt)
+        rows = t_[sel] * k[sel] / touched  # tokens each touched expert's matmul sees
+        peak = (prof.peak_flops or hw.peak_flops(kv_dt)) * prof.matmul_fraction(rows, kv_dt) * prof.moe_efficiency
         moved = touched * per_expert * wbytes / (tp[sel] * ep[sel]) + t_[sel] * k[sel] * hd[sel] * 2 * ACT_BYTES
         out[sel] = np.maximum(flops / peak, moved / (_bw(prof, hw) * prof.mem_efficiency))
     return out + 2 * prof.matmul_overhead_s

@@ -40,6 +40,10 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
             families.attention(tables["decode_attention"].rows,
                                tables["prefill_attention"].rows if tables["prefill_attention"] else None,
                                aic.L2_BYTES.get(system, 0))]
+    if tables["moe"] is not None:
+        moe = families.moe(tables["moe"].rows)
+        if len(moe.rows):
+            fams.append(moe)
     if tables["allreduce"] is not None:
         fams.append(families.allreduce(tables["allreduce"].rows))
     name = profile_name(system, framework)
@@ -60,14 +64,6 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
                 train[k if not fam.by else f"{k}_{fam.name}"] = fit.summary(err[kinds == k])
         else:
             heldout.update(fit.heldout(fam, hw, prof, say))
-    # MoE is not fitted: the GEMM parameters predict it, which makes every MoE row held out
-    if tables["moe"] is not None:
-        moe = families.moe(tables["moe"].rows)
-        if len(moe.rows):
-            err = fit.ape(moe.predict(prof, hw, moe.rows), moe.rows["seconds"].to_numpy(float))
-            sheet = fit.ape(moe.predict(Profile(), hw, moe.rows), moe.rows["seconds"].to_numpy(float))
-            heldout["moe"] = {"never fitted (GEMM parameters)": {**fit.summary(err),
-                                                                  "datasheet_mape": float(np.mean(sheet))}}
     headline = {}
     for fam, splits in heldout.items():
         worst = max(splits, key=lambda s: splits[s]["mape"])
