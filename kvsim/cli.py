@@ -507,7 +507,8 @@ def _harness_support():
 # -------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvsim", description="What will this KV-cache choice cost me?")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"kvsim {_version()}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     pr = sub.add_parser("predict", help="predict memory, bytes, FLOP and latency for one configuration")
     _add_common(pr, sweep=False)
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -515,10 +516,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sw, sweep=True)
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
     ls = sub.add_parser("list", help="list presets and policies")
-    ls.add_argument("what", choices=("models", "hardware", "policies", "engines", "profiles"))
+    ls.add_argument("what", nargs="?", choices=LISTS, help=", ".join(LISTS))
     for name, _, helptext in EXTERNAL:
         sub.add_parser(name, help=helptext)  # listed in --help; their own parsers take the arguments
     return p
+
+
+LISTS = ("models", "hardware", "policies", "engines", "profiles")
+# the pyproject extra each external command needs
+EXTRAS = {"measure": "measure", "quality": "measure", "validate": "measure", "probe": "measure",
+          "calibrate": "calibrate", "app": "app"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("kvsim")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 # Subcommands implemented outside the numpy-only core, imported only when used.
@@ -543,9 +558,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 mod = importlib.import_module(external[argv[0]])
             except ImportError as e:
-                raise CliError(f"`kvsim {argv[0]}` needs extra packages ({e.name}); install kvsim[all]") from None
+                extra = EXTRAS.get(argv[0], "all")
+                raise CliError(f"`kvsim {argv[0]}` needs the {extra!r} extra ({e.name} is missing): "
+                               f"pip install -e '.[{extra}]'") from None
             return mod.main(argv[0], argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.cmd is None:  # bare `kvsim`: what it can do, not an error
+            parser.print_help()
+            return 0
+        if args.cmd == "list" and args.what is None:
+            print("kvsim list " + " | ".join(LISTS) + "   (e.g. kvsim list models)")
+            return 0
         return {"predict": cmd_predict, "sweep": cmd_sweep, "list": cmd_list}[args.cmd](args)
     except KvsimError as e:
         print(f"kvsim: error: {e}", file=sys.stderr)

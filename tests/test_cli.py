@@ -138,3 +138,33 @@ def test_gen_1_has_no_decode_figures():
     rows = list(csv.DictReader(io.StringIO(run("sweep", "--model", "gpt2", "--gen", "1,2", "--seq", "64").stdout)))
     assert [r["tpot_s"] == "" for r in rows] == [True, False]
     assert all("nan" not in v.lower() and "inf" not in v.lower() for r in rows for v in r.values())
+
+
+def test_bare_kvsim_and_bare_list_show_what_there_is(capsys):
+    from kvsim.cli import main
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "predict" in out and "calibrate" in out and "measure" in out
+    assert main(["list"]) == 0
+    assert "profiles" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("kvsim ")
+
+
+def test_a_missing_extra_is_named_in_one_line(monkeypatch, capsys):
+    import importlib
+
+    from kvsim.cli import main
+    real = importlib.import_module
+
+    def fake(name, *a):
+        if name == "measured.cli":
+            err = ImportError("No module named 'torch'")
+            err.name = "torch"
+            raise err
+        return real(name, *a)
+    monkeypatch.setattr(importlib, "import_module", fake)
+    assert main(["measure"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'measure' extra" in err[0] and "torch" in err[0]
