@@ -232,6 +232,7 @@ class CostModel:
         # Norms, residuals, activations and rope; off only to compare with tables that time matmuls and
         # attention alone (calibrate/kernels/compose.py).
         self.elementwise = True
+        self._weight_bytes = None
         # Graph-replayed kernels still have a floor each: weight matmuls and attention kernels per pass.
         self.matmuls = sum(_matmuls(l) for l in model.layers)
         if self.gemm_dtype != self.act_dtype:  # W8A8: a kernel quantises each matmul's activations first
@@ -343,7 +344,9 @@ class CostModel:
 
     # ----- weights -----
     def weight_bytes(self) -> int:
-        return self.weights.weight_bytes(self.model)
+        if self._weight_bytes is None:  # a walk over every layer's parameters: asked for several times a call
+            self._weight_bytes = self.weights.weight_bytes(self.model)
+        return self._weight_bytes
 
     # ----- phases -----
     def _attention(self, grp: Group, p, s, prefill: bool):
