@@ -325,6 +325,10 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")
     notes.extend(model.notes)
+    fitted_on = (profile.meta or {}).get("hardware")
+    if fitted_on and fitted_on != hardware.name:
+        notes.append(f"profile {profile.name} was fitted on {fitted_on}, not {hardware.name}: its efficiencies may "
+                     "not carry over")
     notes.extend(cost.notes)
     def full(x):  # every field has the workload's broadcast shape, whatever it depends on
         return np.broadcast_to(np.asarray(x), shape)

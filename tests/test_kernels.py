@@ -203,3 +203,10 @@ def test_composed_steps_agree_with_the_cost_model(monkeypatch):
     rows = [r for r in compose.check("h100-sxm-vllm", "h100_sxm", "vllm") if "ratio" in r]
     assert len(rows) >= 8
     assert np.mean([abs(r["ratio"] - 1) for r in rows]) < 0.10
+
+
+def test_a_profile_used_on_other_hardware_says_so():
+    pred = predict(load_model("llama-3-8b"), load_hardware("a100-80gb"), None, Workload(), load_profile("h100-sxm-vllm"))
+    assert any("fitted on h100-sxm" in n for n in pred.notes)
+    pred = predict(load_model("llama-3-8b"), H100, None, Workload(), load_profile("h100-sxm-vllm"))
+    assert not any("fitted on" in n for n in pred.notes)
