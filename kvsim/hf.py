@@ -9,11 +9,11 @@ preset cannot silently change a number.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .errors import KvsimError
+from .jsonio import read_object
 from .model import MLA, MLP, Attention, Layer, Mamba, ModelSpec, MoE
 
 # Keys that carry no information about memory, bandwidth or FLOPs.
@@ -48,21 +48,11 @@ _IGNORED = {
 
 
 def load_json(path: str | Path) -> dict:
-    """Read a config.json; any failure becomes a one-line KvsimError."""
+    """Read a config.json (or a folder holding one); any failure becomes a one-line KvsimError."""
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise KvsimError(f"config file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KvsimError(f"cannot read {p}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise KvsimError(f"malformed config.json {p}: {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(data, dict):
-        raise KvsimError(f"malformed config.json {p}: expected a JSON object")
-    return data
+    return read_object(p, "config.json")
 
 
 def _get(cfg: dict, key: str, default=None, *, required: bool = False, kind=int):

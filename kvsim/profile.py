@@ -37,12 +37,12 @@ the roofline is unchanged:
 
 from __future__ import annotations
 
-import json
 import numpy as np
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import KvsimError
+from .jsonio import read_object
 from .units import canonical_dtype
 
 
@@ -194,14 +194,10 @@ def load_profile(path: str | Path) -> Profile:
         p = shipped[str(path)]
     elif not p.exists() and p.suffix != ".json":
         raise KvsimError(f"no profile {str(path)!r}: give a JSON path or one of {', '.join(shipped) or '(none)'}")
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise KvsimError(f"profile not found: {p}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise KvsimError(f"cannot read profile {p}: {e}") from None
-    if not isinstance(data, dict):
-        raise KvsimError(f"profile {p} must be a JSON object")
+    data = read_object(p, "profile")
+    params = data.get("params", data)
+    if not isinstance(params, dict) or not params:
+        raise KvsimError(f"profile {p} has no parameters (an empty profile is not the datasheet; omit --profile)")
     try:
         return Profile.from_dict(data)
     except TypeError as e:
