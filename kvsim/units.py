@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import KvsimError
+
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 
@@ -35,10 +37,10 @@ DTYPE_ALIASES = {
 
 
 def canonical_dtype(name: str) -> str:
-    """Normalise a dtype name ("bfloat16" -> "bf16"); raise ValueError listing the valid names."""
+    """Normalise a dtype name ("bfloat16" -> "bf16"); raise KvsimError (a ValueError) listing the valid names."""
     key = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
     if key not in DTYPE_BITS:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPE_BITS)}")
+        raise KvsimError(f"unknown dtype {name!r}; valid: {', '.join(DTYPE_BITS)}")
     return key
 
 

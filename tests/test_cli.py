@@ -88,6 +88,10 @@ def test_list_commands():
     (["predict", "--hf-config", "/nonexistent/config.json"], "not found"),
     (["predict", "--frobnicate"], "unrecognized arguments"),
     (["nonsense"], "invalid choice"),
+    (["predict", "--kv-dtype", "nope"], "unknown dtype"),
+    (["sweep", "--kv-dtype", "nope"], "unknown dtype"),
+    (["predict", "--policy", "snapkv:budget=99999999999999999999999"], "at most 2**53"),
+    (["predict", "--policy", "pyramidkv:budget=512,ratios=1,1e400"], "at most 2**53"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
     r = run(*args, ok=False)

@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from ..errors import KvsimError
+from ..limits import INPUT_MAX
 from .base import Policy
 from .compose import Compose, compose
 
@@ -60,6 +61,10 @@ def make(name: str, **params) -> Policy:
     if unknown:
         raise KvsimError(f"policy {name} has no parameter {', '.join(unknown)}; "
                          f"valid: {', '.join(sorted(valid)) or '(none)'}")
+    for k, v in kwargs.items():  # one bound for every numeric parameter, however the policy was built
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and not abs(x) <= INPUT_MAX:
+                raise KvsimError(f"policy {name}: {k} must be a finite number of at most 2**53, got {float(x):.3g}")
     try:
         return cls(**kwargs)
     except TypeError as e:
