@@ -41,6 +41,7 @@ class Tables:
         g = load("gemm").rows
         g = families._fastest(g[g["gemm_dtype"] == "bfloat16"], ["m", "n", "k", "gemm_dtype"])
         self.gemm = {m: sub for m, sub in g.groupby("m")}
+        self._interp: dict = {}
         att = lambda t: families._attention_rows(t.rows) if t is not None else None  # noqa: E731
         self.decode, self.prefill = att(load("decode_attention")), att(load("prefill_attention"))
         moe = load("moe")
@@ -49,17 +50,22 @@ class Tables:
         self.allreduce = families.allreduce(ar.rows).rows if ar is not None else None
 
     def gemm_s(self, m: int, n: int, k: int) -> float:
-        from scipy.interpolate import RegularGridInterpolator
-
         if m not in self.gemm:
             raise LookupError(f"GEMM m={m} not measured")
-        sub = self.gemm[m]
+        if m not in self._interp:
+            self._interp[m] = self._grid(self.gemm[m])
+        return float(self._interp[m]([[n, k]])[0])
+
+    @staticmethod
+    def _grid(sub):
+        """Linear interpolation over one m's (n, k) grid, extrapolating linearly past its edges."""
+        from scipy.interpolate import RegularGridInterpolator
+
         ns, ks = np.unique(sub["n"]), np.unique(sub["k"])
         grid = sub.pivot_table(index="n", columns="k", values="seconds").reindex(index=ns, columns=ks)
         if grid.isna().any().any():
             grid = grid.interpolate(axis=0, limit_direction="both").interpolate(axis=1, limit_direction="both")
-        f = RegularGridInterpolator((ns, ks), grid.to_numpy(), bounds_error=False, fill_value=None)
-        return float(f([[n, k]])[0])
+        return RegularGridInterpolator((ns, ks), grid.to_numpy(), bounds_error=False, fill_value=None)
 
     @staticmethod
     def _exact(df, what: str, **key) -> float:
@@ -120,7 +126,7 @@ def composed_step(t: Tables, model, tp: int, b: int, length: int, decode: bool) 
 
 def predicted_step(cost: CostModel, b: int, length: int, decode: bool) -> float:
     if decode:
-        p, ph = np.array(length - 1), None
+        p = np.array(length - 1)
         ph = cost.phase(p, np.array(b), np.array(0), prefill=False)
         return float(cost.phase_time(ph, p, prefill=False))
     p = np.array(length)

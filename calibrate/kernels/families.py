@@ -1,17 +1,5 @@
 """Which measured rows each op family fits on, how kvsim predicts them, and how they are held out.
-
-Row selection, recorded in every profile:
-- GEMMs: bf16 and per-tensor fp8 with n and k of at least 512;
-- a shape measured with several kernels (vLLM's fp8 block-scaled GEMMs: DeepGEMM, CUTLASS, FlashInfer) keeps
-  its fastest, the one an engine's autotuner would pick;
-- attention keeps the framework's main kernel (the source with most rows: FlashAttention-3 on Hopper), and
-  drops head dim 192 (a QK-192 / V-128 layout the table has no V-width column for) and query-per-KV-head
-  ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
-- all-reduce keeps CUDA-graph rows (the engines replay graphs in decode);
-- MoE keeps balanced routing on one device (no tensor or expert split) in bf16 (fp8 fused MoE reaches
-  another fraction of its peak than fp8 GEMMs and is left out), the
-  fastest kernel per shape; it is fitted after
-  the GEMMs, whose terms it shares.
+Row selection is SELECTION below, recorded in every profile.
 """
 
 from __future__ import annotations
@@ -20,6 +8,19 @@ import numpy as np
 
 from . import ops
 from .fit import ALLREDUCE_PARAMS, ATTENTION_PARAMS, GEMM_PARAMS, MOE_PARAMS, Family
+
+SELECTION = """\
+- GEMMs: bf16 and per-tensor fp8 with n and k of at least 512;
+- a shape measured with several kernels (vLLM's fp8 block-scaled GEMMs: DeepGEMM, CUTLASS, FlashInfer) keeps
+  its fastest, the one an engine's autotuner would pick;
+- attention keeps the framework's main kernel (the source with most rows: FlashAttention-3 on Hopper), and
+  drops head dim 192 (a QK-192 / V-128 layout the table has no V-width column for) and query-per-KV-head
+  ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
+- all-reduce keeps CUDA-graph rows (the engines replay graphs in decode);
+- MoE keeps balanced routing on one device (no tensor or expert split) in bf16 (fp8 fused MoE reaches
+  another fraction of its peak than fp8 GEMMs and is left out), the fastest kernel per shape; it is fitted
+  after the GEMMs, whose terms it shares.
+"""
 
 
 # Block-scaled fp8 GEMMs are left out: vLLM's table puts a 55-150 us floor on every call (activation
@@ -150,3 +151,18 @@ def moe(df) -> Family:
         return [("unseen (hidden, intermediate, experts), 5 folds", _folds(shape)),
                 ("tokens >= 1024 fitted from fewer", _two_way(d["num_tokens"] >= 1024))]
     return Family("moe", MOE_PARAMS, predict, splits, df)
+
+
+def for_system(tables: dict, l2_bytes: float = 0.0) -> list[Family]:
+    """The families one system's tables support, in fitting order (GEMM terms before the MoE that shares
+    them): `tables` maps aiconfigurator.TABLES keys to Table or None."""
+    out = [gemm(tables["gemm"].rows),
+           attention(tables["decode_attention"].rows,
+                     tables["prefill_attention"].rows if tables["prefill_attention"] else None, l2_bytes)]
+    if tables["moe"] is not None:
+        fam = moe(tables["moe"].rows)
+        if len(fam.rows):
+            out.append(fam)
+    if tables["allreduce"] is not None:
+        out.append(allreduce(tables["allreduce"].rows))
+    return out

@@ -18,8 +18,6 @@ import numpy as np
 from kvsim.hardware import HardwareSpec
 from kvsim.profile import Profile
 
-from . import ops
-
 # (lower, upper, start); "table.key" names an entry of a dict-valued Profile field
 GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.7), "compute_small_efficiency": (1e-4, 1.2, 0.02),
                "compute_half_tokens": (1.0, 1e5, 256.0), "mem_efficiency": (0.05, 1.2, 0.8),

@@ -19,24 +19,12 @@ from . import families, fit
 OUT = Path(__file__).resolve().parents[1] / "profiles" / "kernels.md"
 
 
-def _families(system: str, framework: str):
-    t = {f: aic.load(system, f, framework) for f in aic.TABLES}
-    out = [families.gemm(t["gemm"].rows),
-           families.attention(t["decode_attention"].rows,
-                              t["prefill_attention"].rows if t["prefill_attention"] else None,
-                              aic.L2_BYTES.get(system, 0))]
-    if t["allreduce"] is not None:
-        out.append(families.allreduce(t["allreduce"].rows))
-    if t["moe"] is not None:
-        out.append(families.moe(t["moe"].rows))
-    return out
-
-
 def transfer(prof: Profile, system: str, framework: str) -> dict:
     """MAPE of a profile's parameters on another system's or framework's rows (that device's datasheet)."""
     hw = load_hardware(aic.HARDWARE[system])
     out = {}
-    for fam in _families(system, framework):
+    tables = {f: aic.load(system, f, framework) for f in aic.TABLES}
+    for fam in families.for_system(tables, aic.L2_BYTES.get(system, 0)):
         meas = fam.rows["seconds"].to_numpy(float)
         err = fit.ape(fam.predict(prof, hw, fam.rows), meas)
         kinds = fam.rows[fam.by].to_numpy().astype(str) if fam.by else np.full(len(meas), fam.name)
@@ -69,7 +57,7 @@ def render(transfers: list[tuple[str, str, str]]) -> str:
         params = {k: v for k, v in prof.to_dict().items() if k not in ("meta", "name", "device")
                   and v not in (0, 0.0, {}, 1.0)}
         lines += ["", "Fitted: " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in params.items()) + ".",
-                  f"Table-only (describes the measurement, not used by `kvsim predict`): "
+                  "Table-only (describes the measurement, not used by `kvsim predict`): "
                   + ", ".join(f"`{k}` = {v:.3g}" for k, v in m.get("table_only", {}).items()) + ".", ""]
     if transfers:
         lines += ["## One device or framework predicted from another", "",

@@ -36,16 +36,7 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
     tables = {f: aic.load(system, f, framework, version) for f in aic.TABLES}
     if tables["gemm"] is None or tables["decode_attention"] is None:
         raise KvsimError(f"{aic.PACKAGE} has no GEMM or decode-attention table for {system}/{framework}")
-    fams = [families.gemm(tables["gemm"].rows),
-            families.attention(tables["decode_attention"].rows,
-                               tables["prefill_attention"].rows if tables["prefill_attention"] else None,
-                               aic.L2_BYTES.get(system, 0))]
-    if tables["moe"] is not None:
-        moe = families.moe(tables["moe"].rows)
-        if len(moe.rows):
-            fams.append(moe)
-    if tables["allreduce"] is not None:
-        fams.append(families.allreduce(tables["allreduce"].rows))
+    fams = families.for_system(tables, aic.L2_BYTES.get(system, 0))
     name = profile_name(system, framework)
     prof = Profile(name=name, device=tables["gemm"].device)
     heldout, train = {}, {}
@@ -88,7 +79,7 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
             "tables": {f: f"aiconfigurator_core/systems/data/{system}/{aic.TABLES[f][0]}/{framework}/{t.version}/"
                           f"{aic.TABLES[f][1]}" for f, t in tables.items() if t is not None},
             "rows_used": {fam.name: int(len(fam.rows)) for fam in fams},
-            "selection": families.__doc__.split("Row selection, recorded in every profile:")[1].strip(),
+            "selection": families.SELECTION.strip(),
         },
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
