@@ -151,9 +151,13 @@ class Profile:
         """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`
         (sequence, KV head) pairs sharing a decode step's reads (None: enough of them)."""
         frac = self.kv_dtype_efficiency.get(kv_dtype, self.kv_efficiency)
-        if units is None or not self.kv_half_units:
-            return frac
-        return frac * units / (units + self.kv_half_units)
+        return frac if units is None else frac * self.kv_occupancy(units)
+
+    def kv_occupancy(self, units):
+        """Share of a decode step's KV bandwidth that `units` parallel units keep busy (1: enough of them)."""
+        if not self.kv_half_units:
+            return 1.0 + 0.0 * np.asarray(units, dtype=np.float64)
+        return units / (units + self.kv_half_units)
 
     def to_dict(self) -> dict:
         return asdict(self)

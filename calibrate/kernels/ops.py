@@ -66,7 +66,7 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
     kv_dtype = np.asarray(kv_dtype)
     tokens = np.where(w > 0, np.minimum(step + 1, w + prof.window_edge_tokens), step + 1)
     elem, frac = _kv(prof, kv_dtype)
-    frac = frac * prof.kv_fraction("", prof.decode_units(b * kvh, step + 1)) / prof.kv_fraction("")
+    frac = frac * prof.kv_occupancy(prof.decode_units(b * kvh, step + 1))
     per_token = kvh * 2 * d * elem
     moved = b * (tokens * per_token + per_token)
     flops = b * h * tokens * (4 * d + 5)
