@@ -54,7 +54,30 @@ def write_atomic(path: str, header: list[str], rows: list[list]) -> None:
     os.replace(tmp, path)
 
 
-def run(engine, reqs: list[dict], prompt, params, steps_log: list) -> tuple[list[list], list[list], float]:
+def watch_schedule(engine, batches: list) -> None:
+    """Record what every step scheduled, per request: decodes as prompt:steps (tokens already decoded), prefill
+    chunks as prompt:done:chunk. vLLM advances num_computed_tokens inside schedule(), so "before" is the value
+    after it minus what was scheduled."""
+    sched = engine.engine_core.engine_core.scheduler
+    original = sched.schedule
+
+    def schedule(*args, **kwargs):
+        out = original(*args, **kwargs)
+        dec, pre = [], []
+        for rid, n in out.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            p, before = req.num_prompt_tokens, req.num_computed_tokens - n
+            if before >= p and n == 1:
+                dec.append(f"{p}:{before - p}")
+            else:
+                pre.append(f"{p}:{before}:{n}")
+        batches.append((" ".join(dec), " ".join(pre)))
+        return out
+
+    sched.schedule = schedule
+
+
+def run(engine, reqs: list[dict], prompt, params, steps_log: list, batches: list) -> tuple[list[list], list[list], float]:
     """Replay one request file against a drained engine; return request rows, step rows and wall time."""
     pending = list(reqs)
     state: dict[str, dict] = {}
@@ -70,6 +93,7 @@ def run(engine, reqs: list[dict], prompt, params, steps_log: list) -> tuple[list
             time.sleep(max(0.0, pending[0]["arrival_s"] - (time.perf_counter() - t0)))
             continue
         steps_log.clear()
+        batches.clear()
         t_start = time.perf_counter() - t0
         outs = engine.step()
         t = time.perf_counter() - t0
@@ -80,6 +104,8 @@ def run(engine, reqs: list[dict], prompt, params, steps_log: list) -> tuple[list
             if s["times"] and n > len(s["times"]):
                 decode_ctx += s["prompt_tokens"] + len(s["times"])  # tokens already cached when it decoded
             s["times"].extend([t] * (n - len(s["times"])))
+        if len(batches) != 1:
+            raise SystemExit(f"an engine step scheduled {len(batches)} batches; expected one")
         for sched, it in steps_log:
             d = sched.iteration_details
             if d is None or d.is_dummy:
@@ -87,7 +113,7 @@ def run(engine, reqs: list[dict], prompt, params, steps_log: list) -> tuple[list
             step_rows.append([f"{t_start:.6f}", f"{t:.6f}", d.num_ctx_requests,
                               d.num_ctx_tokens, d.num_generation_requests, d.num_generation_tokens, decode_ctx,
                               sched.num_running_reqs, sched.num_waiting_reqs, f"{sched.kv_cache_usage:.6f}",
-                              it.num_preempted_reqs if it is not None else 0])
+                              it.num_preempted_reqs if it is not None else 0, *batches[0]])
     wall = time.perf_counter() - t0
 
     rows = []
@@ -106,7 +132,7 @@ def run(engine, reqs: list[dict], prompt, params, steps_log: list) -> tuple[list
 REQUEST_HEADER = ["request", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s", "first_token_s",
                   "finish_s", "ttft_s", "tpot_s", "e2e_s", "max_itl_s"]
 STEP_HEADER = ["start_s", "end_s", "prefill_requests", "prefill_tokens", "decode_requests",
-               "decode_tokens", "decode_context_tokens", "running", "waiting", "kv_usage", "preempted"]
+               "decode_tokens", "decode_context_tokens", "running", "waiting", "kv_usage", "preempted", "decodes", "prefills"]
 
 
 def main() -> int:
@@ -150,6 +176,8 @@ def main() -> int:
     engine = LLMEngine.from_engine_args(EngineArgs(**kw), stat_loggers=[StepLogger])
     sched = engine.vllm_config.scheduler_config
     cache = engine.vllm_config.cache_config
+    batches: list = []
+    watch_schedule(engine, batches)
     vocab = 1000  # token ids only index the embedding; any valid id costs the same
 
     def prompt(i: int, n: int):
@@ -173,8 +201,10 @@ def main() -> int:
             engine.add_request(f"warm{i}", prompt(10_000 + i, 64), params(8))
         while engine.has_unfinished_requests():
             engine.step()
+        steps_log.clear()
+        batches.clear()
         stem = os.path.splitext(os.path.basename(path))[0]
-        rows, step_rows, wall = run(engine, read_requests(path), prompt, params, steps_log)
+        rows, step_rows, wall = run(engine, read_requests(path), prompt, params, steps_log, batches)
         write_atomic(os.path.join(a.out_dir, stem + ".csv"), REQUEST_HEADER, rows)
         write_atomic(os.path.join(a.out_dir, stem + ".steps.csv"), STEP_HEADER, step_rows)
         meta["runs"][stem] = {"requests": len(rows), "steps": len(step_rows), "wall_s": round(wall, 3),
