@@ -13,6 +13,7 @@ that is possible (an inefficient baseline) and is reported as consistent with th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,15 @@ class Config:
     kv_dtype: str | None
     dtype: str | None
     assumed: list[str]
+    engine: object = None
+    invalid: str = ""  # why the configuration cannot exist although kvsim can still compute it
 
     def key(self) -> tuple:
         return (self.model.name, self.hardware.name, self.policy.spec(), self.seq, self.gen, self.batch, self.tp,
-                self.kv_dtype, self.dtype)
+                self.kv_dtype, self.dtype, self.engine.label if self.engine else "hf")
+
+    def with_batch(self, batch: int | None) -> "Config":
+        return dataclasses.replace(self, batch=batch)
 
 
 class Checker:
@@ -113,11 +119,15 @@ class Checker:
             assumed.append("gen not given: 1 (the cache after the prefill)")
         tp = int(float(f["tp"])) if f["tp"] else 1
         check_model(model, tp)
+        invalid = ""
         if seq is not None and model.max_context and seq + gen > model.max_context:
-            return (f"seq {seq:,} + gen {gen:,} is beyond {model.name}'s maximum context of "
-                    f"{model.max_context:,} tokens")
+            invalid = f"seq {seq:,} + gen {gen:,} is beyond {model.name}'s maximum context of {model.max_context:,} tokens"
+        engine = None
+        if f["engine"]:
+            from ..presets import load_engine
+            engine = load_engine(f["engine"])
         cfg = Config(model, hw, policy, seq, gen, int(float(f["batch"])) if f["batch"] else None, tp,
-                     f["kv_dtype"] or None, f["dtype"] or None, assumed)
+                     f["kv_dtype"] or None, f["dtype"] or None, assumed, engine, invalid)
         if seq is not None:
             self.predict(cfg, np.array([1]))  # a configuration predict refuses is invalid
         return cfg
@@ -127,7 +137,7 @@ class Checker:
         if key not in self._preds:
             wl = Workload(prompt=cfg.seq, gen=cfg.gen, batch=batches, tp=cfg.tp, kv_dtype=cfg.kv_dtype,
                           weight_dtype=cfg.dtype)
-            self._preds[key] = predict(cfg.model, cfg.hardware, cfg.policy, wl, self.profile)
+            self._preds[key] = predict(cfg.model, cfg.hardware, cfg.policy, wl, self.profile, cfg.engine)
         return self._preds[key]
 
     def batches(self, cfg: Config) -> np.ndarray:
@@ -167,10 +177,16 @@ class Checker:
                 v.raw, v.kind, v.extra = c.raw, CLAIMS[c.name][1], row.extra
                 if cfg.assumed and v.verdict != "unverifiable" and c.name not in _SEQ_FREE:
                     v.explanation += f" [{'; '.join(cfg.assumed)}]"
+                if cfg.invalid and c.name not in _SEQ_FREE:
+                    v.explanation = f"{cfg.invalid}; were it allowed, {v.verdict}: {v.explanation}"
+                    v.verdict, v.condition = "invalid", ""
                 verdicts.append(v)
         for col, raw in row.quality.items():
             verdicts.append(self.judge_quality(row, col, raw))
-        if not verdicts:
+        if not verdicts and not isinstance(cfg, str) and cfg.invalid:
+            verdicts.append(Verdict(row.label, "configuration", "", None, "invalid", explanation=cfg.invalid,
+                                    extra=row.extra))
+        elif not verdicts:
             verdicts.append(Verdict(row.label, "(none)", "", None, "unverifiable",
                                     explanation="the row makes no claim", extra=row.extra))
         return verdicts
@@ -180,7 +196,7 @@ class Checker:
             return Verdict(row.label, c.name, c.column, c.readings[0][1], "unverifiable",
                            explanation="no seq given: the claim depends on the prompt length")
         base = None
-        if c.name in ("compression_ratio", "memory_reduction", "speedup"):
+        if c.name in ("compression_ratio", "memory_reduction", "memory_ratio", "speedup"):
             base = self._baseline(row, cfg, c.name)
             if isinstance(base, str):
                 return Verdict(row.label, c.name, c.column, c.readings[0][1], "unverifiable", explanation=base)
@@ -189,6 +205,9 @@ class Checker:
         return self._decide(row, cfg, c, grid, q)
 
     def _baseline(self, row: Row, cfg: Config, claim: str) -> tuple[Config, str] | str:
+        """The configuration a relative claim compares with. An empty baseline batch is this row's batch for
+        memory claims (the same load), and the baseline's largest batch that fits for a speed-up (throughput
+        papers run each system at its largest batch)."""
         label = row.fields["baseline"]
         if label == row.label:
             return cfg, f"row {label!r} itself"
@@ -196,45 +215,55 @@ class Checker:
             if claim == "speedup":
                 return "no baseline given: a speed-up is relative to another row"
             from ..policies import Compose
-            full = Config(cfg.model, cfg.hardware, Compose(()), cfg.seq, cfg.gen, cfg.batch, cfg.tp, None, cfg.dtype,
-                          [])
-            return full, "the same configuration with the full cache at the activation dtype"
+            return (dataclasses.replace(cfg, policy=Compose(()), kv_dtype=None, assumed=[]),
+                    "the same configuration with the full cache at the activation dtype")
         other = self.config(label)
         if isinstance(other, str):
             return f"baseline {label!r} cannot be evaluated: {other}"
         if other.seq is None:
             return f"baseline {label!r} gives no seq"
-        if other.batch is None:
-            other = Config(*[getattr(other, k) for k in ("model", "hardware", "policy", "seq", "gen")],
-                           cfg.batch or 1, other.tp, other.kv_dtype, other.dtype, other.assumed)
+        if other.batch is None and claim == "speedup":
+            top = int(self.predict(other, np.array([1])).max_batch[0])
+            if top < 1:
+                return f"baseline {label!r} does not fit in device memory even at batch 1"
+            return other.with_batch(top), f"row {label!r} at its largest batch that fits, {top:,}"
         return other, f"row {label!r}"
 
     def _decide(self, row: Row, cfg: Config, c: Claim, grid: np.ndarray, q: "Quantity") -> Verdict:
+        """Try each reading of the claim's unit against the quantity's own interpretation, then against its
+        looser one (q.alt), over the batch grid; the first that holds somewhere decides, with what it needs said
+        in the condition. Without one, the closest failure is reported."""
         tol = self.tol
-        lo = np.broadcast_to(np.asarray(q.lo, dtype=np.float64), grid.shape)
-        hi = np.broadcast_to(np.asarray(q.hi, dtype=np.float64), grid.shape)
         fits = np.broadcast_to(np.asarray(q.fits), grid.shape) if cfg.batch is None else np.ones(grid.shape, bool)
-        results = []
-        for unit, x in c.readings:
-            slack = c.slack * (x / c.readings[0][1]) if c.readings[0][1] else c.slack
-            ok_lo = x >= lo - tol * np.abs(lo) - slack
-            ok_hi = x <= hi + tol * np.abs(hi) + slack
-            ok = ok_lo & ok_hi & fits
-            results.append((unit, x, ok, ok_lo, ok_hi))
-        pick = next((r for r in results if r[2].any()), results[0])
-        unit, x, ok, ok_lo, ok_hi = pick
+        bounds = [(q.lo, q.hi, "")] + ([q.alt] if q.alt else [])
+        tries = []
+        for lo, hi, needs in bounds:
+            lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), grid.shape)
+            hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), grid.shape)
+            for unit, x in c.readings:
+                slack = c.slack * (x / c.readings[0][1]) if c.readings[0][1] else c.slack
+                ok_lo = x >= lo - tol * np.abs(lo) - slack
+                ok_hi = x <= hi + tol * np.abs(hi) + slack
+                tries.append((unit, x, lo, hi, ok_lo, ok_hi, ok_lo & ok_hi & fits, needs))
+        pick = next((t for t in tries if t[6].any()), tries[0])
+        unit, x, lo, hi, ok_lo, ok_hi, ok, needs = pick
         conds = []
-        if pick is not results[0]:
-            conds.append(f"only if '{results[0][0]}' means {unit}")
+        if unit != tries[0][0]:
+            conds.append(f"only if '{tries[0][0]}' means {unit}")
+        if needs:
+            conds.append(needs)
         if ok.any():
-            i = int(np.flatnonzero(ok)[0])
+            verdict = "consistent"
+            # the batch with the most room before the bound, for the figures shown; the condition gives them all
+            room = np.minimum(x - (lo - tol * np.abs(lo)), (hi + tol * np.abs(hi)) - x)
+            room = np.where(ok, np.where(np.isfinite(room), room, np.finfo(float).max), -np.inf)
+            i = int(np.argmax(room))
             if c.name in _SEQ_FREE:
                 pass
             elif cfg.batch is None and not ok.all():
                 conds.append(f"only if batch {_ranges(grid[ok])}")
             elif cfg.batch is None:
                 conds.append(f"any batch that fits (1..{int(grid[-1]):,})")
-            verdict = "consistent"
         else:
             # the closest failure: the batch whose bound is nearest to the claim
             gap = np.where(ok_lo, 0.0, lo - x) + np.where(ok_hi, 0.0, x - hi)
@@ -251,13 +280,12 @@ class Checker:
         else:
             side, relation = hi[i], "claimed <= bound"
         margin = (x - side) / abs(side) if side and np.isfinite(side) else None
-        if verdict == "consistent" and q.condition is not None and (extra := q.condition(x, i)):
-            conds.append(extra)
+        if verdict == "consistent" and q.relation == "=" and abs(x - side) > tol * abs(side):
+            conds.append(f"only within the rounding of {c.raw!r} as printed")
         b = int(grid[i])
-        text = q.explain(i, b)
         return Verdict(row.label, c.name, c.column, c.readings[0][1], verdict,
                        float(side) if np.isfinite(side) else None, relation,
-                       None if margin is None else float(margin), text, "; ".join(conds))
+                       None if margin is None else float(margin), q.explain(i, b), "; ".join(conds))
 
     def judge_quality(self, row: Row, col: str, raw: str) -> Verdict:
         """Quality needs a measurement; only an identical figure for a configuration that must differ is
@@ -319,7 +347,7 @@ class Quantity:
     fail_hi: str
     explain: object  # (grid index, batch) -> one line of arithmetic
     fits: object = True
-    condition: object = None  # (claimed, grid index) -> what the claim needs beyond the bound, or ""
+    alt: tuple | None = None  # (lo, hi, what it needs): a looser reading of the claim, tried when this one fails
 
 
 INF = np.inf
@@ -339,7 +367,7 @@ def _kv(ck: Checker, cfg: Config, grid, base):
     def explain(i, b):
         per = kv[i] / b
         return (f"{cfg.model.name}, policy {cfg.policy.spec()}, KV {p._engine.cost.kv_dtype}: {per:,.0f} B per "
-                f"sequence at {tokens:,} tokens ({per / tokens:,.0f} B per token) x batch {b:,} = {kv[i]:,.0f} B "
+                f"sequence at {tokens:,} token{'s' if tokens != 1 else ''} ({per / tokens:,.0f} B per token) x batch {b:,} = {kv[i]:,.0f} B "
                 f"({fmt_bytes(kv[i])})")
     return Quantity(kv, kv, "=", "inconsistent", "inconsistent", explain, p.fits)
 
@@ -389,24 +417,51 @@ def _compression(ck: Checker, cfg: Config, grid, base):
                                  f"({cfg.policy.spec()}) {k1:,.0f} B = {r:.3f}x (metadata and kept tokens included)")
 
 
+def _memory_terms(ck: Checker, cfg: Config, grid, base):
+    """(where both fit, weights + KV per device of this row and the baseline, the same for the KV alone)
+    over the batch grid: the baseline at its own batch, or at this row's when it gives none."""
+    other, what = base
+    p1 = ck.predict(cfg, grid)
+    p0 = ck.predict(other, grid if other.batch is None else np.array([other.batch]))
+    w1, w0 = p1.weights_bytes_per_device.astype(float), p0.weights_bytes_per_device.astype(float)
+    k1, k0 = p1.kv_peak_bytes.astype(float), p0.kv_peak_bytes.astype(float)
+    return p1.fits & p0.fits, (w1 + k1, w0 + k0), (k1, k0)
+
+
 def _memory(ck: Checker, cfg: Config, grid, base):
     other, what = base
     if other.key() == cfg.key():
         return Quantity(0.0, 0.0, "=", "inconsistent", "inconsistent",
                         lambda i, b: f"the baseline is {what}, the same configuration as this row: the reduction is 0")
-    p1, p0 = ck.predict(cfg, grid), ck.predict(other, np.array([other.batch or 1]))
-    w1, w0 = p1.weights_bytes_per_device.astype(float), float(p0.weights_bytes_per_device[0])
-    k1, k0 = p1.kv_peak_bytes.astype(float), float(p0.kv_peak_bytes[0])
-    r_kv = 1 - k1 / k0 if k0 else np.zeros_like(k1)
-    r_all = 1 - (w1 + k1) / (w0 + k0)
-    hi = np.maximum.reduce([r_kv, r_all, np.zeros_like(r_kv)])
-    lo = np.minimum.reduce([r_kv, r_all, np.zeros_like(r_kv)])
-    return Quantity(lo, hi, "range", "impossible", "impossible",
-                    lambda i, b: f"vs {what}: KV alone 1 - {fmt_bytes(k1[i])} / {fmt_bytes(k0)} = {r_kv[i]:.1%}; "
-                                 f"weights + KV 1 - {fmt_bytes(w1[i] + k1[i])} / {fmt_bytes(w0 + k0)} = "
-                                 f"{r_all[i]:.1%}; a reduction beyond both (or below 0 and both) is impossible",
-                    p1.fits, lambda x, i: "only if the reduction is of the KV cache alone (weights + KV allow "
-                                          f"{r_all[i]:.1%})" if x > max(r_all[i], 0) * (1 + ck.tol) + ck.tol else "")
+    fits, (a1, a0), (k1, k0) = _memory_terms(ck, cfg, grid, base)
+    r_kv = np.where(k0 > 0, 1 - k1 / np.where(k0 > 0, k0, 1), 0.0)
+    r_all = 1 - a1 / a0
+    zero = np.zeros_like(r_kv)
+    j = (lambda i: i) if np.size(k0) > 1 else (lambda i: 0)
+    return Quantity(np.minimum(r_all, zero), np.maximum(r_all, zero), "range", "impossible", "impossible",
+                    lambda i, b: f"vs {what}, batch {b:,}: weights + KV 1 - {fmt_bytes(a1[i])} / {fmt_bytes(a0[j(i)])} "
+                                 f"= {r_all[i]:.1%} per device (equal overheads assumed; other memory only brings it "
+                                 f"toward 0); KV alone 1 - {fmt_bytes(k1[i])} / {fmt_bytes(k0[j(i)])} = {r_kv[i]:.1%}",
+                    fits, (np.minimum.reduce([r_kv, r_all, zero]), np.maximum.reduce([r_kv, r_all, zero]),
+                              "only if the reduction is of the KV cache alone"))
+
+
+def _memory_ratio(ck: Checker, cfg: Config, grid, base):
+    other, what = base
+    if other.key() == cfg.key():
+        return Quantity(1.0, 1.0, "=", "inconsistent", "inconsistent",
+                        lambda i, b: f"the baseline is {what}, the same configuration as this row: the ratio is 1")
+    fits, (a1, a0), (k1, k0) = _memory_terms(ck, cfg, grid, base)
+    q_kv = k0 / np.where(k1 > 0, k1, np.inf)
+    q_all = a0 / a1
+    one = np.ones_like(q_all)
+    j = (lambda i: i) if np.size(k0) > 1 else (lambda i: 0)
+    return Quantity(np.minimum(q_all, one), np.maximum(q_all, one), "range", "impossible", "impossible",
+                    lambda i, b: f"vs {what}, batch {b:,}: weights + KV {fmt_bytes(a0[j(i)])} / {fmt_bytes(a1[i])} = "
+                                 f"{q_all[i]:.2f}x per device (equal overheads assumed; other memory only brings it "
+                                 f"toward 1x); KV alone {fmt_bytes(k0[j(i)])} / {fmt_bytes(k1[i])} = {q_kv[i]:.2f}x",
+                    fits, (np.minimum.reduce([q_kv, q_all, one]), np.maximum.reduce([q_kv, q_all, one]),
+                              "only if the ratio is of the KV cache alone"))
 
 
 def _floor(ck: Checker, p, phase: str):
@@ -453,6 +508,34 @@ def _throughput(ck: Checker, cfg: Config, grid, base):
                     + f" = {rate[i]:,.1f} tokens/s", p.fits)
 
 
+def _e2e_floor(ck: Checker, p):
+    """Lower bound on the whole request: the prefill's floor plus gen - 1 decode steps at the mean step's."""
+    steps = np.maximum(np.asarray(p._engine.gen) - 1, 0)
+    t_pre = _floor(ck, p, "prefill")[0]
+    t_dec = _floor(ck, p, "decode")[0]
+    return t_pre + steps * t_dec, t_pre, t_dec, steps
+
+
+def _e2e(ck: Checker, cfg: Config, grid, base):
+    p = ck.predict(cfg, grid)
+    t, t_pre, t_dec, steps = _e2e_floor(ck, p)
+    return Quantity(t, INF, ">=", "impossible", "impossible",
+                    lambda i, b: f"request >= prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps x "
+                                 f"{fmt_seconds(t_dec[i])} = {fmt_seconds(t[i])} at batch {b:,} ({_source(ck)}; "
+                                 f"each phase max(FLOP / peak, bytes / bandwidth))", p.fits)
+
+
+def _throughput_e2e(ck: Checker, cfg: Config, grid, base):
+    p = ck.predict(cfg, grid)
+    t, t_pre, t_dec, steps = _e2e_floor(ck, p)
+    gen = int(cfg.gen)
+    rate = grid * gen / t
+    return Quantity(0.0, rate, "<=", "impossible", "impossible",
+                    lambda i, b: f"batch {b:,} x gen {gen:,} / (prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps "
+                                 f"x {fmt_seconds(t_dec[i])}) = {rate[i]:,.1f} tokens/s ({_source(ck)}; each phase "
+                                 "max(FLOP / peak, bytes / bandwidth))", p.fits)
+
+
 def _speedup(ck: Checker, cfg: Config, grid, base):
     other, what = base
     p1, p0 = ck.predict(cfg, grid), ck.predict(other, np.array([other.batch or 1]))
@@ -460,22 +543,22 @@ def _speedup(ck: Checker, cfg: Config, grid, base):
     per = {}
     for name, p, b in (("this", p1, grid.astype(float)), ("base", p0, b0)):
         # work per generated token over the whole request: the prefill and every decode step
-        g = p._engine.gen
+        g = np.asarray(p._engine.gen, dtype=float)
         steps = np.maximum(g - 1, 0)
         per[name] = tuple((getattr(p, f"prefill_{k}") + steps * getattr(p, f"decode_{k}")) / (b * g)
                           for k in ("bytes", "flops"))
     rb = per["base"][0][0] / per["this"][0]
     rf = per["base"][1][0] / per["this"][1]
     bound = np.maximum(rb, rf)
-    t1 = np.maximum(p1.e2e_s, 0) / (grid * p1._engine.gen)
-    t0 = float(p0.e2e_s[0]) / (b0 * float(p0._engine.gen))
+    t1 = _e2e_floor(ck, p1)[0] / (grid * float(np.asarray(p1._engine.gen)))
+    t0 = float(_e2e_floor(ck, p0)[0][0]) / (b0 * float(np.asarray(p0._engine.gen)))
     roof = t0 / t1
     return Quantity(0.0, bound, "<=", "impossible", "impossible",
                     lambda i, b: f"vs {what}: per generated token the baseline moves {rb[i]:.2f}x the bytes and "
-                                 f"does {rf[i]:.2f}x the FLOP of this row (batch {b:,} vs {int(b0):,}): at equal "
-                                 f"efficiency the speed-up is at most {bound[i]:.2f}x; the datasheet roofline ratio "
-                                 f"is {roof[i]:.2f}x (a measured speed-up can exceed it when the baseline ran below "
-                                 "its roofline)", p1.fits)
+                                 f"does {rf[i]:.2f}x the FLOP of this row at batch {b:,}: at equal efficiency the "
+                                 f"speed-up is at most {bound[i]:.2f}x; the datasheet roofline ratio is {roof[i]:.2f}x "
+                                 "(a measured speed-up can exceed it when the baseline ran below its roofline)",
+                    p1.fits)
 
 
 QUANTITIES = {
@@ -485,8 +568,11 @@ QUANTITIES = {
     "params": _params,
     "compression_ratio": _compression,
     "memory_reduction": _memory,
+    "memory_ratio": _memory_ratio,
     "ttft_s": _ttft,
     "tpot_s": _tpot,
+    "e2e_s": _e2e,
     "decode_tokens_per_s": _throughput,
+    "throughput_tokens_per_s": _throughput_e2e,
     "speedup": _speedup,
 }

@@ -24,7 +24,8 @@ MAX_BYTES = 4 * 2**20
 MAX_ROWS = 10_000
 MAX_FIELD = 4096
 
-WORKLOAD = ("label", "model", "hardware", "policy", "seq", "gen", "batch", "tp", "kv_dtype", "dtype", "baseline")
+WORKLOAD = ("label", "model", "hardware", "policy", "seq", "gen", "batch", "tp", "kv_dtype", "dtype", "engine",
+            "baseline")
 INTEGER_FIELDS = ("seq", "gen", "batch", "tp")
 
 # claim -> (stem used with a unit suffix, kind of quantity); the claim's own name is in base units
@@ -35,9 +36,12 @@ CLAIMS = {
     "params": ("params", "count"),
     "compression_ratio": ("compression_ratio", "ratio"),
     "memory_reduction": ("memory_reduction", "fraction"),
+    "memory_ratio": ("memory_ratio", "ratio"),
     "ttft_s": ("ttft", "seconds"),
     "tpot_s": ("tpot", "seconds"),
+    "e2e_s": ("e2e", "seconds"),
     "decode_tokens_per_s": ("decode_tokens_per_s", "rate"),
+    "throughput_tokens_per_s": ("throughput_tokens_per_s", "rate"),
     "speedup": ("speedup", "ratio"),
 }
 _BYTE_UNITS = {"B": 1, "KB": KB, "MB": MB, "GB": GB, "TB": TB, "KiB": KiB, "MiB": MiB, "GiB": GiB, "TiB": TiB}
@@ -162,12 +166,6 @@ def parse(text: str, base_dir: Path | str = ".", name: str = "table") -> Table:
             kinds[col] = ("quality",)
         else:
             kinds[col] = ("extra",)
-    seen_claims: dict[str, str] = {}
-    for col, k in kinds.items():
-        if k[0] == "claim":
-            if k[1] in seen_claims:
-                raise KvsimError(f"{name}: columns {seen_claims[k[1]]!r} and {col!r} both give {k[1]}")
-            seen_claims[k[1]] = col
     if len(records) - 1 > MAX_ROWS:
         raise KvsimError(f"{name} has more than {MAX_ROWS:,} rows")
     rows, labels = [], set()
@@ -193,6 +191,9 @@ def parse(text: str, base_dir: Path | str = ".", name: str = "table") -> Table:
         for col, k in kinds.items():
             cell = cells[col]
             if k[0] == "claim" and cell:
+                twin = next((c.column for c in claims if c.name == k[1]), None)
+                if twin:  # one claim per row; several columns may give it in different units
+                    raise KvsimError(f"{name} row {i} ({label}): columns {twin!r} and {col!r} both give {k[1]}")
                 claims.append(_claim(k[1], k[2], col, cell, f"{name} row {i} ({label}), column {col}"))
             elif k[0] == "quality" and cell:
                 quality[col] = cell
