@@ -508,6 +508,9 @@ def _throughput(ck: Checker, cfg: Config, grid, base):
                     + f" = {rate[i]:,.1f} tokens/s", p.fits)
 
 
+_PHASE = {True: "; each phase max(FLOP / peak, bytes / bandwidth)", False: ""}
+
+
 def _e2e_floor(ck: Checker, p):
     """Lower bound on the whole request: the prefill's floor plus gen - 1 decode steps at the mean step's."""
     steps = np.maximum(np.asarray(p._engine.gen) - 1, 0)
@@ -521,8 +524,8 @@ def _e2e(ck: Checker, cfg: Config, grid, base):
     t, t_pre, t_dec, steps = _e2e_floor(ck, p)
     return Quantity(t, INF, ">=", "impossible", "impossible",
                     lambda i, b: f"request >= prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps x "
-                                 f"{fmt_seconds(t_dec[i])} = {fmt_seconds(t[i])} at batch {b:,} ({_source(ck)}; "
-                                 f"each phase max(FLOP / peak, bytes / bandwidth))", p.fits)
+                                 f"{fmt_seconds(t_dec[i])} = {fmt_seconds(t[i])} at batch {b:,} ({_source(ck)}{_PHASE[ck.profile is None]})",
+                    p.fits)
 
 
 def _throughput_e2e(ck: Checker, cfg: Config, grid, base):
@@ -532,8 +535,8 @@ def _throughput_e2e(ck: Checker, cfg: Config, grid, base):
     rate = grid * gen / t
     return Quantity(0.0, rate, "<=", "impossible", "impossible",
                     lambda i, b: f"batch {b:,} x gen {gen:,} / (prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps "
-                                 f"x {fmt_seconds(t_dec[i])}) = {rate[i]:,.1f} tokens/s ({_source(ck)}; each phase "
-                                 "max(FLOP / peak, bytes / bandwidth))", p.fits)
+                                 f"x {fmt_seconds(t_dec[i])}) = {rate[i]:,.1f} tokens/s ({_source(ck)}{_PHASE[ck.profile is None]})",
+                    p.fits)
 
 
 def _speedup(ck: Checker, cfg: Config, grid, base):
