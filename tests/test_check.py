@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvsim import Workload, load_hardware, load_model, parse_composition, predict
+from kvsim import Workload, load_hardware, load_model, predict
 from kvsim.check import check, exit_code, parse
 from kvsim.cli import main
 from kvsim.errors import KvsimError
