@@ -156,6 +156,29 @@ def test_invalid_rows_are_verdicts_not_crashes():
     assert "were it allowed" in v["context", "kv_cache_bytes"].explanation  # physics still reported
 
 
+def test_hostile_rows_give_verdicts_and_valid_json(capsys, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("label,model,hardware,policy,seq,gen,batch,ttft_s,compression_ratio,memory_ratio,baseline,"
+                     "kv_cache_bytes,accuracy\n"
+                     "zero,llama-2-7b,h100-sxm,,100,1,1,0,,,,,nan\n"
+                     "ssm,mamba-2.8b,h100-sxm,,100,1,1,,5,5,zero,0,\n"
+                     "plus,llama-2-7b,h100-sxm,+,100,1,1,1,,,,,\n"
+                     "huge,llama-2-7b,h100-sxm,,100,1,900719925474099,1,,,,,\n"
+                     "nofit,llama-3.1-405b,l4,,100,1,,,,,,51609600,\n")
+    v = {(x.label, x.claim): x for x in check(parse(table.read_text()))}
+    assert v["zero", "ttft_s"].verdict == "impossible"  # a written 0 carries no rounding
+    assert v["ssm", "kv_cache_bytes"].verdict == "consistent"  # an SSM keeps state, not KV
+    assert v["ssm", "compression_ratio"].verdict == "unverifiable"
+    assert v["ssm", "memory_ratio"].verdict == "impossible" and "undefined" in v["ssm", "memory_ratio"].explanation
+    assert v["plus", "ttft_s"].verdict == "invalid" and "empty part" in v["plus", "ttft_s"].explanation
+    assert v["huge", "ttft_s"].verdict == "invalid" and "2**53" in v["huge", "ttft_s"].explanation
+    nofit = v["nofit", "kv_cache_bytes"]
+    assert nofit.verdict == "consistent" and "not even batch 1 fits" in nofit.condition
+    rc, out, err = run(capsys, str(table), "--format", "json")
+    assert rc == 1 and not err and "NaN" not in out and "Infinity" not in out
+    assert json.loads(out)
+
+
 # ------------------------------------------------------------------------------------------------- quality
 def test_quality_unverifiable_except_identical_figures_for_different_configurations():
     v = verdicts("label,model,hardware,policy,seq,accuracy,perplexity\n"

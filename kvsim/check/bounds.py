@@ -100,7 +100,9 @@ def _per_seq_kv(ck: Checker, cfg: Config) -> float:
 def _compression(ck: Checker, cfg: Config, grid, base):
     other, what = base
     k1, k0 = _per_seq_kv(ck, cfg), _per_seq_kv(ck, other)
-    r = k0 / k1 if k1 else INF
+    if not k1:
+        return None  # no KV cache: a ratio to it is undefined
+    r = k0 / k1
     return Quantity(r, r, "=", "inconsistent", "impossible",
                     lambda i, b: f"KV per sequence of {what} ({other.policy.spec()}) {k0:,.0f} B / this row's "
                                  f"({cfg.policy.spec()}) {k1:,.0f} B = {r:.3f}x (metadata and kept tokens included)")
@@ -141,15 +143,17 @@ def _memory_ratio(ck: Checker, cfg: Config, grid, base):
         return Quantity(1.0, 1.0, "=", "inconsistent", "inconsistent",
                         lambda i, b: f"the baseline is {what}, the same configuration as this row: the ratio is 1")
     fits, (a1, a0), (k1, k0) = _memory_terms(ck, cfg, grid, base)
-    q_kv = k0 / np.where(k1 > 0, k1, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_kv = np.where(k1 > 0, k0 / np.where(k1 > 0, k1, 1), np.nan)  # undefined without a KV cache
     q_all = a0 / a1
     one = np.ones_like(q_all)
     j = (lambda i: i) if np.size(k0) > 1 else (lambda i: 0)
     return Quantity(np.minimum(q_all, one), np.maximum(q_all, one), "range", "impossible", "impossible",
                     lambda i, b: f"vs {what}, batch {b:,}: weights + KV {fmt_bytes(a0[j(i)])} / {fmt_bytes(a1[i])} = "
                                  f"{q_all[i]:.2f}x per device (equal overheads assumed; other memory only brings it "
-                                 f"toward 1x); KV alone {fmt_bytes(k0[j(i)])} / {fmt_bytes(k1[i])} = {q_kv[i]:.2f}x",
-                    fits, (np.minimum.reduce([q_kv, q_all, one]), np.maximum.reduce([q_kv, q_all, one]),
+                                 f"toward 1x); KV alone {fmt_bytes(k0[j(i)])} / {fmt_bytes(k1[i])} = "
+                                 + (f"{q_kv[i]:.2f}x" if np.isfinite(q_kv[i]) else "undefined"),
+                    fits, (np.fmin.reduce([q_kv, q_all, one]), np.fmax.reduce([q_kv, q_all, one]),
                               "only if the ratio is of the KV cache alone"))
 
 

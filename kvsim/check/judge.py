@@ -40,9 +40,12 @@ class Verdict:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "claim": self.claim, "column": self.column, "claimed": self.claimed,
-                "raw": self.raw, "verdict": self.verdict, "bound": self.bound, "relation": self.relation,
-                "margin": self.margin, "explanation": self.explanation, "condition": self.condition,
+        """Plain values; a float that is not finite (an undefined ratio) becomes None."""
+        def num(x):
+            return x if x is None or not isinstance(x, float) or np.isfinite(x) else None
+        return {"label": self.label, "claim": self.claim, "column": self.column, "claimed": num(self.claimed),
+                "raw": self.raw, "verdict": self.verdict, "bound": num(self.bound), "relation": self.relation,
+                "margin": num(self.margin), "explanation": self.explanation, "condition": self.condition,
                 "kind": self.kind, "extra": dict(self.extra)}
 
 
@@ -103,7 +106,9 @@ class Checker:
         if not f["hardware"]:
             return "no hardware given"
         hw = load_hardware(f["hardware"])
-        specs = [s.strip() for s in f["policy"].split("+") if s.strip()]
+        specs = [s.strip() for s in f["policy"].split("+")] if f["policy"] else []
+        if any(not spec for spec in specs):
+            return f"policy {f['policy']!r} has an empty part between '+' signs"
         policy = parse_composition(specs)
         assumed = []
         seq = int(float(f["seq"])) if f["seq"] else None
@@ -195,6 +200,9 @@ class Checker:
                 return Verdict(row.label, c.name, c.column, c.readings[0][1], "unverifiable", explanation=base)
         grid = self.batches(cfg) if cfg.seq is not None else np.array([1])
         q = QUANTITIES[c.name](self, cfg, grid, base)
+        if q is None:
+            return Verdict(row.label, c.name, c.column, c.readings[0][1], "unverifiable",
+                           explanation="this configuration keeps no KV cache: a ratio to its KV is undefined")
         return self._decide(row, cfg, c, grid, q)
 
     def _baseline(self, row: Row, cfg: Config, claim: str) -> tuple[Config, str] | str:
@@ -228,6 +236,9 @@ class Checker:
         in the condition. Without one, the closest failure is reported."""
         tol = self.tol
         fits = np.broadcast_to(np.asarray(q.fits), grid.shape) if cfg.batch is None else np.ones(grid.shape, bool)
+        nothing_fits = not fits.any()
+        if nothing_fits:
+            fits = np.ones(grid.shape, bool)
         bounds = [(q.lo, q.hi, "")] + ([q.alt] if q.alt else [])
         tries = []
         for lo, hi, needs in bounds:
@@ -235,20 +246,24 @@ class Checker:
             hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), grid.shape)
             for unit, x in c.readings:
                 slack = c.slack * (x / c.readings[0][1]) if c.readings[0][1] else c.slack
-                ok_lo = x >= lo - tol * np.abs(lo) - slack
-                ok_hi = x <= hi + tol * np.abs(hi) + slack
+                with np.errstate(invalid="ignore"):  # an infinite bound keeps no band
+                    ok_lo = x >= np.where(np.isfinite(lo), lo - tol * np.abs(lo) - slack, lo)
+                    ok_hi = x <= np.where(np.isfinite(hi), hi + tol * np.abs(hi) + slack, hi)
                 tries.append((unit, x, lo, hi, ok_lo, ok_hi, ok_lo & ok_hi & fits, needs))
         pick = next((t for t in tries if t[6].any()), tries[0])
         unit, x, lo, hi, ok_lo, ok_hi, ok, needs = pick
         conds = []
         if unit != tries[0][0]:
             conds.append(f"only if '{tries[0][0]}' means {unit}")
+        if nothing_fits and c.name not in SEQ_FREE:
+            conds.append("not even batch 1 fits in device memory")
         if needs:
             conds.append(needs)
         if ok.any():
             verdict = "consistent"
             # the batch with the most room before the bound, for the figures shown; the condition gives them all
-            room = np.minimum(x - (lo - tol * np.abs(lo)), (hi + tol * np.abs(hi)) - x)
+            with np.errstate(invalid="ignore"):
+                room = np.minimum(x - (lo - tol * np.abs(lo)), (hi + tol * np.abs(hi)) - x)
             room = np.where(ok, np.where(np.isfinite(room), room, np.finfo(float).max), -np.inf)
             i = int(np.argmax(room))
             if c.name in SEQ_FREE:
@@ -288,6 +303,8 @@ class Checker:
         try:
             x = float(raw.rstrip("%"))
         except ValueError:
+            return base
+        if not np.isfinite(x):
             return base
         base.claimed = x
         digits = len(raw.strip().lstrip("-").replace(".", "").lstrip("0").rstrip("%"))

@@ -89,6 +89,8 @@ def _decimals_slack(raw: str) -> float:
         d = Decimal(raw)
     except InvalidOperation:
         return 0.0
+    if d == 0:  # a written zero means zero
+        return 0.0
     return float(Decimal(5).scaleb(d.as_tuple().exponent - 1))
 
 
