@@ -20,6 +20,7 @@ from .bounds import QUANTITIES, SEQ_FREE, Quantity
 from .table import CLAIMS, Claim, Row, Table
 
 VERDICTS = ("consistent", "unverifiable", "impossible", "inconsistent", "invalid")
+NO_HARDWARE = "no hardware given"  # what makes a row's claims unverifiable rather than invalid
 BATCH_DENSE = 1024  # batches searched one by one when the batch is not given; beyond, a geometric grid
 
 
@@ -104,7 +105,7 @@ class Checker:
         else:
             model = load_model(f["model"])
         if not f["hardware"]:
-            return "no hardware given"
+            return NO_HARDWARE
         hw = load_hardware(f["hardware"])
         specs = [s.strip() for s in f["policy"].split("+")] if f["policy"] else []
         if any(not spec for spec in specs):
@@ -160,7 +161,7 @@ class Checker:
         cfg = self.config(row.label)
         verdicts: list[Verdict] = []
         if isinstance(cfg, str):
-            missing = cfg in ("no hardware given",)
+            missing = cfg == NO_HARDWARE
             for c in row.claims or [None]:
                 verdicts.append(Verdict(row.label, c.name if c else "configuration", c.column if c else "",
                                         c.readings[0][1] if c else None, "unverifiable" if missing else "invalid",
