@@ -138,3 +138,27 @@ def measured_vs_predicted(df: pd.DataFrame) -> alt.Chart:
                  T("measured_ms:Q", format=".2f"), T("predicted_ms:Q", format=".2f"), T("error:Q", format="+.1%")])
     return (diag + pts).properties(title="Measured runs against predictions (dashed: equal)", width=WIDTH,
                                    height=340)
+
+
+VERDICT_COLORS = alt.Scale(domain=["consistent", "unverifiable", "impossible", "inconsistent", "invalid"],
+                           range=["#2ca02c", "#7f7f7f", "#d62728", "#ff7f0e", "#9467bd"])
+
+
+def claims_vs_bounds(df: pd.DataFrame) -> alt.Chart:
+    """Each claim (a dot, coloured by its verdict) next to the bound or exact value it was judged against (a
+    tick), one panel per unit, on a log axis so that a claim 10x off a bound stands out."""
+    d = _only(df.dropna(subset=["claimed", "bound"]), "label", "claim", "unit", "claimed", "bound", "verdict",
+              "relation", "margin_pct")
+    d = d[(d["claimed"] > 0) & (d["bound"] > 0)].assign(row=lambda x: x["label"] + " · " + x["claim"])
+    y = alt.Y("row:N", title=None, sort=None, axis=alt.Axis(labelLimit=360))
+    x = alt.X("claimed:Q", title=None, scale=alt.Scale(type="log"))
+    tips = [T("label:N"), T("claim:N"), T("claimed:Q", format=",.4g"), T("bound:Q", format=",.4g"), T("unit:N"),
+            T("relation:N"), T("verdict:N"), T("margin_pct:Q", title="margin (%)", format="+.1f")]
+    dots = alt.Chart().mark_point(filled=True, size=90).encode(
+        x=x, y=y, color=alt.Color("verdict:N", scale=VERDICT_COLORS), tooltip=tips)
+    ticks = alt.Chart().mark_tick(color="black", thickness=2, size=18).encode(
+        x=alt.X("bound:Q", scale=alt.Scale(type="log")), y=y, tooltip=tips)
+    return alt.layer(ticks, dots, data=d).facet(
+        row=alt.Row("unit:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left"))).resolve_scale(
+        x="independent", y="independent").properties(
+        title="Each claim (dot) against its bound or exact value (tick)")

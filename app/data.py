@@ -203,3 +203,33 @@ def measured_vs_predicted() -> pd.DataFrame | None:
     res = pd.concat(out, ignore_index=True)
     res["error"] = res["predicted_ms"] / res["measured_ms"] - 1
     return res
+
+
+# ------------------------------------------------------------------------------------------- claim checking
+CLAIMS_DIR = ROOT / "examples" / "claims"
+# Display units of each kind of claim: the one place the page converts kvsim's base units.
+CLAIM_UNITS = {"bytes": ("GiB", GiB), "seconds": ("ms", 1e-3), "rate": ("tokens/s", 1.0), "ratio": ("x", 1.0),
+               "fraction": ("%", 0.01), "count": ("billions", 1e9)}
+
+
+def claim_examples() -> dict[str, str]:
+    """The worked claim tables shipped in examples/claims, by file name."""
+    return {p.name: p.read_text() for p in sorted(CLAIMS_DIR.glob("*.csv"))}
+
+
+def check_claims(text: str, profile_name: str = "", tolerance: float = 0.02) -> pd.DataFrame:
+    """kvsim check on a table's text (config.json paths in it are looked up beside the shipped examples): one
+    row per claim with its verdict, and the claim and its bound in the display unit of its kind."""
+    from kvsim.check import check, parse
+
+    verdicts = check(parse(text, CLAIMS_DIR, "the table"), profile(profile_name), tolerance)
+    rows = []
+    for v in verdicts:
+        unit, scale = CLAIM_UNITS.get(v.kind, ("", 1.0))
+        rows.append({"label": v.label, "claim": v.claim, "claimed_raw": v.raw, "verdict": v.verdict,
+                     "unit": unit, "claimed": None if v.claimed is None or v.kind == "quality" else v.claimed / scale,
+                     "bound": None if v.bound is None or v.kind == "quality" else v.bound / scale,
+                     "relation": v.relation, "margin_pct": None if v.margin is None else 100 * v.margin,
+                     "condition": v.condition, "explanation": v.explanation,
+                     "source": v.extra.get("source", "")})
+    return pd.DataFrame(rows)

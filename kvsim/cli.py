@@ -451,6 +451,97 @@ def _open_out(path: str | None):
     return f, finish
 
 
+# ------------------------------------------------------------------------------------------------ check
+CHECK_COLUMNS = ("label", "claim", "claimed", "verdict", "bound", "margin")
+
+
+def _check_value(x, kind: str) -> str:
+    from .units import fmt_bytes, fmt_count, fmt_seconds
+
+    if x is None:
+        return ""
+    if kind == "bytes":
+        return fmt_bytes(x)
+    if kind == "seconds":
+        return fmt_seconds(x)
+    if kind == "rate":
+        return f"{x:,.1f} tok/s"
+    if kind == "ratio":
+        return f"{x:.3g}x"
+    if kind == "fraction":
+        return f"{x:.1%}"
+    if kind == "count":
+        return fmt_count(x)
+    return f"{x:g}"
+
+
+def _check_cells(v) -> list[str]:
+    claimed = v.raw if v.claim == v.column or not v.column else f"{v.raw} ({v.column})"
+    margin = "" if v.margin is None else f"{v.margin:+.1%}"
+    return [v.label, v.claim, claimed, v.verdict, _check_value(v.bound, v.kind), margin]
+
+
+def cmd_check(args) -> int:
+    from .check import VERDICTS, check, exit_code, read
+    from .profile import describe
+
+    try:
+        tol = float(args.tolerance)
+    except ValueError:
+        raise CliError(f"--tolerance: cannot read {args.tolerance!r} as a number") from None
+    if not (0 <= tol < 1):
+        raise CliError(f"--tolerance must be a fraction in [0, 1), got {args.tolerance}")
+    prof = _profile(args)
+    verdicts = check(read(args.table), prof, tol)
+    against = (f"profile {describe(prof)} (calibrated estimates, not physical bounds)" if prof else
+               "the datasheet roofline at efficiency 1 (lower bounds on time, upper bounds on throughput)")
+    if args.format == "json":
+        print(json.dumps([v.to_dict() for v in verdicts], indent=2, allow_nan=False))
+    elif args.format == "csv":
+        import csv
+        extra = list(dict.fromkeys(k for v in verdicts for k in v.extra))
+        keys = ["label", "claim", "column", "raw", "claimed", "verdict", "bound", "relation", "margin", "condition",
+                "explanation"]
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(keys + extra)
+        for v in verdicts:
+            d = v.to_dict()
+            w.writerow([_csv_value(d[k]) for k in keys] + [v.extra.get(k, "") for k in extra])
+    else:
+        md = args.format == "markdown"
+        rows = [_check_cells(v) for v in verdicts]
+        if md:
+            print(f"Checked against {against}, tolerance {tol:g}.\n")
+            print("| " + " | ".join(CHECK_COLUMNS + ("why",)) + " |")
+            print("|" + "---|" * (len(CHECK_COLUMNS) + 1))
+            for v, cells in zip(verdicts, rows):
+                why = v.explanation + (f" ({v.condition})" if v.condition else "")
+                print("| " + " | ".join(c.replace("|", "\\|") for c in cells + [why]) + " |")
+        else:
+            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(CHECK_COLUMNS)]
+            print("  ".join(h.ljust(w) for h, w in zip(CHECK_COLUMNS, widths)).rstrip())
+            for v, cells in zip(verdicts, rows):
+                print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+                if v.condition:
+                    print(f"    {v.condition}")
+                print(f"    {v.explanation}")
+                for k, val in v.extra.items():
+                    if val:
+                        print(f"    {k}: {val}")
+            print(f"\n(checked against {against}; tolerance {tol:g})")
+        counts = {k: sum(v.verdict == k for v in verdicts) for k in VERDICTS}
+        print(("\n" if md else "") + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    return exit_code(verdicts)
+
+
+def _csv_value(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return repr(x)
+    return str(x)
+
+
 # ------------------------------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
     from .presets import hardware_names, load_hardware, load_model, model_entry, model_names
@@ -515,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag")
     _add_common(sw, sweep=True)
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
+    ck = sub.add_parser("check", help="audit a CSV table of published claims against physics (issue 13)")
+    ck.add_argument("table", help="claim table: a CSV file, or - for stdin (README: 'Checking claims')")
+    ck.add_argument("--format", choices=("table", "markdown", "json", "csv"), default="table")
+    ck.add_argument("--profile", default=None, help="judge times against a calibrated profile (a JSON path or a "
+                                                    "shipped name) instead of the datasheet roofline")
+    ck.add_argument("--tolerance", default="0.02", metavar="FRACTION",
+                    help="relative slack before a claim beats a bound or differs from an exact value, on top of the "
+                         "rounding of the figure as printed (default 0.02)")
     ls = sub.add_parser("list", help="list presets and policies")
     ls.add_argument("what", nargs="?", choices=LISTS, help=", ".join(LISTS))
     for name, _, helptext in EXTERNAL:
@@ -570,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "list" and args.what is None:
             print("kvsim list " + " | ".join(LISTS) + "   (e.g. kvsim list models)")
             return 0
-        return {"predict": cmd_predict, "sweep": cmd_sweep, "list": cmd_list}[args.cmd](args)
+        return {"predict": cmd_predict, "sweep": cmd_sweep, "check": cmd_check, "list": cmd_list}[args.cmd](args)
     except KvsimError as e:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2
