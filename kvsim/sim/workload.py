@@ -73,18 +73,6 @@ def _count(n, what: str, lo: int = 1) -> int:
     return int(n)
 
 
-def poisson_arrivals(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n arrival times of a Poisson process at `rate` per second, the first at its first gap."""
-    rate = _positive(rate, "--rate")
-    return np.cumsum(rng.standard_exponential(_count(n, "--requests")) / rate)
-
-
-def unit_gaps(n: int, seed: int) -> np.ndarray:
-    """Exponential gaps of mean 1: arrivals at rate r are cumsum(gaps) / r, so every rate of a sweep sees the
-    same sequence of requests, only compressed in time."""
-    return np.random.default_rng(seed).standard_exponential(_count(n, "--requests"))
-
-
 def fit_lognormal(x) -> tuple[float, float]:
     """(mu, sigma) of log x: the maximum-likelihood log-normal."""
     x = np.asarray(x, dtype=np.float64)
