@@ -697,8 +697,9 @@ def cmd_list(args) -> int:
         for n in engine_names():
             e = load_engine(n)
             chunk = f"{e.max_num_batched_tokens:,} tokens/pass" if e.chunked else "whole prompt"
+            seqs = f", at most {e.max_num_seqs:,} requests per step" if e.max_num_seqs else ""
             print(f"{n:14s} {e.display}\n    memory {e.memory_fraction:g} ({e.fraction_of}), {e.block_size}-token "
-                  f"blocks, {chunk}, {e.batching} batching")
+                  f"blocks, {chunk}, {e.batching} batching{seqs}")
             for knob, src in e.sources.items():
                 print(f"    {knob}: {src}")
     elif args.what == "profiles":
