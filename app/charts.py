@@ -162,3 +162,28 @@ def claims_vs_bounds(df: pd.DataFrame) -> alt.Chart:
         row=alt.Row("unit:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left"))).resolve_scale(
         x="independent", y="independent").properties(
         title="Each claim (dot) against its bound or exact value (tick)")
+
+
+def serving_latency(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
+    """P50 (solid) and P99 (dashed) of one latency against the arrival rate, per policy."""
+    rows = _only(df[df["metric"] == metric], "policy", "rate", "percentile", "ms")
+    return alt.Chart(rows).mark_line(point=True).encode(
+        x=alt.X("rate:Q", title="arrival rate (requests/s, Poisson)"),
+        y=alt.Y("ms:Q", title=title, scale=alt.Scale(type="log")),
+        color=alt.Color("policy:N"),
+        strokeDash=alt.StrokeDash("percentile:N", title="percentile",
+                                  scale=alt.Scale(domain=["p50", "p99"], range=[[1, 0], [6, 4]])),
+        tooltip=[T("policy:N"), T("rate:Q", format=".3g"), T("percentile:N"), T("ms:Q", format=".2f")]).properties(
+        title=f"{title} against arrival rate (simulated)", width=WIDTH, height=300)
+
+
+def pool_occupancy(df: pd.DataFrame) -> alt.Chart:
+    """KV pool in use over the run at the highest rate, per policy; the pool size as a rule."""
+    lines = alt.Chart(_only(df, "policy", "t_s", "pool_used_gib", "running")).mark_line().encode(
+        x=alt.X("t_s:Q", title="time (s)"), y=alt.Y("pool_used_gib:Q", title="KV pool in use (GiB)"),
+        color=alt.Color("policy:N"),
+        tooltip=[T("policy:N"), T("t_s:Q", format=".2f"), T("pool_used_gib:Q", format=".2f"), T("running:Q")])
+    cap = alt.Chart(_only(df.head(1), "pool_gib")).mark_rule(color="red", strokeDash=[6, 3]).encode(
+        y=alt.Y("pool_gib:Q"))
+    return (lines + cap).properties(title="KV pool occupancy over time at the highest rate (pool size in red)",
+                                    width=WIDTH, height=300)

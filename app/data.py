@@ -233,3 +233,45 @@ def check_claims(text: str, profile_name: str = "", tolerance: float = 0.02) -> 
                      "condition": v.condition, "explanation": v.explanation,
                      "source": v.extra.get("source", "")})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class ServingSetup:
+    """The Serving tab's inputs: an engine preset and a synthetic Poisson workload at several rates."""
+
+    engine: str
+    requests: int
+    prompt: str  # a length distribution as `kvsim simulate --prompt-len` reads it
+    output: str
+    rates: tuple[float, ...]
+    seed: int = 0
+
+
+def serving(setup: Setup, specs: tuple[str, ...], srv: ServingSetup) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(latency percentiles per policy and rate, per-step pool occupancy at the highest rate) from kvsim.sim."""
+    from kvsim import sim
+
+    lengths = (sim.parse_lengths(srv.prompt, "prompt", "prompt"), sim.parse_lengths(srv.output, "output", "output"))
+    base = sim.synthetic(srv.requests, *lengths, seed=srv.seed, rate=1.0)
+    gaps = np.random.default_rng(srv.seed).standard_exponential(srv.requests)
+    lat, occ = [], []
+    for spec in specs:
+        simulator = sim.build(model_spec(setup.model_key), kvsim.load_hardware(setup.hardware),
+                              kvsim.parse_composition(spec.split(" + ") if spec != "full" else []), srv.engine,
+                              profile(setup.profile), tp=setup.tp, kv_dtype=setup.kv_dtype or None,
+                              longest_prompt=int(base.prompt.max()))
+        for rate in srv.rates:
+            res = simulator.run(sim.at_rate(base, gaps, rate))
+            s = sim.summary(res)
+            for metric in ("ttft", "tpot", "e2e"):
+                for q in ("p50", "p99"):
+                    lat.append({"policy": spec, "rate": rate, "metric": metric.upper(), "percentile": q,
+                                "ms": s[f"{metric}_{q}_s"] * 1e3})
+            lat.append({"policy": spec, "rate": rate, "metric": "throughput", "percentile": "",
+                        "ms": s["throughput_tokens_per_s"]})
+        series = sim.downsample(res, 400)
+        occ.append(pd.DataFrame({"policy": spec, "t_s": series["t_s"],
+                                 "pool_used_gib": np.asarray(series["pool_used_bytes"]) / GiB,
+                                 "running": series["running"], "waiting": series["waiting"],
+                                 "pool_gib": simulator.pool / GiB}))
+    return pd.DataFrame(lat), pd.concat(occ, ignore_index=True)

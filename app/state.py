@@ -10,6 +10,8 @@ DEFAULTS = {
     "batch": 8, "tp": 1, "kv_dtype": "bf16", "policies": "full|h2o|snapkv|streamingllm|kivi", "extra": "",
     "log": True, "points": 200, "layers": 32, "heads": 32, "kv_heads": 8, "head_dim": 128, "hidden": 4096,
     "intermediate": 14336, "vocab": 128256, "window": 0,
+    "sim_engine": "vllm", "sim_requests": 200, "sim_prompt": "uniform:256..2048", "sim_output": "uniform:32..256",
+    "sim_rate": 20.0, "sim_rates": 4, "sim_on": False,
 }
 
 

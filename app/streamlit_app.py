@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` from a checkout
@@ -41,6 +42,11 @@ def cached(fn_name: str, setup: data.Setup, specs: tuple[str, ...], points: int)
 @st.cache_data(show_spinner=False, max_entries=16)
 def cached_setup_only(fn_name: str, setup: data.Setup):
     return getattr(data, fn_name)(setup)
+
+
+@st.cache_data(show_spinner="simulating...", max_entries=8)
+def cached_serving(setup: data.Setup, specs: tuple[str, ...], srv: data.ServingSetup):
+    return data.serving(setup, specs, srv)
 
 
 @st.cache_data(show_spinner=False)
@@ -227,7 +233,7 @@ st.dataframe(table, hide_index=True, width="stretch",
 for n in sorted({n for notes in summary["notes"] for n in notes.split("; ") if n}):
     st.caption(f"note: {n}")
 
-tabs = st.tabs(["Memory", "Latency & throughput", "Trade-offs & quality", "Roofline", "Measured"])
+tabs = st.tabs(["Memory", "Latency & throughput", "Serving", "Trade-offs & quality", "Roofline", "Measured"])
 with tabs[0]:
     seq_df = cached("vs_sequence", setup, specs_t, points)
     show(charts.kv_vs_seq(seq_df, log), seq_df, "kv_vs_seq")
@@ -240,6 +246,30 @@ with tabs[1]:
     batch_df = cached("vs_batch", setup, specs_t, min(points, 200))
     show(charts.throughput_vs_batch(batch_df), batch_df, "throughput_vs_batch")
 with tabs[2]:
+    st.caption("A discrete-event simulation of one engine replica (kvsim simulate): continuous batching over the "
+               "engine's KV pool, each policy changing its requests' pages, step times from the cost model.")
+    c1, c2, c3, c4 = st.columns(4)
+    engine = c1.selectbox("engine", ["vllm", "sglang", "trtllm"], key="sim_engine")
+    n_req = int(c2.number_input("requests", min_value=10, max_value=5000, step=50, key="sim_requests"))
+    prompt_len = c3.text_input("prompt length", key="sim_prompt",
+                               help="N, uniform:LO..HI, lognormal:median=M,sigma=S")
+    output_len = c4.text_input("output length", key="sim_output", help="same forms as the prompt length")
+    c1, c2, c3 = st.columns(3)
+    top = float(c1.number_input("highest rate (requests/s)", min_value=0.01, step=1.0, key="sim_rate"))
+    n_rates = int(c2.number_input("rates", min_value=2, max_value=12, step=1, key="sim_rates"))
+    run = c3.toggle("simulate", key="sim_on", help="runs every chosen policy at every rate (seconds)")
+    if run:
+        srv = data.ServingSetup(engine, n_req, prompt_len, output_len,
+                                tuple(float(r) for r in np.linspace(top / n_rates, top, n_rates)))
+        try:
+            lat, occ = cached_serving(setup, specs_t, srv)
+        except KvsimError as e:
+            st.error(str(e))
+        else:
+            show(charts.serving_latency(lat, "TTFT", "TTFT (ms)"), lat, "serving_ttft")
+            show(charts.serving_latency(lat, "TPOT", "TPOT (ms)"), lat, "serving_tpot")
+            show(charts.pool_occupancy(occ), occ, "pool_occupancy")
+with tabs[3]:
     show(charts.tradeoff(summary), summary, "tradeoff")
     q = cached_quality()
     if q is None or q.empty:
@@ -249,9 +279,9 @@ with tabs[2]:
         st.caption("Perplexity of SmolLM2-135M / Gemma-3-270M on Wikipedia text with each policy compressing, "
                    "against the cache bytes the harness measured (passkey accuracy in the tooltip).")
         show(charts.quality_vs_memory(q), q, "quality_vs_memory")
-with tabs[3]:
-    show(charts.roofline(summary), summary, "roofline")
 with tabs[4]:
+    show(charts.roofline(summary), summary, "roofline")
+with tabs[5]:
     mvp = cached_measured()
     if mvp is None:
         st.info("No measured latency yet: run `kvsim measure` into measured/results/<device>/latency.csv.")

@@ -167,37 +167,53 @@ def _one_int(raw, flag) -> int:
 
 def _add_common(p: argparse.ArgumentParser, sweep: bool):
     _add_model_args(p, sweep)
-    p.add_argument("--hardware", default="h100-sxm",
-                   help="hardware preset (kvsim list hardware)" + ("; comma list allowed" if sweep else ""))
+    _add_hardware(p, sweep)
     w = p.add_argument_group("workload")
     for flag, (dest, default) in WORKLOAD_FLAGS.items():
         w.add_argument(flag, dest=dest, default=str(default), metavar="N" + ("|LIST" if sweep else ""),
                        help={"--seq": "prompt tokens", "--gen": "generated tokens (>= 1)",
                              "--batch": "sequences decoded together", "--tp": "tensor-parallel degree",
                              "--pp": "pipeline-parallel degree"}[flag] + f" (default {default})")
-    w.add_argument("--kv-dtype", default=None, help="KV dtype (fp16, bf16, fp32, fp8, int8); default: the "
+    _add_kv_dtype(w)
+    _add_policy_profile(p, sweep)
+    p.add_argument("--quadrature", type=int, default=8, help="decode steps evaluated for the mean TPOT")
+    _add_engine_args(p, "hf", "hf (default: whole-prompt prefill, static batch), vllm, sglang, trtllm, or a "
+                              "versioned preset such as vllm-0.33.0")
+    w.add_argument("--shared-prefix", dest="shared_prefix", default="0", metavar="N" + ("|LIST" if sweep else ""),
+                   help="leading prompt tokens every request shares (a system prompt), stored once (default 0)")
+
+
+def _add_hardware(p, sweep: bool):
+    p.add_argument("--hardware", default="h100-sxm",
+                   help="hardware preset (kvsim list hardware)" + ("; comma list allowed" if sweep else ""))
+
+
+def _add_kv_dtype(g):
+    g.add_argument("--kv-dtype", default=None, help="KV dtype (fp16, bf16, fp32, fp8, int8); default: the "
                                                     "weight dtype when 16 bits or wider, else bf16")
+
+
+def _add_policy_profile(p, sweep: bool):
     p.add_argument("--policy", action="append", default=[], metavar="SPEC",
                    help="KV policy name or name:key=value,...; repeat to compose in order"
                         + ("; alternatives separated by ';' (none: skip this slot)" if sweep else ""))
     p.add_argument("--profile", default=None, help="calibrated efficiency profile: a JSON path or a shipped name (kvsim list profiles; default: the datasheet "
                                                    "roofline, a lower bound on time)")
-    p.add_argument("--quadrature", type=int, default=8, help="decode steps evaluated for the mean TPOT")
+
+
+def _add_engine_args(p, default: str, helptext: str, extra: dict | None = None):
     s = p.add_argument_group("serving engine (kvsim list engines; explicit knobs override the engine's defaults)")
-    s.add_argument("--engine", default="hf", help="hf (default: whole-prompt prefill, static batch), vllm, sglang, "
-                                                  "trtllm, or a versioned preset such as vllm-0.33.0")
-    for flag, (dest, _, helptext) in ENGINE_FLAGS.items():
-        s.add_argument(flag, dest=dest, default=None, metavar="N", help=helptext)
-    w.add_argument("--shared-prefix", dest="shared_prefix", default="0", metavar="N" + ("|LIST" if sweep else ""),
-                   help="leading prompt tokens every request shares (a system prompt), stored once (default 0)")
+    s.add_argument("--engine", default=default, help=helptext)
+    for flag, (dest, _, knob_help) in {**ENGINE_FLAGS, **(extra or {})}.items():
+        s.add_argument(flag, dest=dest, default=None, metavar="N", help=knob_help)
 
 
-def _engine(args):
+def _engine(args, extra: dict | None = None):
     """The engine preset with the explicit knobs applied."""
     from .presets import load_engine
     eng = load_engine(args.engine)
     knobs = {}
-    for flag, (dest, conv, _) in ENGINE_FLAGS.items():
+    for flag, (dest, conv, _) in {**ENGINE_FLAGS, **(extra or {})}.items():
         raw = getattr(args, dest)
         if raw is None:
             continue
@@ -542,6 +558,219 @@ def _csv_value(x) -> str:
     return str(x)
 
 
+# --------------------------------------------------------------------------------------------- simulate
+SIM_ENGINE_FLAGS = {"--max-num-seqs": ("max_num_seqs", int, "requests scheduled together (0: as many as the pool "
+                                                            "holds)")}
+SIM_TABLE = (  # (column, summary key, scale, format)
+    ("req/s", "throughput_requests_per_s", 1, "{:.3g}"), ("tok/s", "throughput_tokens_per_s", 1, "{:,.0f}"),
+    ("goodput", "goodput_requests_per_s", 1, "{:.3g}"),
+    ("TTFT p50", "ttft_p50_s", 1e3, "{:,.1f} ms"), ("TTFT p99", "ttft_p99_s", 1e3, "{:,.1f} ms"),
+    ("TPOT p50", "tpot_p50_s", 1e3, "{:,.2f} ms"), ("TPOT p99", "tpot_p99_s", 1e3, "{:,.2f} ms"),
+    ("ITL p99", "itl_p99_s", 1e3, "{:,.2f} ms"), ("E2E p99", "e2e_p99_s", 1, "{:,.2f} s"),
+    ("preempt", "preemptions", 1, "{:,}"), ("pool use", "pool_utilisation_mean", 100, "{:.0f}%"),
+    ("max run", "running_max", 1, "{:,}"))
+
+
+def _positive_float(raw, flag: str) -> float | None:
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise CliError(f"{flag}: cannot read {raw!r} as a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise CliError(f"{flag} must be a finite number > 0, got {raw}")
+    return v
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on a terminal; nothing in logs and pipes."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="req" if "sweep" not in desc else "run", leave=False, file=sys.stderr)
+
+    def update(done=None):
+        bar.update((done - bar.n) if done is not None else 1)
+    return update, bar.close
+
+
+def cmd_simulate(args) -> int:
+    from . import load_hardware
+    from .policies import alternatives
+    from . import sim
+
+    model = _models(args, sweep=False)[0]
+    hw = load_hardware(args.hardware)
+    policies = alternatives(args.policy)
+    engine = _engine(args, SIM_ENGINE_FLAGS)
+    prof = _profile(args)
+    if args.series_points < 1:
+        raise CliError("--series-points must be at least 1")
+    rate = _positive_float(args.rate, "--rate")
+    slo_ttft, slo_tpot = _positive_float(args.slo_ttft, "--slo-ttft"), _positive_float(args.slo_tpot, "--slo-tpot")
+    n = _one_int(args.requests, "--requests")
+    concurrency = _one_int(args.concurrency, "--concurrency") if args.concurrency is not None else 0
+    if args.concurrency is not None and concurrency < 1:
+        raise CliError("--concurrency must be at least 1")
+    modes = [m for m, on in (("--rate", rate is not None), ("--concurrency", args.concurrency is not None),
+                             ("--trace", args.trace), ("--sweep-rate", args.sweep_rate)) if on]
+    if args.sweep_rate and len(modes) > 1 and "--trace" not in modes:
+        raise CliError(f"--sweep-rate chooses the rate itself; drop {' and '.join(m for m in modes if m != '--sweep-rate')}")
+    if not args.sweep_rate and len(modes) != 1:
+        raise CliError("give one of --rate, --concurrency, --trace or --sweep-rate" +
+                       (f", not {' and '.join(modes)}" if modes else ""))
+    if args.trace:
+        reqs = sim.read_trace(args.trace)
+    else:
+        lengths = (sim.parse_lengths(args.prompt_len, "--prompt-len", "prompt"),
+                   sim.parse_lengths(args.output_len, "--output-len", "output"))
+        reqs = sim.synthetic(n, *lengths, seed=args.seed, rate=rate or (1.0 if args.sweep_rate else None),
+                             concurrency=concurrency)
+    knobs = dict(kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, tp=_one_int(args.tp, "--tp"),
+                 pp=_one_int(args.pp, "--pp"), preemption=args.preemption, longest_prompt=int(reqs.prompt.max()))
+    results = []
+    for pol in policies:
+        simulator = sim.build(model, hw, pol, engine, prof, **knobs)
+        if args.sweep_rate:
+            gaps = np.random.default_rng(args.seed).standard_exponential(len(reqs))
+            update, close = _progress(30, f"sweep {pol.spec()}")
+            try:
+                best, res = sim.sweep_rate(simulator, reqs, gaps, slo_ttft, slo_tpot, progress=update)
+            finally:
+                close()
+        else:
+            update, close = _progress(len(reqs), f"simulate {pol.spec()}")
+            try:
+                res, best = simulator.run(reqs, update), None
+            finally:
+                close()
+        summ = sim.summary(res, slo_ttft, slo_tpot) if res is not None else None
+        results.append({"policy": pol.spec(), "policy_name": pol.name, "max_rate_req_per_s": best, "summary": summ,
+                        "series": sim.downsample(res, args.series_points) if res is not None else None,
+                        "_res": res, "pool_bytes": simulator.pool})
+    inputs = {"model": model.name, "hardware": hw.name, "engine": engine.label,
+              "max_num_batched_tokens": engine.max_num_batched_tokens, "max_num_seqs": engine.max_num_seqs,
+              "block_size": engine.block_size, "gpu_memory_utilization": engine.memory_fraction,
+              "profile": prof.name if prof else "datasheet", "preemption": args.preemption,
+              "requests": len(reqs), "rate": rate, "concurrency": concurrency or None, "trace": args.trace,
+              "prompt_len": None if args.trace else args.prompt_len,
+              "output_len": None if args.trace else args.output_len, "seed": args.seed,
+              "slo_ttft_s": slo_ttft, "slo_tpot_s": slo_tpot, "sweep_rate": bool(args.sweep_rate)}
+    text = _format_simulation(args.format, inputs, results)
+    if args.series:
+        _write_text(args.series, _series_csv(results))
+    if args.out:
+        _write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _format_simulation(fmt: str, inputs: dict, results: list[dict]) -> str:
+    if fmt == "json":
+        clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+        for r in clean:
+            r["pool_bytes"] = None if not math.isfinite(r["pool_bytes"]) else int(r["pool_bytes"])
+        return json.dumps({**inputs, "results": clean}, indent=2) + "\n"
+    if fmt == "csv":
+        keys = next((list(r["summary"]) for r in results if r["summary"]), [])  # every summary has the same keys
+        head = ["model", "hardware", "engine", "profile", "policy", "policy_name", "max_rate_req_per_s"] + keys
+        lines = [",".join(head)]
+        for r in results:
+            row = {**inputs, **(r["summary"] or {}), **{k: r[k] for k in ("policy", "policy_name", "max_rate_req_per_s")}}
+            lines.append(",".join(_csv_cell(row.get(k)) for k in head))
+        return "\n".join(lines) + "\n"
+    load = ("sweep: highest Poisson rate meeting P99 SLOs" if inputs["sweep_rate"] else
+            f"rate {inputs['rate']:g} req/s" if inputs["rate"] else
+            f"closed loop, concurrency {inputs['concurrency']}" if inputs["concurrency"] else f"trace {inputs['trace']}")
+    slo = ", ".join(f"{k} <= {v * 1e3:g} ms" for k, v in (("TTFT", inputs["slo_ttft_s"]), ("TPOT", inputs["slo_tpot_s"]))
+                    if v is not None) or "none"
+    out = [f"{inputs['model']} on {inputs['hardware']}, {inputs['engine']} (budget "
+           f"{inputs['max_num_batched_tokens'] or 'unlimited'} tokens/step, max {inputs['max_num_seqs'] or 'pool-bound'} "
+           f"seqs, {inputs['block_size']}-token blocks), profile {inputs['profile']}",
+           f"{inputs['requests']:,} requests, {load}; preemption by {inputs['preemption']}; SLO {slo}", ""]
+    cols = (["policy"] + (["max req/s"] if inputs["sweep_rate"] else []) + ["KV pool"] + [c for c, *_ in SIM_TABLE])
+    rows = []
+    for r in results:
+        s = r["summary"] or {}
+        pool = "unbounded" if not math.isfinite(r["pool_bytes"]) else f"{r['pool_bytes'] / 2**30:.1f} GiB"
+        cells = [r["policy_name"]] + ([f"{r['max_rate_req_per_s']:.3g}"] if inputs["sweep_rate"] else []) + [pool]
+        for _, key, scale, f in SIM_TABLE:
+            v = s.get(key)
+            cells.append("-" if v is None else f.format(v * scale if scale != 1 else v))
+        rows.append(cells)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))))
+    for row in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if inputs["sweep_rate"]:
+        out.append("\n(latencies, throughput and goodput at each policy's highest rate)")
+    return "\n".join(out) + "\n"
+
+
+def _series_csv(results: list[dict]) -> str:
+    lines = ["policy,t_s,step_s,running,waiting,pool_used_bytes,preemptions"]
+    for r in results:
+        s = r["series"]
+        if not s:
+            continue
+        pol = _csv_cell(r["policy"])
+        for row in zip(s["t_s"], s["step_s"], s["running"], s["waiting"], s["pool_used_bytes"], s["preemptions"]):
+            lines.append(f"{pol},{row[0]!r},{row[1]!r},{row[2]},{row[3]},{row[4]},{row[5]}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it, and only over a regular file."""
+    from .atomic import replacing
+
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        raise CliError(f"{path} exists and is not a regular file; not writing over it")
+    if not target.parent.is_dir():
+        raise CliError(f"folder {target.parent} does not exist")
+    with replacing(target) as tmp:
+        tmp.write_text(text)
+
+
+def _add_simulate(sub):
+    sm = sub.add_parser("simulate", help="simulate serving: continuous batching over the KV pool, latency "
+                                         "percentiles, goodput, the highest rate meeting SLOs per policy")
+    _add_model_args(sm, sweep=False)
+    _add_hardware(sm, sweep=False)
+    _add_policy_profile(sm, sweep=True)
+    g = sm.add_argument_group("deployment")
+    _add_kv_dtype(g)
+    g.add_argument("--tp", default="1", metavar="N", help="tensor-parallel degree (default 1)")
+    g.add_argument("--pp", default="1", metavar="N", help="pipeline-parallel degree (default 1)")
+    _add_engine_args(sm, "vllm", "vllm (default), sglang, trtllm or a versioned preset (continuous batching)",
+                     SIM_ENGINE_FLAGS)
+    sm.add_argument("--preemption", default="recompute", choices=("recompute", "swap"),
+                    help="when the pool runs out: drop the newest request's KV and recompute it (vLLM's default), "
+                         "or swap it to host memory over the host link")
+    w = sm.add_argument_group("requests (one of --rate, --concurrency, --trace, --sweep-rate)")
+    w.add_argument("--rate", default=None, help="Poisson arrivals per second")
+    w.add_argument("--concurrency", default=None, metavar="N", help="closed loop: N requests in flight")
+    w.add_argument("--trace", default=None, metavar="CSV", help="CSV with arrival_s, prompt_tokens, output_tokens")
+    w.add_argument("--sweep-rate", action="store_true",
+                   help="find, for each policy, the highest Poisson rate whose P99 TTFT and TPOT meet the SLOs")
+    w.add_argument("--requests", default="1000", metavar="N", help="requests to simulate (default 1000)")
+    w.add_argument("--prompt-len", default="1024", metavar="DIST",
+                   help="N | uniform:LO..HI | lognormal:median=M,sigma=S | lognormal:fit=TRACE.csv (default 1024)")
+    w.add_argument("--output-len", default="256", metavar="DIST", help="generated tokens, same forms (default 256)")
+    w.add_argument("--seed", type=int, default=0, help="random seed of arrivals and lengths (default 0)")
+    w.add_argument("--slo-ttft", default=None, metavar="S", help="TTFT objective in seconds (goodput, sweep)")
+    w.add_argument("--slo-tpot", default=None, metavar="S", help="TPOT objective in seconds (goodput, sweep)")
+    o = sm.add_argument_group("output")
+    o.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    o.add_argument("--out", default=None, help="write the output here (atomically) instead of stdout")
+    o.add_argument("--series", default=None, metavar="CSV",
+                   help="write the per-step time series (running, waiting, pool bytes, preemptions) here")
+    o.add_argument("--series-points", type=int, default=2000, help="time-series points kept per policy")
+
+
 # ------------------------------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
     from .presets import hardware_names, load_hardware, load_model, model_entry, model_names
@@ -559,8 +788,9 @@ def cmd_list(args) -> int:
         for n in engine_names():
             e = load_engine(n)
             chunk = f"{e.max_num_batched_tokens:,} tokens/pass" if e.chunked else "whole prompt"
+            seqs = f", at most {e.max_num_seqs:,} requests per step" if e.max_num_seqs else ""
             print(f"{n:14s} {e.display}\n    memory {e.memory_fraction:g} ({e.fraction_of}), {e.block_size}-token "
-                  f"blocks, {chunk}, {e.batching} batching")
+                  f"blocks, {chunk}, {e.batching} batching{seqs}")
             for knob, src in e.sources.items():
                 print(f"    {knob}: {src}")
     elif args.what == "profiles":
@@ -614,6 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--tolerance", default="0.02", metavar="FRACTION",
                     help="relative slack before a claim beats a bound or differs from an exact value, on top of the "
                          "rounding of the figure as printed (default 0.02)")
+    _add_simulate(sub)
     ls = sub.add_parser("list", help="list presets and policies")
     ls.add_argument("what", nargs="?", choices=LISTS, help=", ".join(LISTS))
     for name, _, helptext in EXTERNAL:
@@ -669,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "list" and args.what is None:
             print("kvsim list " + " | ".join(LISTS) + "   (e.g. kvsim list models)")
             return 0
-        return {"predict": cmd_predict, "sweep": cmd_sweep, "check": cmd_check, "list": cmd_list}[args.cmd](args)
+        return {"predict": cmd_predict, "sweep": cmd_sweep, "check": cmd_check, "simulate": cmd_simulate,
+                "list": cmd_list}[args.cmd](args)
     except KvsimError as e:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2

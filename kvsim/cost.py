@@ -377,8 +377,14 @@ class CostModel:
     def fixed_phase(self, p, b, prefill: bool) -> Phase:
         """The part of a forward pass that does not depend on how full the cache is: weight matmuls,
         activation traffic, embeddings and logits, all-reduces."""
-        model, tp, h = self.model, self.tp, self.model.hidden
         tokens = np.multiply(b, p, dtype=np.float64) if prefill else np.asarray(b, dtype=np.float64)
+        return self.pass_phase(tokens, b)
+
+    def pass_phase(self, tokens, b) -> Phase:
+        """fixed_phase of one forward pass over `tokens` rows from `b` sequences (one logit row each): a
+        serving step mixing prefill chunks and decode tokens is one such pass."""
+        model, tp, h = self.model, self.tp, self.model.hidden
+        tokens = np.asarray(tokens, dtype=np.float64)
         ph = Phase()
         link = self.hw.interconnect_bandwidth
         matrix = self._timer(tokens)
@@ -476,14 +482,16 @@ class CostModel:
         return self.fixed_phase(p, b, prefill) + self.cache_phase(p, b, s, prefill)
 
     def phase_time(self, ph: Phase, p, prefill: bool) -> np.ndarray:
+        return self.step_time(ph, p if prefill else 0, 0 if prefill else ph.policy_layers)
+
+    def step_time(self, ph: Phase, prompt_tokens, policy_layers) -> np.ndarray:
+        """Time of one forward pass: `ph` plus the profile's fixed overheads, with `prompt_tokens` prompt
+        tokens in the pass and a KV policy working in `policy_layers` layers of its decode tokens."""
         prof = self.profile
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
                   + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
                   + prof.attention_overhead_s * self.attention_kernels)
-        if prefill:
-            device = device + prof.prefill_token_overhead_s * p
-        else:
-            device = device + prof.policy_layer_overhead_s * ph.policy_layers
+        device = device + prof.prefill_token_overhead_s * prompt_tokens + prof.policy_layer_overhead_s * policy_layers
         overlap = self.policy.place is not None and self.policy.place.overlap
         return np.maximum(device, ph.host_s) if overlap else device + ph.host_s
 

@@ -62,6 +62,7 @@ class Engine:
     batching: str = "continuous"  # "static": the batch is prefilled and decoded together (hf); "continuous": a pool
     block_size: int = 1  # tokens per KV block (page)
     max_num_batched_tokens: int = 0  # tokens per forward pass (chunked prefill); 0: the whole prompt at once
+    max_num_seqs: int = 0  # requests scheduled together (vLLM max_num_seqs); 0: as many as the pool holds
     display: str = field(default="", compare=False)
     source: str = field(default="", compare=False)
     notes: str = field(default="", compare=False)
@@ -76,7 +77,7 @@ class Engine:
             raise KvsimError(f"engine {self.name}: fraction_of must be one of {', '.join(FRACTION_OF)}")
         if self.batching not in ("static", "continuous"):
             raise KvsimError(f"engine {self.name}: batching must be static or continuous")
-        for name, lo in (("block_size", 1), ("max_num_batched_tokens", 0)):
+        for name, lo in (("block_size", 1), ("max_num_batched_tokens", 0), ("max_num_seqs", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or v > 2**31:
                 flag = "--" + name.replace("_", "-")
@@ -219,6 +220,42 @@ class Serving:
         return {"steady": steady, "surplus": np.maximum(_cdiv(np.asarray(surplus, dtype=np.int64), pp), 0),
                 "shared": _cdiv(np.asarray(shared, dtype=np.int64), pp)}
 
+    def held(self, p, g) -> np.ndarray:
+        """Device bytes, in whole pages, one request with prompt p holds after g decode steps: its largest
+        resident set so far (the policy's peak_bytes), recurrent state included. held(p, gen - 1) is
+        request(p, gen)["steady"] without a shared prefix; the simulator grows each request's pages by it."""
+        c, pol = self.cost, self.cost.policy
+        p, g = np.asarray(p, dtype=np.int64), np.asarray(g, dtype=np.int64)
+        total = 0
+        for grp, page in self.paged:
+            held = c._on_device(grp.ctx, pol.peak_bytes(grp.ctx, p, g))
+            total = total + grp.count * page * self._blocks(grp, page, held, p + g)
+        return _cdiv(np.asarray(total, dtype=np.int64), c.pp) + self.state
+
+    def prefill_held(self, p, done, c_tok) -> np.ndarray:
+        """Device bytes in whole pages of a request prefilling tokens done..done + c_tok of its p-token prompt,
+        as request() counts them: every prompt token so far (a window plus the chunk in sliding layers); with
+        the last chunk the whole prompt before a prompt-level compression, and what a whole-prompt pass
+        keeps (prefill_bytes) when the prompt is one pass."""
+        cost, pol = self.cost, self.cost.policy
+        p, done, c_tok = (np.asarray(x, dtype=np.int64) for x in (p, done, c_tok))
+        t = done + c_tok
+        whole_pass = (done == 0) & (c_tok >= p)
+        total = 0
+        for grp, page in self.paged:
+            ctx = grp.ctx
+            keep = ctx.layout.keep_cap
+            if keep:
+                tokens = np.where(whole_pass, np.minimum(p, keep), np.minimum(t, keep + c_tok))
+                pre = pol.bytes_of(ctx, [Segment(ctx.heads, tokens)])
+            else:
+                tokens = t
+                so_far = pol.bytes_of(ctx, [Segment(ctx.heads, t)])
+                whole = pol.prefill_bytes(ctx, p)
+                pre = np.where(whole_pass, whole, np.where(t >= p, np.maximum(so_far, whole), so_far))
+            total = total + grp.count * page * self._blocks(grp, page, cost._on_device(ctx, pre), tokens)
+        return _cdiv(np.asarray(total, dtype=np.int64), cost.pp) + self.state
+
     def concurrency(self, p, gen, b=1, shared_prefix=0) -> dict[str, np.ndarray]:
         pool = self.pool(p)
         req = self.request(p, gen, b, shared_prefix)
@@ -254,14 +291,21 @@ class Serving:
         return np.where(unbounded, INT64_MAX, lo)
 
     # ----- chunked prefill -----
-    def chunk_phase(self, c_tok, b, s, policy_work: bool) -> Phase:
+    def chunk_phase(self, c_tok, b, s, policy_work) -> Phase:
         """One forward pass of b requests each advancing c_tok prompt tokens after s earlier ones: each chunk
         attends to its request's earlier tokens (a window's worth in sliding layers) and reads their KV at the
-        stored encoding; a prompt-level policy's own work runs with the last chunk."""
+        stored encoding; a prompt-level policy's own work runs with the last chunk (`policy_work`, a bool or
+        an array of them)."""
+        c_tok, b = np.asarray(c_tok, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        return self.cost.fixed_phase(c_tok, b, prefill=True) + self.chunk_cache_phase(c_tok, b, s, policy_work)
+
+    def chunk_cache_phase(self, c_tok, b, s, policy_work) -> Phase:
+        """The cache-dependent part of chunk_phase (attention over earlier chunks, the policy's prompt work)."""
         cost, pol = self.cost, self.cost.policy
         tp = cost.tp
         c_tok, b, s = (np.asarray(x, dtype=np.int64) for x in (c_tok, b, s))
-        ph = cost.fixed_phase(c_tok, b, prefill=True)
+        work = np.asarray(policy_work, dtype=bool)
+        ph = Phase()
         attention = cost._timer(b * c_tok, kv=True)
         policy_timer = cost._timer(0, policy=True)
         host = 0.0
@@ -284,9 +328,9 @@ class Serving:
             ph.add(n, flops / tp * b, moved * share * b, attention)
             if on_host:
                 host = host + n * moved
-            if policy_work and grp.ctx is not None and grp.ctx.rank >= 0 and active:
+            if np.any(work) and grp.ctx is not None and grp.ctx.rank >= 0 and active:
                 pf, pb = pol.prefill_cost(grp.ctx, s + c_tok)
-                ph.add(n, pf / tp * b, pb / tp * b, policy_timer)
+                ph.add(n, pf / tp * b * work, pb / tp * b * work, policy_timer)
                 ph.policy_layers += n
         if np.any(host):
             if not cost.hw.host_bandwidth:

@@ -21,7 +21,8 @@ _MODEL_KEYS = {"display", "source", "published_params", "params_tolerance", "con
 # Names that once meant one checkpoint and now could mean several: refused, never guessed.
 _RETIRED_MODELS = {"mistral-7b": "mistral-7b-v0.1 (4,096-token sliding window) or mistral-7b-v0.3 (full attention)"}
 _ENGINE_KNOBS = {"memory_fraction", "fraction_of", "batching", "block_size", "max_num_batched_tokens"}
-_ENGINE_KEYS = {"engine", "version", "display", "source", "notes", "sources"} | _ENGINE_KNOBS
+_ENGINE_OPTIONAL = {"max_num_seqs"}  # 0 (the pool alone bounds the batch) unless the preset has a source for a cap
+_ENGINE_KEYS = {"engine", "version", "display", "source", "notes", "sources"} | _ENGINE_KNOBS | _ENGINE_OPTIONAL
 _HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
             "dense_tflops"}
 
@@ -114,11 +115,12 @@ def load_engine(name: str):
     if missing:
         raise KvsimError(f"engine preset {name} is missing: {', '.join(missing)}")
     sources = d.get("sources", {})
-    if not isinstance(sources, dict) or set(sources) - _ENGINE_KNOBS:
-        raise KvsimError(f"engine preset {name}: [sources] may only name knobs ({', '.join(sorted(_ENGINE_KNOBS))})")
+    knobs = _ENGINE_KNOBS | (_ENGINE_OPTIONAL & set(d))
+    if not isinstance(sources, dict) or set(sources) - knobs:
+        raise KvsimError(f"engine preset {name}: [sources] may only name its knobs ({', '.join(sorted(knobs))})")
     try:
         return Engine(name=d["engine"], version=str(d.get("version", "")), display=d.get("display", ""),
                       source=d["source"], notes=d.get("notes", ""), sources=dict(sources),
-                      **{k: d[k] for k in _ENGINE_KNOBS})
+                      **{k: d[k] for k in knobs})
     except TypeError as e:
         raise KvsimError(f"engine preset {name}: {e}") from None

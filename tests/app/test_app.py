@@ -143,3 +143,16 @@ def test_measured_rows_are_compared_with_their_own_device_profile():
     assert set(df["profile"]) == {"cpu"}  # the CPU runs, with the profile fitted on that CPU, not the H100 sheet
     tpot = df[df["metric"] == "TPOT"]["error"].abs().mean()
     assert tpot < 0.2
+
+
+def test_serving_tab_simulates_every_policy_at_every_rate():
+    at = run({"policies": "full|kivi", "sim_requests": "40", "sim_rates": "2", "sim_output": "32"})
+    before = len(charts(at))
+    at.toggle(key="sim_on").set_value(True).run()
+    assert not at.exception and not at.error
+    assert len(charts(at)) == before + 3
+    from app import data
+    setup = data.Setup("llama-3-8b", "h100-sxm", "", 1024, 32, 1, 1, "bf16")
+    lat, occ = data.serving(setup, ("full", "kivi"), data.ServingSetup("vllm", 30, "512", "16", (2.0, 8.0)))
+    assert set(lat["policy"]) == {"full", "kivi"} and set(lat["rate"]) == {2.0, 8.0}
+    assert (lat["ms"] > 0).all() and (occ["pool_used_gib"] <= occ["pool_gib"]).all()
