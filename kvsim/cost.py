@@ -52,15 +52,19 @@ class Group:
 def layer_contexts(model: ModelSpec, kv_bits: int) -> list[LayerCtx | None]:
     """The policy view of each layer; None for layers with no per-token cache of their own."""
     layouts = [l.mixer.kv_layout() if l.has_kv else None for l in model.layers]
-    evictable = [i for i, lay in enumerate(layouts) if lay is not None and lay.evictable]
-    own = [i for i, lay in enumerate(layouts) if lay is not None]
+    # ranks by a running count, not list.index: linear in the layer count (index made 100k layers hang)
+    n_evict = sum(1 for lay in layouts if lay is not None and lay.evictable)
+    n_own = sum(1 for lay in layouts if lay is not None)
     ctxs: list[LayerCtx | None] = []
+    seen_evict = seen_own = 0
     for i, lay in enumerate(layouts):
         if lay is None:
             ctxs.append(None)
             continue
-        rank = evictable.index(i) if i in evictable else -1
-        ctxs.append(LayerCtx(i, lay, rank, len(evictable), own.index(i), len(own), kv_bits))
+        rank = seen_evict if lay.evictable else -1
+        ctxs.append(LayerCtx(i, lay, rank, n_evict, seen_own, n_own, kv_bits))
+        seen_evict += bool(lay.evictable)
+        seen_own += 1
     return ctxs
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import re
 from typing import Any
 
 from ..errors import KvsimError
-from ..limits import INPUT_MAX
+from ..limits import INPUT_MAX, MAX_CASES, check_points
 from .base import Policy
 from .compose import Compose, compose
 
@@ -131,13 +133,25 @@ def parse_policy(text: str) -> Policy:
     return make(name, **{k: _coerce(name, fields[k], v) for k, v in raw.items()})
 
 
+# '+' before a policy name composes ('h2o:budget=512 + kivi:bits=2'); the '+' of a number (1e+5) is followed by
+# a digit, so it never splits
+_PLUS = re.compile(r"\+(?=\s*[A-Za-z])")
+
+
+def split_composition(spec: str) -> list[str]:
+    parts = [s.strip() for s in _PLUS.split(spec)]
+    if len(parts) > 1 and not all(parts):
+        raise KvsimError(f"policy {spec!r}: '+' needs a policy on each side")
+    return parts
+
+
 def parse_composition(specs: list[str] | tuple[str, ...] | str | None) -> Compose:
-    """Several --policy specs, composed in the order given."""
+    """Several policy specs, composed in the order given; each may itself be 'a + b' (the app's spelling)."""
     if specs is None:
         return Compose(())
     if isinstance(specs, str):
         specs = [specs]
-    return Compose(tuple(parse_policy(s) for s in specs))
+    return Compose(tuple(parse_policy(p) for s in specs for p in split_composition(s)))
 
 
 def alternatives(specs: list[str] | None) -> list[Compose]:
@@ -151,6 +165,7 @@ def alternatives(specs: list[str] | None) -> list[Compose]:
         if not alts:
             raise KvsimError("--policy: empty alternative list")
         slots.append(alts)
+    check_points(math.prod(len(s) for s in slots), "the product of --policy alternatives", MAX_CASES)
     return [parse_composition([c for c in choice if c.lower() != "none"]) for choice in itertools.product(*slots)]
 
 

@@ -80,7 +80,7 @@ class Compose:
         return "+".join(p.name for p in self.parts) or "full"
 
     def spec(self) -> str:
-        return " ".join(p.spec() for p in self.parts) or "full"
+        return " + ".join(p.spec() for p in self.parts) or "full"
 
     def notes(self, p, ctxs: list[LayerCtx] | None = None) -> list[str]:
         """What a user should be told for these prompts. With `ctxs` (the model's layers whose cache grows
