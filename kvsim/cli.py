@@ -209,7 +209,8 @@ def cmd_predict(args) -> int:
     layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
     for note in pred.notes:
         print(f"note: {note}", file=sys.stderr)
-    inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "seq": wl.prompt, "gen": wl.gen,
+    from .policies import label as policy_label
+    inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "policy_label": policy_label(policy), "seq": wl.prompt, "gen": wl.gen,
               "batch": wl.batch, "tp": wl.tp, "pp": wl.pp, "kv_dtype": pred._engine.cost.kv_dtype,
               "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet",
               "profile_description": describe_profile(prof or DATASHEET),
@@ -234,12 +235,15 @@ def cmd_predict(args) -> int:
         rows = [
             ("model", f"{model.name} ({fmt_count(model.n_params())} params, {inputs['weight_dtype']})"),
             ("hardware", f"{hw.display} ({fmt_bytes(hw.memory_bytes)})"),
-            ("policy", inputs["policy"]),
+            ("policy", policy_label(policy)),
+            *[("", f"{part.name}: {part.summary}") for part in policy.parts if part.name != "full"],
             ("workload", f"prompt {wl.prompt}, gen {wl.gen}, batch {wl.batch}, tp {wl.tp}, pp {wl.pp}, "
                          f"KV {inputs['kv_dtype']}"),
             ("", ""),
             ("KV cache", f"{fmt_bytes(v['kv_cache_bytes'])}  ({v['kv_cache_bytes']:,} B; "
-                         f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device)"),
+                         f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device"
+                         + (f", {fmt_bytes(v['kv_host_bytes'])} offloaded to host memory" if v["kv_host_bytes"]
+                            else "") + ")"),
             ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),

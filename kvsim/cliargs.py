@@ -59,7 +59,10 @@ class Parser(argparse.ArgumentParser):
 def whole(flag: str, lo: int = 0, hi: int = INPUT_MAX):
     """An argparse type: a whole number in [lo, hi] (1e3 accepted, 1.5 and nan refused)."""
     def read(text: str) -> int:
-        v = parse_values(text, flag, lo=lo, hi=hi)
+        try:
+            v = parse_values(text, flag, lo=lo, hi=hi)
+        except UsageError as e:  # argparse would replace a ValueError's text with "invalid ... value"
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag}: ").removeprefix(f"{flag} ")) from None
         if len(v) != 1:
             raise argparse.ArgumentTypeError(f"takes one value, got {text!r}")
         return v[0]
@@ -70,11 +73,14 @@ def whole(flag: str, lo: int = 0, hi: int = INPUT_MAX):
 def number(flag: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False):
     """An argparse type: a finite number in [lo, hi] ((lo, hi] with lo_open)."""
     def read(text: str) -> float:
-        v = parse_values(text, flag, integer=False, lo=lo, hi=hi)
+        try:
+            v = parse_values(text, flag, integer=False, lo=lo, hi=hi)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag}: ").removeprefix(f"{flag} ")) from None
         if len(v) != 1:
             raise argparse.ArgumentTypeError(f"takes one value, got {text!r}")
         if lo_open and v[0] <= lo:
-            raise UsageError(f"{flag} must be greater than {lo:g}, got {v[0]:g}")
+            raise argparse.ArgumentTypeError(f"must be greater than {lo:g}, got {v[0]:g}")
         return v[0]
     read.__name__ = "number"
     return read
@@ -86,7 +92,7 @@ def _finite(text: str, flag: str, item: str) -> float:
     except ValueError:
         raise UsageError(f"{flag}: cannot read {item!r} as a number") from None
     if not math.isfinite(x):
-        raise UsageError(f"{flag}: {item!r} is not a finite number")
+        raise UsageError(f"{flag}: cannot read {item!r}: not a finite number")
     return x
 
 
@@ -140,5 +146,6 @@ def parse_values(text: str, flag: str, integer: bool = True, limit: int = MAX_VA
         if lo is not None and v < lo:
             raise UsageError(f"{flag} must be at least {lo:,}, got {v:,}")
         if hi is not None and v > hi:
-            raise UsageError(f"{flag} must be at most {hi:,}, got {v:,.6g}")
+            bound = "2**53" if hi == INPUT_MAX else f"{hi:,}"
+            raise UsageError(f"{flag} must be at most {bound}, got {v:,.6g}")
     return list(dict.fromkeys(out))

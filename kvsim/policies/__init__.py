@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import KvsimError
 from ..limits import INPUT_MAX, MAX_CASES, check_points
-from .base import Policy
+from .base import Policy, _fmt
 from .compose import Compose, compose
 
 # name -> (module, class, preset parameters)
@@ -169,6 +169,23 @@ def alternatives(specs: list[str] | None) -> list[Compose]:
     return [parse_composition([c for c in choice if c.lower() != "none"]) for choice in itertools.product(*slots)]
 
 
+def label(policy: Policy | Compose) -> str:
+    """The shortest spelling that builds this policy: the registry alias whose presets match it, plus only the
+    parameters that differ from that alias's values ('int8', not 'quant:bits=8,v_bits=0,kind=int,...')."""
+    if isinstance(policy, Compose):
+        return " + ".join(label(p) for p in policy.parts) or "full"
+    best = None
+    for name, (_, cls_name, preset) in REGISTRY.items():
+        if type(policy).__name__ != cls_name or type(policy) is not policy_class(name):
+            continue
+        base = make(name)
+        diff = [f for f in dataclasses.fields(policy) if getattr(policy, f.name) != getattr(base, f.name)]
+        text = name + (":" + ",".join(f"{f.name}={_fmt(getattr(policy, f.name))}" for f in diff) if diff else "")
+        if best is None or len(diff) < best[0] or (len(diff) == best[0] and len(text) < len(best[1])):
+            best = (len(diff), text)
+    return best[1] if best else policy.spec()
+
+
 def describe() -> list[dict]:
     """Every registered name with its summary, role, schedule and parameters (for `kvsim list policies`)."""
     out = []
@@ -181,5 +198,5 @@ def describe() -> list[dict]:
     return out
 
 
-__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "make", "parse_composition", "parse_policy",
+__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "label", "make", "parse_composition", "parse_policy",
            "policy_class"]
