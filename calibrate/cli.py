@@ -74,6 +74,9 @@ def cmd_calibrate(argv) -> int:
     p.add_argument("--probe", default=None, help="profile from `kvsim probe`: its measured peaks are the base")
     p.add_argument("--folds", type=whole("--folds", 2, 100), default=5, help="cross-validation folds")
     p.add_argument("--seed", type=whole("--seed", 0, 2**32 - 1), default=0, help="fold assignment seed")
+    p.add_argument("--fit", default=None, metavar="P,...",
+                   help="fit only these parameters (comma list; default: all); the others keep the --probe "
+                        "profile's or the defaults' values. Fewer free parameters need fewer rows and less time")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out profile even if the new fit's held-out error is worse")
@@ -87,7 +90,8 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError("--out must be a .json file")
     check_target(out, "--out", stream_ok=False)
     from .data import load
-    from .fit import PARAMS, Problem, cross_validate, errors, fit
+    from .fit import Problem, cross_validate, errors, fit, free_params
+    free = free_params([x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None)
 
     df, digest = load(a.data)
     device = str(df["device_name"].iloc[0])
@@ -101,8 +105,8 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")
     say = lambda s: print(s, file=sys.stderr)  # noqa: E731
     say(f"{len(df)} rows, {n_conf} configurations, {len(problem.groups)} groups on {device}")
-    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say)
-    final = fit(problem)
+    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say, free=free)
+    final = fit(problem, free=free)
     train_ttft, train_tpot = problem.predict(final)
     raw_ttft, raw_tpot = problem.predict(Profile(name="uncalibrated", memory_bandwidth=base.memory_bandwidth,
                                                  peak_flops=base.peak_flops))
@@ -121,7 +125,7 @@ def cmd_calibrate(argv) -> int:
         "params": {k: v for k, v in final.to_dict().items() if k != "meta"},
         "device": device,
         "hardware": hw_name,
-        "fitted": list(PARAMS),
+        "fitted": list(free),
         "heldout": {**block(held_ttft, held_tpot), "folds": a.folds, "configurations": int(n_conf),
                     "grouping": "model, seq, policy"},
         "train": block(train_ttft, train_tpot),
