@@ -217,10 +217,15 @@ def cmd_predict(args) -> int:
               "engine": engine.label, "max_num_batched_tokens": engine.max_num_batched_tokens,
               "gpu_memory_utilization": engine.memory_fraction, "block_size": engine.block_size,
               "shared_prefix": wl.shared_prefix}
+    from .breakdown import rows as breakdown_rows, table as breakdown_table
+    ops = breakdown_rows(pred) if args.breakdown else None
     if args.format == "json":
-        out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes}
+        out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes,
+               **({"breakdown": ops} if ops is not None else {})}
         print(json.dumps(out, indent=2))
     elif args.format == "csv":
+        if ops is not None:
+            raise CliError("--breakdown prints a table or JSON, not CSV")
         keys = list(inputs) + list(JSON_KEYS)
         row = {**inputs, **values}
         print(",".join(keys))
@@ -276,6 +281,8 @@ def cmd_predict(args) -> int:
         width = max(len(k) for k, _ in rows)
         for k, val in rows:
             print(f"{k:<{width}}  {val}" if k or val else "")
+        if ops is not None:
+            print("\n" + breakdown_table(ops))
         if not prof:
             print("\n(times: datasheet roofline, a lower bound; pass --profile for calibrated predictions)")
         else:
@@ -455,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=RANGE_HELP.split("\n")[0] + "\n" + POLICY_HELP)
     _add_common(pr, sweep=False)
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pr.add_argument("--breakdown", action="store_true",
+                    help="also show each operation class per phase: FLOP, bytes, intensity, bound, time")
     sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag",
                         description="CSV of predictions over every combination of the values given.",
                         epilog=RANGE_HELP + "\n" + POLICY_HELP)
