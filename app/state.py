@@ -10,7 +10,7 @@ from kvsim.errors import KvsimError
 from kvsim.limits import MAX_LAYERS
 
 DEFAULTS = {
-    "model_mode": "preset", "model": "llama-3-8b", "hardware": "h100-sxm", "profile": "", "seq": 8192, "gen": 512,
+    "model_mode": "preset", "model": "llama-3.1-8b", "hardware": "h100-sxm", "profile": "", "seq": 8192, "gen": 512,
     "batch": 8, "tp": 1, "kv_dtype": "bf16", "policies": "full|h2o|snapkv|streamingllm|kivi", "extra": "",
     "log": True, "points": 200, "layers": 32, "heads": 32, "kv_heads": 8, "head_dim": 128, "hidden": 4096,
     "intermediate": 14336, "vocab": 128256, "window": 0,

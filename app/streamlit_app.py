@@ -229,7 +229,7 @@ st.dataframe(table, hide_index=True, width="stretch",
                             "TTFT (ms)": st.column_config.NumberColumn(format="%.2f"),
                             "TPOT (ms)": st.column_config.NumberColumn(format="%.3f"),
                             "decode tokens/s": st.column_config.NumberColumn(format="%.0f")})
-for n in sorted({n for notes in summary["notes"] for n in notes.split("; ") if n}):
+for n in sorted({n for notes in summary["notes"] for n in notes.split("\n") if n}):
     st.caption(f"note: {n}")
 
 tabs = st.tabs(["Memory", "Latency & throughput", "Trade-offs & quality", "Roofline", "Measured"])

@@ -315,7 +315,7 @@ def cmd_sweep(args) -> int:
 
     models = _models(args, sweep=True)
     hws = [load_hardware(h.strip()) for h in args.hardware.split(",")]
-    from .policies import alternatives
+    from .policies import alternatives, stored_format
     policies = alternatives(args.policy)
     seqs = np.array(parse_values(args.seq, "--seq"), dtype=np.int64)
     gens = np.array(parse_values(args.gen, "--gen"), dtype=np.int64)
@@ -334,7 +334,8 @@ def cmd_sweep(args) -> int:
     # An outer-product grid by broadcasting: per-sequence work is computed once per (seq, gen), not per batch.
     S, G, B = seqs[:, None, None], gens[None, :, None], batches[None, None, :]
     flat = [a.ravel() for a in np.meshgrid(seqs, gens, batches, indexing="ij")]
-    header = ["model", "hardware", "policy", "engine", "seq", "gen", "batch", "tp", "pp", "kv_dtype", *SWEEP_KEYS]
+    header = ["model", "hardware", "policy", "engine", "seq", "gen", "batch", "tp", "pp", "kv_dtype", "kv_stored",
+              *SWEEP_KEYS]
     from contextlib import nullcontext
     with output(args.out) if args.out else nullcontext(sys.stdout) as sink:
         sink.write(",".join(header) + "\n")
@@ -356,7 +357,9 @@ def cmd_sweep(args) -> int:
                             cols = pred.columns()
                             prefix = ",".join(_csv_cell(x) for x in (model.name, hw.name, pol.spec(), engine.label))
                             prefix = prefix.replace("%", "%%")  # the prefix is part of a %-format
-                            rows += _write_block(sink, prefix, *flat, tp, pp, pred._engine.cost.kv_dtype, cols)
+                            kv_dtype = pred._engine.cost.kv_dtype
+                            stored = _csv_cell(stored_format(pol, kv_dtype)).replace("%", "%%")
+                            rows += _write_block(sink, prefix, *flat, tp, pp, f"{kv_dtype},{stored}", cols)
     if args.out:
         print(f"wrote {rows:,} rows to {args.out}", file=sys.stderr)
     return 0

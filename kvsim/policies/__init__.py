@@ -186,6 +186,20 @@ def label(policy: Policy | Compose) -> str:
     return best[1] if best else policy.spec()
 
 
+def stored_format(policy: Compose, kv_dtype: str) -> str:
+    """What the cache holds, for a column beside the KV dtype: 'int8' for a quantized cache of bf16 values, not
+    'bf16'; the KV dtype itself when no encoding applies."""
+    q = policy.quant
+    if q is None:
+        return kv_dtype
+    bits, v_bits = getattr(q, "bits", 0), getattr(q, "v_bits", 0) or getattr(q, "bits", 0)
+    if getattr(q, "kind", "int") == "fp":
+        return "fp8"
+    if not bits:
+        return f"{q.name} ({kv_dtype} base)"
+    return f"int{bits}" + (f"/int{v_bits}" if v_bits != bits else "")
+
+
 def describe() -> list[dict]:
     """Every registered name with its summary, role, schedule and parameters (for `kvsim list policies`)."""
     out = []
@@ -198,5 +212,5 @@ def describe() -> list[dict]:
     return out
 
 
-__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "label", "make", "parse_composition", "parse_policy",
+__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "label", "make", "stored_format", "parse_composition", "parse_policy",
            "policy_class"]
