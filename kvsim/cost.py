@@ -271,7 +271,9 @@ class CostModel:
 
     def _on_device(self, ctx: LayerCtx, nbytes):
         """One device's integer share of `nbytes` spread evenly over a layer's KV heads."""
-        return nbytes * self.heads_on_device(ctx) // ctx.layout.n_kv_heads
+        h, n = self.heads_on_device(ctx), ctx.layout.n_kv_heads
+        # nbytes * h // n without forming nbytes * h, which overflows int64 for wide layers (h ~ n ~ 8,000)
+        return (nbytes // n) * h + (nbytes % n) * h // n
 
     def heads_on_device(self, ctx: LayerCtx) -> int:
         """KV heads of this layer one tensor-parallel device holds (parallel.py: split, or replicated when the

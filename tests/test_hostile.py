@@ -281,3 +281,27 @@ def test_help_explains_ranges_and_shows_defaults(capsys):
         main(["sweep", "--help"])
     out = capsys.readouterr().out
     assert "a..b*k" in out and "a..b+k" in out and "(default 1024)" in out and "default: h100-sxm" in out
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path):
+    import errno
+
+    from kvsim.atomic import output
+    target = tmp_path / "sweep.csv"
+    target.write_text("old\n")
+    with pytest.raises(KvsimError, match="No space left"):
+        with output(target) as f:
+            f.write("partial")
+            raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises on a full disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv"] and target.read_text() == "old\n"
+
+
+def test_measure_resume_refuses_a_foreign_csv_untouched(tmp_path):
+    pytest.importorskip("torch")
+    from measured.runner import COLUMNS, check_out, done_keys
+    foreign = tmp_path / "other.csv"
+    foreign.write_bytes(b"a,b\n1,2\n3,4")  # no final newline: the old code cut its last line before refusing
+    for call in (lambda: done_keys(foreign), lambda: check_out(foreign, COLUMNS, True)):
+        with pytest.raises(KvsimError, match="not written by this kind"):
+            call()
+    assert foreign.read_bytes() == b"a,b\n1,2\n3,4"
