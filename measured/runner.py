@@ -166,7 +166,7 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                     except Exception as e:  # an out-of-memory point is data; anything else is a bug
                         if not _is_oom(e):
                             raise
-                        row.update(status="oom", error=str(e).splitlines()[0][:200])
+                        row.update(status="oom", error=(str(e).splitlines() or [type(e).__name__])[0][:200])
                     else:
                         last = m.requests[-1]
                         tpot = m.median("tpot_s")

@@ -305,3 +305,9 @@ def test_measure_resume_refuses_a_foreign_csv_untouched(tmp_path):
         with pytest.raises(KvsimError, match="not written by this kind"):
             call()
     assert foreign.read_bytes() == b"a,b\n1,2\n3,4"
+
+
+@pytest.mark.parametrize("name", ["../../../pyproject", "/etc/hostname", "models/gpt2", "gpt2.toml"])
+def test_presets_resolve_only_inside_the_package(capsys, name):
+    code, _, err = cli(capsys, "predict", "--model", name)
+    assert code == 2 and "unknown model preset" in err
