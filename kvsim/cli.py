@@ -462,9 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     pr = sub.add_parser("predict", help="predict memory, bytes, FLOP and latency for one configuration",
                         description="Predict memory, bytes, FLOP and latency for one configuration.",
-                        epilog=RANGE_HELP.split("\n")[0] + "\n" + POLICY_HELP)
+                        epilog="Numbers: one value each (1024, 1e6); lists and ranges (a..b*k, a..b+k) are for "
+                               "kvsim sweep (kvsim sweep --help).\n" + POLICY_HELP)
     _add_common(pr, sweep=False)
-    pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pr.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     pr.add_argument("--breakdown", action="store_true",
                     help="also show each operation class per phase: FLOP, bytes, intensity, bound, time")
     sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag",
