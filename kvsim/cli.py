@@ -18,7 +18,7 @@ import numpy as np
 from .cliargs import RANGE_HELP, Parser, parse_values
 from .errors import UsageError as CliError
 from .atomic import output, terminate_cleanly
-from .limits import MAX_CASES, check_points  # one class, whichever module runs as __main__
+from .limits import MAX_CASES, MAX_GRID, check_points  # one class, whichever module runs as __main__
 
 SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-2-7B shape in fp16
     "--layers": ("layers", 32),
@@ -325,6 +325,7 @@ def cmd_sweep(args) -> int:
     shared = parse_values(args.shared_prefix, "--shared-prefix")
     if len(shared) != 1:
         raise CliError("--shared-prefix takes one value in a sweep")
+    check_points(len(seqs) * len(gens) * len(batches), "the --seq x --gen x --batch grid", MAX_GRID)
     check_points(len(models) * len(hws) * len(policies) * len(tps) * len(pps), "models x hardware x policies x "
                  "parallelism", MAX_CASES)
     check_points(len(models) * len(hws) * len(policies) * len(tps) * len(pps) * len(seqs) * len(gens) * len(batches),

@@ -21,6 +21,8 @@ INPUT_MAX = 2**53
 MAX_LAYERS = 2048
 # Points one sweep may evaluate (grid x models x hardware x policies): ~10 GB of CSV, minutes of work.
 MAX_POINTS = 50_000_000
+# Points of one seq x gen x batch grid, evaluated at once: about 1.5 KB of memory each (2M points peak at 3 GB).
+MAX_GRID = 2_000_000
 # Models, hardware and policy compositions: each one is a separate prediction (about a millisecond each).
 MAX_CASES = 100_000
 INT_SAFE = 2**62

@@ -100,7 +100,9 @@ def test_empty_values_are_refused_not_defaulted(capsys, argv):
 @pytest.mark.parametrize("argv, message", [
     (["predict", "--layers", "100000"], "between 1 and 2,048"),
     (["sweep", "--layers", "1..1000+1", "--heads", "1..100+1", "--head-dim", "1..100+1"], "model sizes"),
-    (["sweep", "--seq", "1..9000000+1", "--batch", "1..1000+1"], "this sweep"),
+    (["sweep", "--seq", "1..9000000+1", "--batch", "1..1000+1"], "--batch grid"),
+    (["sweep", "--model", "llama-3-8b,llama-2-7b,qwen3-8b,mistral-7b-v0.1", "--policy", "h2o;full",
+      "--policy", "int8;none", "--policy", "offload;none", "--seq", "1..1000000+1", "--batch", "1,2"], "this sweep"),
     (["sweep", *sum([["--policy", "int8;int4;h2o;none"]] * 12, [])], "--policy alternatives"),
 ])
 def test_unbounded_work_is_refused_at_once(capsys, argv, message):
