@@ -3,8 +3,6 @@ leaves a profile half-written."""
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -50,9 +48,9 @@ def write(path, rows, columns=COLUMNS):
         w.writerows(rows)
 
 
-def kvsim(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=900,
-                          cwd=cwd)
+def kvsim(*args, cwd="."):
+    from tests.inprocess import run
+    return run(*args, cwd=cwd)
 
 
 # The parameters the recovery test frees; the rest stay at the truth. Fitting all twelve at once reaches the same

@@ -7,23 +7,11 @@ import torch
 
 from kvsim import parse_composition
 from measured import runner
+from tests.inprocess import run
 
 
 def kvsim(*args, cwd="."):
-    """The CLI in this process (kvsim.cli.main, as the console script calls it): the same code path without
-    a fresh interpreter importing torch and transformers for every call (~3 s each on the 2-core VM)."""
-    import contextlib
-    import io
-    from types import SimpleNamespace
-
-    from kvsim.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd):
-        try:
-            code = main(list(args))
-        except SystemExit as e:
-            code = e.code
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return run(*args, cwd=cwd)
 
 
 def rows(path):
