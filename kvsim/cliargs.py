@@ -70,22 +70,6 @@ def whole(flag: str, lo: int = 0, hi: int = INPUT_MAX):
     return read
 
 
-def number(flag: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False):
-    """An argparse type: a finite number in [lo, hi] ((lo, hi] with lo_open)."""
-    def read(text: str) -> float:
-        try:
-            v = parse_values(text, flag, integer=False, lo=lo, hi=hi)
-        except UsageError as e:
-            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag}: ").removeprefix(f"{flag} ")) from None
-        if len(v) != 1:
-            raise argparse.ArgumentTypeError(f"takes one value, got {text!r}")
-        if lo_open and v[0] <= lo:
-            raise argparse.ArgumentTypeError(f"must be greater than {lo:g}, got {v[0]:g}")
-        return v[0]
-    read.__name__ = "number"
-    return read
-
-
 def _finite(text: str, flag: str, item: str) -> float:
     try:
         x = float(text)
