@@ -121,7 +121,7 @@ def summary(setup: Setup, specs: tuple[str, ...]) -> pd.DataFrame:
             "prefill_flops": float(pr.prefill_flops), "prefill_bytes": float(pr.prefill_bytes),
             "decode_flops": float(pr.decode_flops), "decode_bytes": float(pr.decode_bytes),
             "peak_flops": hw.peak_flops(pr._engine.cost.act_dtype), "bandwidth": hw.memory_bandwidth,
-            "notes": "; ".join(pr.notes),
+            "notes": "\n".join(pr.notes),  # notes contain '; ' themselves: one per line
         })
     return pd.DataFrame(rows)
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` 
 from app import charts, data, export, state  # noqa: E402
 from kvsim import hardware_names, model_names  # noqa: E402
 from kvsim.errors import KvsimError  # noqa: E402
+from kvsim.jsonio import parse_object  # noqa: E402
 from kvsim.policies import REGISTRY, policy_class  # noqa: E402
 from kvsim.units import fmt_bytes  # noqa: E402
 
@@ -31,6 +32,8 @@ UNITS = {"budget": "tokens", "window": "tokens", "size": "tokens", "sinks": "tok
 
 st.set_page_config(page_title="kvsim explorer", layout="wide")
 state.init()
+for problem in st.session_state.get("_url_problems", []):
+    st.warning(problem)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -78,6 +81,8 @@ def policy_widgets(name: str) -> str:
                     raw = st.session_state[key]
                     st.session_state[key] = (raw.lower() in ("1", "true") if isinstance(default, bool)
                                              else type(default)(raw))
+                    if not isinstance(default, bool) and not abs(st.session_state[key]) <= 2**53:
+                        raise ValueError(raw)  # a widget cannot hold it, and no policy accepts it
                 except (TypeError, ValueError):
                     del st.session_state[key]
             if isinstance(default, tuple):  # a per-layer list: comma-separated, empty for none
@@ -119,10 +124,10 @@ def model_key() -> str:
         if up is None:
             st.info("Upload a config.json to use it (nothing leaves this machine).")
             st.stop()
-        try:
-            cfg = json.loads(up.getvalue())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            st.error(f"That file is not valid JSON: {e}")
+        try:  # the same bounded reader as the CLI: size, depth, finite numbers
+            cfg = parse_object(up.getvalue(), "config.json", up.name)
+        except KvsimError as e:
+            st.error(str(e))
             st.stop()
         return "config:" + json.dumps(cfg, sort_keys=True)
     c1, c2 = st.sidebar.columns(2)
@@ -190,7 +195,7 @@ state.publish({k: str(v) for k, v in st.session_state.items() if isinstance(k, s
 # ---------------------------------------------------------------------------------------------- validate
 try:
     spec_model = data.model_spec(key)
-except (KvsimError, ValueError, KeyError, TypeError) as e:
+except (KvsimError, ValueError, KeyError, TypeError, RecursionError) as e:
     st.error(f"This model cannot be built: {e}")
     st.stop()
 setup = data.Setup(key, hw_name, profile_name, seq, gen, batch, tp, kv_dtype)
@@ -230,7 +235,7 @@ st.dataframe(table, hide_index=True, width="stretch",
                             "TTFT (ms)": st.column_config.NumberColumn(format="%.2f"),
                             "TPOT (ms)": st.column_config.NumberColumn(format="%.3f"),
                             "decode tokens/s": st.column_config.NumberColumn(format="%.0f")})
-for n in sorted({n for notes in summary["notes"] for n in notes.split("; ") if n}):
+for n in sorted({n for notes in summary["notes"] for n in notes.split("\n") if n}):
     st.caption(f"note: {n}")
 
 tabs = st.tabs(["Memory", "Latency & throughput", "Serving", "Trade-offs & quality", "Roofline", "Measured"])

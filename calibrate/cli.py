@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kvsim.atomic import replacing
+from kvsim.atomic import check_target, replacing
 from kvsim.cli import _Parser
+from kvsim.cliargs import whole
 from kvsim.errors import KvsimError
 
 
@@ -23,12 +24,15 @@ def write_json(path: Path, data: dict) -> None:
 
 def cmd_probe(argv) -> int:
     p = _Parser(prog="kvsim probe", description="micro-benchmark this device into a hardware profile")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", action="append", default=None, help="fp32, bf16, fp16 (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", action="append", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="repeatable (default: fp32 on cpu; bf16, fp16, fp32 on cuda)")
     p.add_argument("--quick", action="store_true", help="smaller buffers and fewer repeats")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=whole("--threads", 1, 4096), default=None,
+                   help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="profile JSON to write")
     a = p.parse_args(argv)
+    check_target(a.out, "--out", stream_ok=False)
     import torch
 
     if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
@@ -36,7 +40,10 @@ def cmd_probe(argv) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from .probe import run
-    r = run(a.device, a.dtype, a.quick)
+    from measured.progress import Progress
+    dtypes = a.dtype or (["bf16", "fp16", "fp32"] if a.device != "cpu" else ["fp32"])
+    with Progress(2 + len(dtypes), "probe", unit="stage") as progress:
+        r = run(a.device, dtypes, a.quick, progress)
     main_dtype = (a.dtype or (["bf16"] if a.device != "cpu" else ["fp32"]))[0]
     profile = {"params": {"name": Path(a.out).stem, "memory_bandwidth": r["memory_bandwidth"],
                           "peak_flops": r["peak_flops"][main_dtype], "device": r["device_name"]},
@@ -65,21 +72,26 @@ def cmd_calibrate(argv) -> int:
     p.add_argument("--hardware", default=None, help="hardware preset the datasheet comparison uses "
                                                     "(default: cpu for CPU data)")
     p.add_argument("--probe", default=None, help="profile from `kvsim probe`: its measured peaks are the base")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=whole("--folds", 2, 100), default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=whole("--seed", 0, 2**32 - 1), default=0, help="fold assignment seed")
+    p.add_argument("--fit", default=None, metavar="P,...",
+                   help="fit only these parameters (comma list; default: all); the others keep the --probe "
+                        "profile's or the defaults' values. Fewer free parameters need fewer rows and less time")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out profile even if the new fit's held-out error is worse")
     a = p.parse_args(argv)
     if a.kernels:
         return _calibrate_kernels(a)
     if not a.data or not a.out:
         raise KvsimError("kvsim calibrate needs --data and --out (or --kernels aiconfigurator)")
-    if a.folds < 2:
-        raise KvsimError("--folds must be at least 2")
     out = Path(a.out)
     if out.suffix != ".json":
         raise KvsimError("--out must be a .json file")
+    check_target(out, "--out", stream_ok=False)
     from .data import load
-    from .fit import PARAMS, Problem, cross_validate, errors, fit
+    from .fit import Problem, cross_validate, errors, fit, free_params
+    free = free_params([x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None)
 
     df, digest = load(a.data)
     device = str(df["device_name"].iloc[0])
@@ -93,8 +105,8 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")
     say = lambda s: print(s, file=sys.stderr)  # noqa: E731
     say(f"{len(df)} rows, {n_conf} configurations, {len(problem.groups)} groups on {device}")
-    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say)
-    final = fit(problem)
+    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say, free=free)
+    final = fit(problem, free=free)
     train_ttft, train_tpot = problem.predict(final)
     raw_ttft, raw_tpot = problem.predict(Profile(name="uncalibrated", memory_bandwidth=base.memory_bandwidth,
                                                  peak_flops=base.peak_flops))
@@ -113,7 +125,7 @@ def cmd_calibrate(argv) -> int:
         "params": {k: v for k, v in final.to_dict().items() if k != "meta"},
         "device": device,
         "hardware": hw_name,
-        "fitted": list(PARAMS),
+        "fitted": list(free),
         "heldout": {**block(held_ttft, held_tpot), "folds": a.folds, "configurations": int(n_conf),
                     "grouping": "model, seq, policy"},
         "train": block(train_ttft, train_tpot),
@@ -128,6 +140,8 @@ def cmd_calibrate(argv) -> int:
                        "numpy_version": np.__version__, "seed": a.seed,
                        "probe": a.probe, "measured_on": sorted(set(df["date"].astype(str).str[:10])) if "date" in df else []},
     }
+    if not a.force:
+        _refuse_worse(out, profile["heldout"])
     if not a.no_plot:
         from .report import plot
         title = (f"{device}: held-out TPOT MAPE {profile['heldout']['tpot_mape']:.1%}, "
@@ -140,6 +154,23 @@ def cmd_calibrate(argv) -> int:
     print(f"uncalibrated on the same rows: TPOT {u['tpot_mape']:.1%}, TTFT {u['ttft_mape']:.1%}")
     print(f"wrote {out}" + ("" if a.no_plot else f" and {out.with_suffix('.png')}"))
     return 0
+
+
+def _refuse_worse(out: Path, new: dict) -> None:
+    """Keep a good profile: refuse to replace `out` with a fit whose held-out MAPE (mean of TPOT and TTFT) is
+    worse than the one it already records, unless --force."""
+    if not out.exists():
+        return
+    from kvsim.jsonio import read_object
+    try:
+        old = read_object(out, "profile").get("heldout") or {}
+        before = (float(old["tpot_mape"]) + float(old["ttft_mape"])) / 2
+    except (KvsimError, KeyError, TypeError, ValueError):
+        return  # not a profile calibrate wrote: nothing to compare, replaced as asked
+    after = (new["tpot_mape"] + new["ttft_mape"]) / 2
+    if not after <= before:
+        raise KvsimError(f"{out} has held-out MAPE {before:.1%}; this fit's is {after:.1%}, worse: kept {out} "
+                         "(pass --force to replace it)")
 
 
 def _calibrate_kernels(a) -> int:

@@ -11,6 +11,11 @@ from pathlib import Path
 
 from kvsim.errors import KvsimError
 
+# What a measurement can plausibly be: a row outside is a typo or a corrupted file, and one such row can drag a
+# least-squares fit anywhere (a 1e12-token prompt, a 1e-300 s TTFT). (lo, hi, whole number)
+PLAUSIBLE = {"seq": (1, 2**24, True), "gen": (1, 2**20, True), "batch": (1, 2**16, True),
+             "ttft_s": (1e-7, 1e5, False), "tpot_s": (1e-7, 1e4, False)}
+MAX_BYTES = 1 << 30
 REQUIRED = ("model", "policy", "seq", "gen", "batch", "dtype", "device_name", "status", "ttft_s", "tpot_s")
 
 
@@ -21,6 +26,8 @@ def files(paths: list[str]) -> list[Path]:
             out += sorted(q for q in p.rglob("*.csv") if _is_latency(q))
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise KvsimError(f"--data {p}: not a regular file or folder")
         else:
             raise KvsimError(f"--data {p}: no such file or folder")
     if not out:
@@ -29,8 +36,10 @@ def files(paths: list[str]) -> list[Path]:
 
 
 def _is_latency(path: Path) -> bool:
-    with path.open() as f:
-        header = f.readline()
+    if not path.is_file():
+        return False
+    with path.open(errors="replace") as f:
+        header = f.readline(1 << 16)
     return "tpot_s" in header and "ttft_s" in header
 
 
@@ -40,6 +49,8 @@ def load(paths: list[str]):
     frames = []
     digest = hashlib.sha256()
     for path in files(paths):
+        if path.stat().st_size > MAX_BYTES:
+            raise KvsimError(f"{path}: larger than {MAX_BYTES >> 20} MiB")
         raw = path.read_bytes()
         digest.update(raw)
         if not raw.strip():
@@ -57,12 +68,17 @@ def load(paths: list[str]):
     df = df[df["status"] == "ok"].copy()
     if df.empty:
         raise KvsimError("no rows with status ok to calibrate on")
-    for col in ("ttft_s", "tpot_s", "seq", "gen", "batch"):
+    import numpy as np
+    for col, (lo, hi, whole) in PLAUSIBLE.items():
         vals = pd.to_numeric(df[col], errors="coerce")
-        bad = vals.isna() | (vals <= 0)
+        bad = vals.isna() | ~np.isfinite(vals) | (vals < lo) | (vals > hi)
+        if whole:
+            bad |= vals.notna() & np.isfinite(vals) & (vals != np.floor(vals))
         if bad.any():
             i = int(bad.idxmax())
-            raise KvsimError(f"row {i} ({df.loc[i, 'source']}): {col} is {df.loc[i, col]!r}, not a positive number")
+            kind = "a whole number" if whole else "a number"
+            raise KvsimError(f"row {i} ({df.loc[i, 'source']}): {col} is {df.loc[i, col]!r}, not {kind} in "
+                             f"[{lo:g}, {hi:g}]; fix or drop the row")
         df[col] = vals
     devices = sorted(df["device_name"].astype(str).unique())
     if len(devices) > 1:

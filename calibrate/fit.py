@@ -87,24 +87,36 @@ class Problem:
         return ttft, tpot
 
 
-def _vector(values: dict) -> np.ndarray:
-    return np.log([values[k] for k in PARAMS])
+def free_params(names=None) -> tuple[str, ...]:
+    """The parameters a fit moves (all of PARAMS by default); the others keep the base profile's values."""
+    if names is None:
+        return tuple(PARAMS)
+    unknown = [n for n in names if n not in PARAMS]
+    if unknown or not names:
+        raise KvsimError(f"--fit: unknown parameter {', '.join(unknown) or '(none given)'}; valid: {', '.join(PARAMS)}")
+    return tuple(dict.fromkeys(names))
 
 
-def _values(x: np.ndarray) -> dict:
-    return {k: float(np.exp(v)) for k, v in zip(PARAMS, x)}
+def _vector(values: dict, free) -> np.ndarray:
+    return np.log([values[k] for k in free])
 
 
-def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = None) -> Profile:
-    """Least squares on log(predicted / measured) for TTFT and TPOT over `rows` (all when None)."""
+def _values(x: np.ndarray, free) -> dict:
+    return {k: float(np.exp(v)) for k, v in zip(free, x)}
+
+
+def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = None, free=None) -> Profile:
+    """Least squares on log(predicted / measured) for TTFT and TPOT over `rows` (all when None), moving the
+    `free` parameters (all of PARAMS by default) and keeping the rest at the base profile's values."""
     from scipy.optimize import least_squares
 
+    free = free_params(free)
     rows = np.arange(len(problem.df)) if rows is None else rows
-    lo = np.log([b[0] for b in PARAMS.values()])
-    hi = np.log([b[1] for b in PARAMS.values()])
+    lo = np.log([PARAMS[k][0] for k in free])
+    hi = np.log([PARAMS[k][1] for k in free])
 
     def residuals(x):
-        ttft, tpot = problem.predict(problem.profile(_values(x)), rows)
+        ttft, tpot = problem.predict(problem.profile(_values(x, free)), rows)
         return np.concatenate([np.log(ttft[rows] / problem.ttft[rows]), np.log(tpot[rows] / problem.tpot[rows])])
 
     # Fixed overheads and bandwidth trade against each other on small models, so the surface has several
@@ -112,11 +124,11 @@ def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = N
     starts = [start] if start else [_start(1.0), _start(0.1), _start(10.0)]
     best = None
     for s in starts:
-        x0 = np.clip(_vector(s), lo + 1e-6, hi - 1e-6)
+        x0 = np.clip(_vector(s, free), lo + 1e-6, hi - 1e-6)
         res = least_squares(residuals, x0, bounds=(lo, hi), x_scale=1.0, diff_step=1e-3, max_nfev=400)
         if best is None or res.cost < best.cost:
             best = res
-    return problem.profile(_values(best.x))
+    return problem.profile(_values(best.x, free))
 
 
 def _start(overhead_scale: float) -> dict:
@@ -144,7 +156,8 @@ def folds(df, k: int, seed: int) -> np.ndarray:
     return keys.map(fold_of).to_numpy()
 
 
-def cross_validate(problem: Problem, k: int, seed: int, report=lambda s: None) -> tuple[np.ndarray, np.ndarray]:
+def cross_validate(problem: Problem, k: int, seed: int, report=lambda s: None,
+                   free=None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out (TTFT, TPOT) for every row, each predicted by a fit on the other folds."""
     fold = folds(problem.df, k, seed)
     ttft = np.full(len(problem.df), np.nan)
@@ -153,7 +166,7 @@ def cross_validate(problem: Problem, k: int, seed: int, report=lambda s: None) -
         train, test = np.where(fold != f)[0], np.where(fold == f)[0]
         if test.size == 0:
             continue
-        prof = fit(problem, train)
+        prof = fit(problem, train, free=free)
         a, b = problem.predict(prof, test)
         ttft[test], tpot[test] = a[test], b[test]
         report(f"fold {f + 1}/{k}: {test.size} held-out rows, TPOT MAPE {errors(b[test], problem.tpot[test])['mape']:.3f}, "

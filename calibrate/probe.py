@@ -64,18 +64,26 @@ def overheads(device: str, repeats: int) -> dict:
                                                                                             repeats * 20)}
 
 
-def run(device: str = "cpu", dtypes=None, quick: bool = False) -> dict:
+def run(device: str = "cpu", dtypes=None, quick: bool = False, progress=None) -> dict:
     cuda = device.startswith("cuda")
     dtypes = dtypes or (["bf16", "fp16", "fp32"] if cuda else ["fp32"])
     repeats = 3 if quick else 10
     big = (1 << 30) if cuda else (1 << 26 if quick else 1 << 28)
     dims = [1024, 2048] if quick else ([2048, 4096, 8192] if cuda else [512, 1024, 2048])
     sizes = [(d, d, d) for d in dims] + [(m, dims[-1], dims[-1]) for m in (1, 8, 64)]
+    def stage(label, fn):
+        if progress is not None:
+            progress.current(label)
+        out = fn()
+        if progress is not None:
+            progress.done(label)
+        return out
     result = {"device": device, "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
               "threads": torch.get_num_threads(), "torch_version": torch.__version__,
-              "stream": bandwidth(device, big, repeats), "gemm": [], "overhead": overheads(device, repeats)}
+              "stream": stage(f"stream {big >> 20} MiB", lambda: bandwidth(device, big, repeats)), "gemm": [],
+              "overhead": stage("op overheads", lambda: overheads(device, repeats))}
     for dt in dtypes:
-        result["gemm"] += gemms(device, dt, sizes, repeats)
+        result["gemm"] += stage(f"{dt} GEMMs", lambda: gemms(device, dt, sizes, repeats))
     result["memory_bandwidth"] = max(result["stream"]["copy_bytes_per_s"], result["stream"]["read_bytes_per_s"])
     result["peak_flops"] = {dt: max(g["flops_per_s"] for g in result["gemm"] if g["dtype"] == dt) for dt in dtypes}
     return result

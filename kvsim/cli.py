@@ -11,12 +11,14 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError as CliError  # one class, whichever module runs as __main__
+from .cliargs import RANGE_HELP, Parser, parse_values
+from .errors import UsageError as CliError
+from .atomic import output, terminate_cleanly
+from .limits import MAX_CASES, MAX_GRID, check_points  # one class, whichever module runs as __main__
 
 SIZE_FLAGS = {  # flag -> (dest, default) for a model built from sizes: a Llama-2-7B shape in fp16
     "--layers": ("layers", 32),
@@ -54,51 +56,7 @@ ENGINE_FLAGS = {  # flag -> (Engine field, parser, help)
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise CliError(message)
-
-
-# ----------------------------------------------------------------------------------------------- values
-def parse_values(text: str, flag: str, integer: bool = True, limit: int = 10_000_000) -> list:
-    """'1,2,4' | '1024..32768*2' | '0..100+10' (stop included) | mixtures separated by commas."""
-    out: list = []
-    conv = int if integer else float
-    for item in filter(None, (s.strip() for s in str(text).split(","))):
-        try:
-            if ".." in item:
-                start_s, rest = item.split("..", 1)
-                if "*" in rest:
-                    stop_s, by_s, mult = *rest.split("*", 1), True
-                elif "+" in rest:
-                    stop_s, by_s, mult = *rest.split("+", 1), False
-                else:
-                    raise CliError(f"{flag}: range {item!r} needs *factor or +step")
-                start, stop = conv(float(start_s)), conv(float(stop_s))
-                by = float(by_s)
-                if start > stop:
-                    raise CliError(f"{flag}: range {item!r} runs backwards")
-                if (mult and (by <= 1 or start <= 0)) or (not mult and by <= 0):
-                    raise CliError(f"{flag}: range {item!r} never reaches its end")
-                v = start
-                while v <= stop * (1 + 1e-12):
-                    out.append(conv(v) if not integer else int(round(v)))
-                    if len(out) > limit:
-                        raise CliError(f"{flag}: more than {limit} values")
-                    v = v * by if mult else v + by
-            else:
-                f = float(item)
-                if integer and not f.is_integer():
-                    raise ValueError
-                out.append(conv(f))
-        except CliError:
-            raise
-        except (ValueError, OverflowError):  # OverflowError: an infinite range end
-            raise CliError(f"{flag}: cannot read {item!r} as a {'whole number' if integer else 'number'}") \
-                from None
-    if not out:
-        raise CliError(f"{flag}: no values")
-    return out
+_Parser = Parser  # the name measured/ and calibrate/ import
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -128,7 +86,9 @@ def _models(args, sweep: bool):
         names = [s.strip() for s in args.model.split(",")] if sweep else [args.model]
         return [load_model(n) for n in names]
     if args.hf_config:
-        return [from_hf_config(load_json(args.hf_config), name=Path(args.hf_config).stem)]
+        from .hf import config_name
+        cfg = load_json(args.hf_config)
+        return [from_hf_config(cfg, name=config_name(args.hf_config, cfg))]
     values = {}
     for flag, (dest, default) in SIZE_FLAGS.items():
         raw = sized.get(dest)
@@ -139,6 +99,7 @@ def _models(args, sweep: bool):
         else:
             values[dest] = [_one_int(raw, flag)]
     import itertools
+    check_points(math.prod(len(v) for v in values.values()), "the grid of model sizes", MAX_CASES)
     models = []
     keys = list(values)
     for combo in itertools.product(*(values[k] for k in keys)):
@@ -195,7 +156,7 @@ def _add_kv_dtype(g):
 
 def _add_policy_profile(p, sweep: bool):
     p.add_argument("--policy", action="append", default=[], metavar="SPEC",
-                   help="KV policy name or name:key=value,...; repeat to compose in order"
+                   help="KV policy name or name:key=value,...; compose with ' + ' or repeat the flag"
                         + ("; alternatives separated by ';' (none: skip this slot)" if sweep else ""))
     p.add_argument("--profile", default=None, help="calibrated efficiency profile: a JSON path or a shipped name (kvsim list profiles; default: the datasheet "
                                                    "roofline, a lower bound on time)")
@@ -264,17 +225,23 @@ def cmd_predict(args) -> int:
     layers = [(i, int(b.ravel()[0])) for i, b in pred.kv_bytes_per_layer()]
     for note in pred.notes:
         print(f"note: {note}", file=sys.stderr)
-    inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "seq": wl.prompt, "gen": wl.gen,
+    from .policies import label as policy_label
+    inputs = {"model": model.name, "hardware": hw.name, "policy": policy.spec(), "policy_label": policy_label(policy), "seq": wl.prompt, "gen": wl.gen,
               "batch": wl.batch, "tp": wl.tp, "pp": wl.pp, "kv_dtype": pred._engine.cost.kv_dtype,
               "weight_dtype": pred._engine.cost.weight_dtype, "profile": prof.name if prof else "datasheet",
               "profile_description": describe_profile(prof or DATASHEET),
               "engine": engine.label, "max_num_batched_tokens": engine.max_num_batched_tokens,
               "gpu_memory_utilization": engine.memory_fraction, "block_size": engine.block_size,
               "shared_prefix": wl.shared_prefix}
+    from .breakdown import rows as breakdown_rows, table as breakdown_table
+    ops = breakdown_rows(pred) if args.breakdown else None
     if args.format == "json":
-        out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes}
+        out = {**inputs, **values, "kv_bytes_per_layer": [b for _, b in layers], "notes": pred.notes,
+               **({"breakdown": ops} if ops is not None else {})}
         print(json.dumps(out, indent=2))
     elif args.format == "csv":
+        if ops is not None:
+            raise CliError("--breakdown prints a table or JSON, not CSV")
         keys = list(inputs) + list(JSON_KEYS)
         row = {**inputs, **values}
         print(",".join(keys))
@@ -289,12 +256,15 @@ def cmd_predict(args) -> int:
         rows = [
             ("model", f"{model.name} ({fmt_count(model.n_params())} params, {inputs['weight_dtype']})"),
             ("hardware", f"{hw.display} ({fmt_bytes(hw.memory_bytes)})"),
-            ("policy", inputs["policy"]),
+            ("policy", policy_label(policy)),
+            *[("", f"{part.name}: {part.summary}") for part in policy.parts if part.name != "full"],
             ("workload", f"prompt {wl.prompt}, gen {wl.gen}, batch {wl.batch}, tp {wl.tp}, pp {wl.pp}, "
                          f"KV {inputs['kv_dtype']}"),
             ("", ""),
             ("KV cache", f"{fmt_bytes(v['kv_cache_bytes'])}  ({v['kv_cache_bytes']:,} B; "
-                         f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device)"),
+                         f"{fmt_bytes(v['kv_cache_bytes_per_device'])} per device"
+                         + (f", {fmt_bytes(v['kv_host_bytes'])} offloaded to host memory" if v["kv_host_bytes"]
+                            else "") + ")"),
             ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
@@ -327,6 +297,8 @@ def cmd_predict(args) -> int:
         width = max(len(k) for k, _ in rows)
         for k, val in rows:
             print(f"{k:<{width}}  {val}" if k or val else "")
+        if ops is not None:
+            print("\n" + breakdown_table(ops))
         if not prof:
             print("\n(times: datasheet roofline, a lower bound; pass --profile for calibrated predictions)")
         else:
@@ -350,7 +322,7 @@ def _csv_cell(v) -> str:
     if v is None:
         return ""
     s = str(v)
-    return f'"{s}"' if ("," in s or '"' in s) else s
+    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n\r') else s
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -359,7 +331,7 @@ def cmd_sweep(args) -> int:
 
     models = _models(args, sweep=True)
     hws = [load_hardware(h.strip()) for h in args.hardware.split(",")]
-    from .policies import alternatives
+    from .policies import alternatives, stored_format
     policies = alternatives(args.policy)
     seqs = np.array(parse_values(args.seq, "--seq"), dtype=np.int64)
     gens = np.array(parse_values(args.gen, "--gen"), dtype=np.int64)
@@ -369,14 +341,20 @@ def cmd_sweep(args) -> int:
     shared = parse_values(args.shared_prefix, "--shared-prefix")
     if len(shared) != 1:
         raise CliError("--shared-prefix takes one value in a sweep")
+    check_points(len(seqs) * len(gens) * len(batches), "the --seq x --gen x --batch grid", MAX_GRID)
+    check_points(len(models) * len(hws) * len(policies) * len(tps) * len(pps), "models x hardware x policies x "
+                 "parallelism", MAX_CASES)
+    check_points(len(models) * len(hws) * len(policies) * len(tps) * len(pps) * len(seqs) * len(gens) * len(batches),
+                 "this sweep")
     prof = _profile(args)
     engine = _engine(args)
     # An outer-product grid by broadcasting: per-sequence work is computed once per (seq, gen), not per batch.
     S, G, B = seqs[:, None, None], gens[None, :, None], batches[None, None, :]
     flat = [a.ravel() for a in np.meshgrid(seqs, gens, batches, indexing="ij")]
-    header = ["model", "hardware", "policy", "engine", "seq", "gen", "batch", "tp", "pp", "kv_dtype", *SWEEP_KEYS]
-    sink, finish = _open_out(args.out)
-    try:
+    header = ["model", "hardware", "policy", "engine", "seq", "gen", "batch", "tp", "pp", "kv_dtype", "kv_stored",
+              *SWEEP_KEYS]
+    from contextlib import nullcontext
+    with output(args.out) if args.out else nullcontext(sys.stdout) as sink:
         sink.write(",".join(header) + "\n")
         rows = 0
         noted: set[str] = set()
@@ -394,12 +372,11 @@ def cmd_sweep(args) -> int:
                                     noted.add(n)
                                     print(f"note: {n}", file=sys.stderr)
                             cols = pred.columns()
-                            prefix = f"{model.name},{hw.name},{_csv_cell(pol.spec())},{engine.label}"
-                            rows += _write_block(sink, prefix, *flat, tp, pp, pred._engine.cost.kv_dtype, cols)
-    except BaseException:
-        finish(False)
-        raise
-    finish(True)
+                            prefix = ",".join(_csv_cell(x) for x in (model.name, hw.name, pol.spec(), engine.label))
+                            prefix = prefix.replace("%", "%%")  # the prefix is part of a %-format
+                            kv_dtype = pred._engine.cost.kv_dtype
+                            stored = _csv_cell(stored_format(pol, kv_dtype)).replace("%", "%%")
+                            rows += _write_block(sink, prefix, *flat, tp, pp, f"{kv_dtype},{stored}", cols)
     if args.out:
         print(f"wrote {rows:,} rows to {args.out}", file=sys.stderr)
     return 0
@@ -440,31 +417,6 @@ def _write_block(sink, prefix, S, G, B, tp, pp, kv_dtype, cols) -> int:
     for start in range(0, n, chunk):
         sink.write("".join(fmt % row for row in zip(*(l[start:start + chunk] for l in lists))))
     return n
-
-
-def _open_out(path: str | None):
-    """stdout, or a temporary file beside `path` renamed over it only when everything was written."""
-    if not path:
-        return sys.stdout, lambda ok: sys.stdout.flush()
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise CliError(f"--out: folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    f = os.fdopen(fd, "w", buffering=1 << 20)
-
-    def finish(ok: bool):
-        f.close()
-        if ok:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return f, finish
 
 
 # ------------------------------------------------------------------------------------------------ check
@@ -830,10 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kvsim", description="What will this KV-cache choice cost me?")
     p.add_argument("--version", action="version", version=f"kvsim {_version()}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    pr = sub.add_parser("predict", help="predict memory, bytes, FLOP and latency for one configuration")
+    pr = sub.add_parser("predict", help="predict memory, bytes, FLOP and latency for one configuration",
+                        description="Predict memory, bytes, FLOP and latency for one configuration.",
+                        epilog="Numbers: one value each (1024, 1e6); lists and ranges (a..b*k, a..b+k) are for "
+                               "kvsim sweep (kvsim sweep --help).\n" + POLICY_HELP)
     _add_common(pr, sweep=False)
-    pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag")
+    pr.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    pr.add_argument("--breakdown", action="store_true",
+                    help="also show each operation class per phase: FLOP, bytes, intensity, bound, time")
+    sw = sub.add_parser("sweep", help="CSV of predictions over lists and ranges of any numeric flag",
+                        description="CSV of predictions over every combination of the values given.",
+                        epilog=RANGE_HELP + "\n" + POLICY_HELP)
     _add_common(sw, sweep=True)
     sw.add_argument("--out", default=None, help="write the CSV here (atomically) instead of stdout")
     ck = sub.add_parser("check", help="audit a CSV table of published claims against physics (issue 13)")
@@ -852,6 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+POLICY_HELP = ("Policies: name or name:key=value,... (kvsim list policies); compose with '+' or by repeating "
+               "--policy: --policy 'h2o:budget=512 + kivi:bits=2'.")
 LISTS = ("models", "hardware", "policies", "engines", "profiles")
 # the pyproject extra each external command needs
 EXTRAS = {"measure": "measure", "quality": "measure", "validate": "measure", "probe": "measure",
@@ -881,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import KvsimError
 
     argv = sys.argv[1:] if argv is None else argv
+    terminate_cleanly()
     try:
         external = {n: m for n, m, _ in EXTERNAL}
         if argv and argv[0] in external:
@@ -905,10 +867,22 @@ def main(argv: list[str] | None = None) -> int:
     except KvsimError as e:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # `kvsim sweep | head`: the reader has what it wanted
+        _silence_stdout()
         return 0
+    except MemoryError:
+        print("kvsim: error: out of memory; reduce the sweep or the model", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ All functions take numpy arrays for the prompt length, generated tokens and batc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,15 +52,19 @@ class Group:
 def layer_contexts(model: ModelSpec, kv_bits: int) -> list[LayerCtx | None]:
     """The policy view of each layer; None for layers with no per-token cache of their own."""
     layouts = [l.mixer.kv_layout() if l.has_kv else None for l in model.layers]
-    evictable = [i for i, lay in enumerate(layouts) if lay is not None and lay.evictable]
-    own = [i for i, lay in enumerate(layouts) if lay is not None]
+    # ranks by a running count, not list.index: linear in the layer count (index made 100k layers hang)
+    n_evict = sum(1 for lay in layouts if lay is not None and lay.evictable)
+    n_own = sum(1 for lay in layouts if lay is not None)
     ctxs: list[LayerCtx | None] = []
+    seen_evict = seen_own = 0
     for i, lay in enumerate(layouts):
         if lay is None:
             ctxs.append(None)
             continue
-        rank = evictable.index(i) if i in evictable else -1
-        ctxs.append(LayerCtx(i, lay, rank, len(evictable), own.index(i), len(own), kv_bits))
+        rank = seen_evict if lay.evictable else -1
+        ctxs.append(LayerCtx(i, lay, rank, n_evict, seen_own, n_own, kv_bits))
+        seen_evict += bool(lay.evictable)
+        seen_own += 1
     return ctxs
 
 
@@ -181,20 +185,30 @@ class Phase:
     flops: object = 0.0
     bytes: object = 0.0
     policy_layers: int = 0
+    # per operation class (label -> [flops, bytes, compute_s, memory_s, time_s]): what `kvsim predict
+    # --breakdown` prints; the same numbers as the totals, split by where they were added
+    parts: dict = field(default_factory=dict, compare=False)
 
-    def add(self, n: int, flops, bytes_, timer, totals: bool = True) -> None:
+    def add(self, n: int, flops, bytes_, timer, totals: bool = True, label: str = "other") -> None:
         """Add `n` layers' worth of one operation class; `timer(flops, bytes)` gives its two times."""
         c, m = timer(flops, bytes_)
         self.time_s = self.time_s + n * np.maximum(c, m)
         if totals:
+            row = self.parts.setdefault(label, [0.0] * 5)
+            for i, v in enumerate((flops, bytes_, c, m, np.maximum(c, m))):
+                row[i] = row[i] + n * v
             self.compute_s = self.compute_s + n * c
             self.memory_s = self.memory_s + n * m
             self.flops = self.flops + n * flops
             self.bytes = self.bytes + n * bytes_
 
     def __add__(self, other: "Phase") -> "Phase":
+        parts = {k: list(v) for k, v in self.parts.items()}
+        for k, v in other.parts.items():
+            parts[k] = [a + b for a, b in zip(parts.get(k, [0.0] * 5), v)]
         return Phase(*(getattr(self, f) + getattr(other, f) for f in
-                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers")))
+                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers")),
+                     parts=parts)
 
 
 class CostModel:
@@ -257,7 +271,9 @@ class CostModel:
 
     def _on_device(self, ctx: LayerCtx, nbytes):
         """One device's integer share of `nbytes` spread evenly over a layer's KV heads."""
-        return nbytes * self.heads_on_device(ctx) // ctx.layout.n_kv_heads
+        h, n = self.heads_on_device(ctx), ctx.layout.n_kv_heads
+        # nbytes * h // n without forming nbytes * h, which overflows int64 for wide layers (h ~ n ~ 8,000)
+        return (nbytes // n) * h + (nbytes % n) * h // n
 
     def heads_on_device(self, ctx: LayerCtx) -> int:
         """KV heads of this layer one tensor-parallel device holds (parallel.py: split, or replicated when the
@@ -398,12 +414,12 @@ class CostModel:
                 touched = expected_experts(moe, tokens)
                 r_bytes = touched * ep * self.wbytes
                 ph.add(n, 2.0 * moe.top_k * ep * tokens / tp, r_bytes / tp,
-                       self._timer(tokens * moe.top_k / touched, gemm=True, moe=True))
+                       self._timer(tokens * moe.top_k / touched, gemm=True, moe=True), label="MoE experts")
                 active, w_bytes = active - moe.top_k * ep, w_bytes - r_bytes
-            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul)
+            ph.add(n, 2.0 * active * tokens / tp, w_bytes / tp, weight_matmul, label="weight matmuls")
             if self.elementwise:
                 written, _ = _activation_width(model, layer)
-                ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix)
+                ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix, label="activations")
             if tp > 1:
                 if not link:
                     raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
@@ -412,7 +428,7 @@ class CostModel:
                 ph.comm_s = ph.comm_s + n * (volume / (link * prof.comm_efficiency) + 2 * prof.allreduce_overhead_s)
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
         head_bytes = (model.vocab * h * self.head_wbytes + tokens * h * self.abytes * 3) / tp
-        ph.add(1, head_flops, head_bytes, self._timer(b))
+        ph.add(1, head_flops, head_bytes, self._timer(b), label="LM head")
         return ph
 
     def cache_phase(self, p, b, s, prefill: bool, totals: bool = True) -> Phase:
@@ -436,7 +452,7 @@ class CostModel:
             if not prefill and self.profile.kv_half_units and kv_ctx is not None:
                 units = self.profile.decode_units(b * self.heads_on_device(kv_ctx), p + s + 1)
                 timer = self._timer(b, kv=True, seq_tokens=p, units=units)
-            ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals)
+            ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals, label="attention (KV read/write)")
             if per_seq_s and kv_ctx is not None:
                 ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
@@ -447,7 +463,7 @@ class CostModel:
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
                 pf, pb = self.policy.prefill_cost(grp.ctx, p) if prefill else self.policy.step_cost(grp.ctx, p, s)
                 pf, pb = np.asarray(pf, dtype=np.float64) / tp, np.asarray(pb, dtype=np.float64) / tp
-                ph.add(n, pf * b, pb * b, policy_timer, totals=totals)
+                ph.add(n, pf * b, pb * b, policy_timer, totals=totals, label="KV policy work")
                 flops, traffic = flops + n * pf, traffic + n * pb
                 ph.policy_layers += n
         if not totals:
@@ -476,6 +492,9 @@ class CostModel:
         ph.time_s = ph.time_s + m
         if totals:
             ph.memory_s = ph.memory_s + m
+            row = ph.parts.setdefault("unfused KV copy", [0.0] * 5)
+            for i, v in ((1, moved), (3, m), (4, m)):
+                row[i] = row[i] + v
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

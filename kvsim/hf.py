@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import KvsimError
 from .jsonio import read_object
+from .limits import INPUT_MAX, check_layers
 from .model import MLA, MLP, Attention, Layer, Mamba, ModelSpec, MoE
 
 # Keys that carry no information about memory, bandwidth or FLOPs.
@@ -55,6 +56,21 @@ def load_json(path: str | Path) -> dict:
     return read_object(p, "config.json")
 
 
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def config_name(path: str | Path, cfg: dict) -> str:
+    """What to call a model read from `path`: the config's _name_or_path (an HF hub id or the folder it was saved
+    from), else the folder of a config.json, else the file's stem."""
+    p = Path(path)
+    named = cfg.get("_name_or_path")
+    if isinstance(named, str) and named.strip().strip("/."):
+        return named.strip().rstrip("/").rsplit("/", 1)[-1] if named.startswith(("/", ".")) else named.strip()
+    if p.is_dir():
+        return p.resolve().name
+    return p.resolve().parent.name if p.name == "config.json" else p.stem
+
+
 def _get(cfg: dict, key: str, default=None, *, required: bool = False, kind=int):
     value = cfg.get(key, default)
     if value is None:
@@ -67,10 +83,21 @@ def _get(cfg: dict, key: str, default=None, *, required: bool = False, kind=int)
         value = int(value)
         if value < 0:
             raise KvsimError(f"config {key!r} must not be negative, got {value}")
+        if value > INPUT_MAX:
+            raise KvsimError(f"config {key!r} must be at most 2**53, got {value:.3g}")
+        if key in LAYER_KEYS:
+            check_layers(value, f"config {key!r}")
         return value
     if kind is bool and not isinstance(value, bool):
         raise KvsimError(f"config {key!r} must be true or false, got {value!r}")
     return value
+
+
+def _head_dim(hidden: int, heads: int) -> int:
+    """hidden / heads when the config gives no head_dim; a remainder would silently truncate every head."""
+    if heads == 0 or hidden % heads:
+        raise KvsimError(f"config hidden size {hidden} is not a multiple of {heads} attention heads")
+    return hidden // heads
 
 
 def _dtype(cfg: dict) -> str:
@@ -142,7 +169,7 @@ def _attention(cfg: dict, window: int) -> Attention:
     kv_heads = _get(cfg, "num_key_value_heads", heads)
     if heads == 0 or kv_heads == 0:
         raise KvsimError("config attention heads must be positive")
-    head_dim = _get(cfg, "head_dim", None) or hidden // heads
+    head_dim = _get(cfg, "head_dim", None) or _head_dim(hidden, heads)
     mt = cfg.get("model_type", "")
     qkv_bias = mt in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False))
     o_bias = bool(cfg.get("attention_bias", False)) and mt not in ("qwen2", "qwen2_moe")
@@ -194,7 +221,7 @@ def _gpt2(cfg: dict) -> ModelSpec:
     hidden = _get(cfg, "n_embd", required=True)
     heads = _get(cfg, "n_head", required=True)
     inner = _get(cfg, "n_inner", None) or 4 * hidden
-    attn = Attention(heads, heads, hidden // heads, qkv_bias=True, o_bias=True, fused_qkv=True)
+    attn = Attention(heads, heads, _head_dim(hidden, heads), qkv_bias=True, o_bias=True, fused_qkv=True)
     layer = Layer(attn, MLP(inner, gated=False, bias=True), norms=2)
     n_pos = _get(cfg, "n_positions", 1024)
     return ModelSpec(cfg.get("_kvsim_name", "gpt2"), hidden, _get(cfg, "vocab_size", required=True),

@@ -48,22 +48,28 @@ def read_object(path: str | Path, what: str) -> dict:
             raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise KvsimError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    return parse_object(raw, what, str(p))
+
+
+def parse_object(raw: bytes, what: str, source: str = "") -> dict:
+    """The same checks on bytes already in hand (an upload in the explorer)."""
+    where = f" {source}" if source else ""
     if len(raw) > MAX_BYTES:
-        raise KvsimError(f"{what} {p} is larger than {MAX_BYTES // 2**20} MiB")
+        raise KvsimError(f"{what}{where} is larger than {MAX_BYTES // 2**20} MiB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise KvsimError(f"{what} {p} is not UTF-8 text") from None
+        raise KvsimError(f"{what}{where} is not UTF-8 text") from None
     try:
         data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as e:
-        raise KvsimError(f"malformed {what} {p}: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise KvsimError(f"malformed {what}{where}: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:
-        raise KvsimError(f"malformed {what} {p}: {e}") from None
+        raise KvsimError(f"malformed {what}{where}: {e}") from None
     except RecursionError:
-        raise KvsimError(f"{what} {p} is nested more than {MAX_DEPTH} levels deep") from None
+        raise KvsimError(f"{what}{where} is nested more than {MAX_DEPTH} levels deep") from None
     if _depth(data) > MAX_DEPTH:
-        raise KvsimError(f"{what} {p} is nested more than {MAX_DEPTH} levels deep")
+        raise KvsimError(f"{what}{where} is nested more than {MAX_DEPTH} levels deep")
     if not isinstance(data, dict):
-        raise KvsimError(f"malformed {what} {p}: expected a JSON object")
+        raise KvsimError(f"malformed {what}{where}: expected a JSON object")
     return data

@@ -16,6 +16,15 @@ import numpy as np
 from .errors import KvsimError
 
 INPUT_MAX = 2**53
+# Layers of one model: ten times the deepest published decoder (Llama-3.1-405B has 126), so that a typo or a
+# crafted config (100,000 layers) is refused at once instead of building per-layer work nobody asked for.
+MAX_LAYERS = 2048
+# Points one sweep may evaluate (grid x models x hardware x policies): ~10 GB of CSV, minutes of work.
+MAX_POINTS = 50_000_000
+# Points of one seq x gen x batch grid, evaluated at once: about 1.5 KB of memory each (2M points peak at 3 GB).
+MAX_GRID = 2_000_000
+# Models, hardware and policy compositions: each one is a separate prediction (about a millisecond each).
+MAX_CASES = 100_000
 INT_SAFE = 2**62
 EXACT = 2**53
 
@@ -23,6 +32,20 @@ EXACT = 2**53
 # any policy's integer arithmetic forms: 64-bit elements with per-element 32-bit scales and zero points, per-token
 # scores and positions, per-page min/max keys, merge magnitudes (policies/*.py stay well under it).
 _BITS_PER_ELEMENT = 256
+
+
+def check_layers(n: int, what: str = "layers") -> int:
+    if not 1 <= n <= MAX_LAYERS:
+        raise KvsimError(f"{what} must be between 1 and {MAX_LAYERS:,}, got {n:,}")
+    return n
+
+
+def check_points(n: int, what: str, limit: int = MAX_POINTS) -> int:
+    """Refuse a sweep whose total work (a product of list lengths) is beyond `limit`, before any of it."""
+    if n > limit:
+        raise KvsimError(f"{what} is {n:,} points, more than the {limit:,} one sweep evaluates; "
+                         "split it into smaller sweeps")
+    return n
 
 
 def token_limit(model) -> int:

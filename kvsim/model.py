@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import KvsimError
+from .limits import check_layers
 from .weights import canonical as canonical_weights
 
 
@@ -367,8 +368,7 @@ class ModelSpec:
 
     def __post_init__(self):
         _positive(self, "hidden", "vocab")
-        if not self.layers:
-            raise KvsimError("a model needs at least one layer")
+        check_layers(len(self.layers), f"{self.name}: layers")
         object.__setattr__(self, "weight_dtype", canonical_weights(self.weight_dtype))
         for i, layer in enumerate(self.layers):
             mixer = layer.mixer
@@ -420,8 +420,7 @@ def uniform(name: str, *, n_layers: int, hidden: int, vocab: int, n_heads: int, 
             head_dim: int, intermediate: int, window: int = 0, weight_dtype: str = "bf16",
             tied_embeddings: bool = False, gated: bool = True) -> ModelSpec:
     """A decoder of identical attention + MLP layers: the shape the CLI builds from size flags."""
-    if n_layers <= 0:
-        raise KvsimError(f"layers must be positive, got {n_layers}")
+    check_layers(n_layers)
     layer = Layer(Attention(n_heads, n_kv_heads, head_dim, window=window), MLP(intermediate, gated=gated))
     return ModelSpec(name, hidden, vocab, (layer,) * n_layers, tied_embeddings=tied_embeddings,
                      weight_dtype=weight_dtype)

@@ -320,7 +320,8 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     kv_total = exact("KV cache", bf * cost.kv_stored(p, steps, state=False))
     kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device",
                                                                        state=False), cost.pp))
-    notes = policy.notes(p, [c for c in layer_contexts(model, cost.kv_bits) if c is not None and c.rank >= 0]) + notes_pool
+    ctxs = [c for c in layer_contexts(model, cost.kv_bits) if c is not None]
+    notes = policy.notes(p, [c for c in ctxs if c.rank >= 0]) + policy.idle_notes(model.name, ctxs) + notes_pool
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape, shared_prefix.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")

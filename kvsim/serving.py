@@ -43,6 +43,7 @@ import numpy as np
 
 from .cost import CostModel, Phase, causal_pairs
 from .errors import KvsimError
+from .limits import token_limit
 from .model import LinearAttention, Mamba
 from .policies.base import Segment
 
@@ -276,12 +277,15 @@ class Serving:
 
     def longest(self, gen, b, shared_prefix=0, shape=()) -> np.ndarray:
         """Largest prompt for which b requests (with this gen) fit in the pool; int64 max when unbounded."""
+        # Probe no prompt beyond what the model's int64 sizes hold exactly (limits.token_limit): a wide model at
+        # 2**36 tokens overflowed, "fitted", and was reported unbounded. Unbounded means fitting at 2**36.
+        top = int(min(2**36, max(token_limit(self.cost.model) - int(np.max(gen)), 1)))
         lo = np.zeros(shape, dtype=np.int64)
-        hi = np.full(shape, 2**36, dtype=np.int64)
+        hi = np.full(shape, top, dtype=np.int64)
 
         def ok(p):
             return self.fits(np.maximum(p, 1), gen, b, np.minimum(shared_prefix, np.maximum(p, 1)))
-        unbounded = ok(hi)
+        unbounded = ok(hi) & (top == 2**36)
         for _ in range(37):
             mid = (lo + hi + 1) // 2
             good = ok(mid)

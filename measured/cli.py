@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from kvsim.cli import _Parser, parse_values
+from kvsim.cliargs import RANGE_HELP, whole
 from kvsim.errors import KvsimError
-from kvsim.policies import alternatives
+from kvsim.policies import alternatives, label
 
 from .support import check
 
@@ -44,33 +45,32 @@ def _load(model: str, weights: str, device: str, dtype: str):
 
 
 def cmd_measure(argv) -> int:
-    p = _Parser(prog="kvsim measure", description="measure policies on a transformers model; CSV rows")
+    p = _Parser(prog="kvsim measure", description="measure policies on a transformers model; CSV rows",
+                epilog=RANGE_HELP)
     p.add_argument("--model", required=True, help="preset name or config.json path")
     p.add_argument("--weights", choices=("random", "real"), default="random",
                    help="random: exact shapes, for memory and latency; real: smollm2-135m or gemma-3-270m")
-    p.add_argument("--policy", action="append", default=[], help="policy spec; ';' separates alternatives")
+    p.add_argument("--policy", action="append", default=[], help="policy spec ('a + b' composes); ';' separates "
+                                                                 "alternatives (default: full)")
     p.add_argument("--seq", default="512", help="prompt lengths (list or range)")
-    p.add_argument("--gen", type=int, default=32, help="generated tokens per request")
+    p.add_argument("--gen", type=whole("--gen", 1, 1 << 20), default=32, help="generated tokens per request")
     p.add_argument("--batch", default="1", help="batch sizes (list or range)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", default=None, help="fp32 (default on cpu) or bf16/fp16 (default bf16 on cuda)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--repeats", type=whole("--repeats", 1, 1000), default=3, help="timed runs per point (median)")
+    p.add_argument("--warmup", type=whole("--warmup", 0, 100), default=1, help="untimed runs before them")
+    p.add_argument("--threads", type=whole("--threads", 1, 4096), default=None,
+                   help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="CSV file; rows are appended as they complete")
     p.add_argument("--resume", action="store_true", help="continue an existing --out, skipping finished points")
     a = p.parse_args(argv)
-    if a.gen < 1 or a.repeats < 1:
-        raise KvsimError("--gen and --repeats must be at least 1")
     dtype = a.dtype or ("fp32" if a.device == "cpu" else "bf16")
     _check_device(a.device)
     _threads(a.threads)
     from .models import hf_config
     model_type = hf_config(a.model).get("model_type", "") if a.weights == "random" else "llama"
     pols = _policies(a.policy, model_type, a.device)
-    seqs, batches = parse_values(a.seq, "--seq"), parse_values(a.batch, "--batch")
-    if min(seqs) < 1 or min(batches) < 1:
-        raise KvsimError("--seq and --batch values must be at least 1")
+    seqs, batches = parse_values(a.seq, "--seq", lo=1), parse_values(a.batch, "--batch", lo=1)
     model, _ = _load(a.model, a.weights, a.device, dtype)
     from .runner import sweep
     n = sweep(model, a.model, a.weights, pols, seqs, a.gen, batches, a.device, dtype, a.repeats, Path(a.out),
@@ -93,41 +93,53 @@ QUALITY_COLUMNS = ("model", "policy", "metric", "context", "continuation", "leng
 
 def cmd_quality(argv) -> int:
     from .provenance import PROVENANCE
-    p = _Parser(prog="kvsim quality", description="perplexity and passkey accuracy with a compressed cache")
+    p = _Parser(prog="kvsim quality", description="perplexity and passkey accuracy with a compressed cache",
+                epilog=RANGE_HELP)
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or gemma-3-270m (real weights)")
-    p.add_argument("--policy", action="append", default=[], help="policy spec; ';' separates alternatives")
-    p.add_argument("--context", type=int, default=512, help="perplexity: tokens prefilled")
-    p.add_argument("--continuation", type=int, default=256, help="perplexity: tokens decoded one at a time")
+    p.add_argument("--policy", action="append", default=[], help="policy spec ('a + b' composes); ';' separates "
+                                                                 "alternatives (default: full)")
+    p.add_argument("--context", type=whole("--context", 1, 1 << 20), default=512, help="perplexity: tokens prefilled")
+    p.add_argument("--continuation", type=whole("--continuation", 1, 1 << 20), default=256,
+                   help="perplexity: tokens decoded one at a time")
     p.add_argument("--passkey-lengths", default="512,1024,2048", help="passkey prompt lengths")
     p.add_argument("--depths", default="0.1,0.5,0.9", help="passkey depths (0 start .. 1 end)")
-    p.add_argument("--keys", type=int, default=3, help="passkey keys per length and depth")
+    p.add_argument("--keys", type=whole("--keys", 1, 1000), default=3, help="passkey keys per length and depth")
     p.add_argument("--skip-perplexity", action="store_true")
     p.add_argument("--skip-passkey", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=whole("--threads", 1, 4096), default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, help="CSV file; rows are appended as they complete")
+    p.add_argument("--resume", action="store_true", help="continue an existing --out, skipping finished points")
     a = p.parse_args(argv)
     _threads(a.threads)
     pols = _policies(a.policy, "llama" if a.model == "smollm2-135m" else "gemma3_text", "cpu")
-    lengths = parse_values(a.passkey_lengths, "--passkey-lengths")
-    depths = parse_values(a.depths, "--depths", integer=False)
+    lengths = parse_values(a.passkey_lengths, "--passkey-lengths", lo=16, hi=1 << 20)
+    depths = parse_values(a.depths, "--depths", integer=False, lo=0, hi=1)
+    from .models import REAL
+    if a.model not in REAL:
+        raise KvsimError(f"real weights exist only for {', '.join(REAL)}; got --model {a.model}")
+    pols = list({p.spec(): p for p in pols}.values())
+    out = Path(a.out)
+    from .runner import RowWriter, check_out, done_keys
+    key = ("model", "policy", "metric", "context", "continuation", "length", "depth", "key")
+    cols = QUALITY_COLUMNS + PROVENANCE
+    check_out(out, cols, a.resume)  # an --out it must not touch is refused before the model loads
+    skip = done_keys(out, key, cols, say=lambda t: print(t, file=sys.stderr)) if a.resume else set()
     model, tok = _load(a.model, "real", "cpu", "fp32")
     from kvsim import Workload, load_hardware, predict
     from kvsim.hf import from_hf_config
 
     from . import provenance
-    from .models import REAL
+    from .progress import Progress
     from .quality import passkey, passkey_keys, perplexity
-    from .runner import RowWriter, done_keys
     from .text import corpus
     bos = REAL[a.model]["bos"]
     spec = from_hf_config(model.config.to_dict())
     hw = load_hardware("h100-sxm")
-    out = Path(a.out)
-    key = ("model", "policy", "metric", "context", "continuation", "length", "depth", "key")
-    skip = done_keys(out, key) if a.resume else set()
-    cols = QUALITY_COLUMNS + PROVENANCE
     writer = RowWriter(out, cols, a.resume)
+    keys = passkey_keys(a.keys)
+    per_policy = (0 if a.skip_perplexity else 1) + (0 if a.skip_passkey else len(lengths) * len(depths) * len(keys))
+    progress = Progress(len(pols) * per_policy, "quality")
     prov = provenance.columns("cpu")
     text = corpus(60_000)
     from kvsim.policies.learned import Learned
@@ -136,10 +148,15 @@ def cmd_quality(argv) -> int:
         for pol in pols:
             scorers = scorer_state(model, tok, a.model, pol.select.hidden, bos) if isinstance(pol.select, Learned) \
                 else None
+            name = label(pol)
             if not a.skip_perplexity:
                 row = dict(model=a.model, policy=pol.spec(), metric="perplexity", context=a.context,
                            continuation=a.continuation, length=a.context + a.continuation, depth="", key="")
-                if tuple(str(row[k]) for k in key) not in skip:
+                point = f"{name} perplexity {a.context}+{a.continuation}"
+                if tuple(str(row[k]) for k in key) in skip:
+                    progress.done(point, "done before (--resume)")
+                else:
+                    progress.current(point)
                     r = perplexity(model, tok, pol, text, a.context, a.continuation, bos, scorers)
                     # every continuation token is appended (teacher forcing): kvsim's gen counts the token the
                     # prefill yields plus one per decode step, so gen = continuation + 1
@@ -148,16 +165,19 @@ def cmd_quality(argv) -> int:
                                kv_cache_bytes_predicted=int(pred.kv_cache_bytes + pred.policy_state_bytes), status="ok",
                                **prov)
                     writer.write(row)
-                    print(f"{pol.spec()}: perplexity {r['ppl']:.3f}, {r['kv_cache_bytes']:,} B", file=sys.stderr)
+                    progress.done(point, f"perplexity {r['ppl']:.3f}, {r['kv_cache_bytes']:,} B")
             if a.skip_passkey:
                 continue
             for length in lengths:
                 for depth in depths:
-                    for k in passkey_keys(a.keys):
+                    for k in keys:
                         row = dict(model=a.model, policy=pol.spec(), metric="passkey", context="", continuation="",
                                    length=length, depth=depth, key=k)
+                        point = f"{name} passkey length={length} depth={depth:g} key={k}"
                         if tuple(str(row[c]) for c in key) in skip:
+                            progress.done(point, "done before (--resume)")
                             continue
+                        progress.current(point)
                         r = passkey(model, tok, pol, length, depth, k, bos, scorer_state=scorers)
                         pred = predict(spec, hw, pol, Workload(prompt=r["prompt_tokens"], gen=8, kv_dtype="fp32"))
                         row.update(value=float(r["correct"]), answer=r["answer"][:40],
@@ -165,9 +185,12 @@ def cmd_quality(argv) -> int:
                                    kv_cache_bytes_predicted=int(pred.kv_cache_bytes + pred.policy_state_bytes),
                                    status="ok", **prov)
                         writer.write(row)
-            print(f"{pol.spec()}: passkey done", file=sys.stderr)
+                        progress.done(point, "correct" if r["correct"] else f"wrong ({r['answer'][:20]!r})")
     finally:
+        progress.close()
         writer.close()
+    from .summary import quality_table
+    print(quality_table(out, a.model, [p.spec() for p in pols]))
     return 0
 
 
@@ -175,17 +198,18 @@ def cmd_validate(argv) -> int:
     from .validate import ARCHS, run
     p = _Parser(prog="kvsim validate", description="predicted vs physical cache bytes, every policy")
     p.add_argument("--arch", default=",".join(ARCHS), help=f"comma list of: {', '.join(ARCHS)}")
-    p.add_argument("--prompt", type=int, default=60)
-    p.add_argument("--gen", type=int, default=9)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--prompt", type=whole("--prompt", 2, 4096), default=60, help="prompt tokens")
+    p.add_argument("--gen", type=whole("--gen", 1, 1024), default=9, help="generated tokens")
+    p.add_argument("--batch", type=whole("--batch", 1, 64), default=2, help="sequences")
     a = p.parse_args(argv)
     archs = [x.strip() for x in a.arch.split(",") if x.strip()]
     unknown = [x for x in archs if x not in ARCHS]
     if unknown:
         raise KvsimError(f"unknown --arch {', '.join(unknown)}; valid: {', '.join(ARCHS)}")
-    if a.prompt < 2 or a.gen < 1 or a.batch < 1:
-        raise KvsimError("--prompt must be at least 2, --gen and --batch at least 1")
-    checks = run(archs, a.prompt, a.gen, a.batch)
+    from .progress import Progress
+    from .validate import COMPOSITIONS, SMALL
+    with Progress(len(archs) * (len(SMALL) + len(COMPOSITIONS)), "validate", unit="case") as progress:
+        checks = run(archs, a.prompt, a.gen, a.batch, progress=progress)
     bad = [c for c in checks if not c.ok]
     print(f"\n{len(checks)} checks, {len(bad)} differences")
     return 1 if bad else 0
@@ -195,7 +219,13 @@ def main(cmd: str, argv: list[str]) -> int:
     import logging
     import os
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:  # transformers' own "Loading weights" bar would interleave with kvsim's progress
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     return {"measure": cmd_measure, "quality": cmd_quality, "validate": cmd_validate}[cmd](argv)
 
 

@@ -78,7 +78,7 @@ def scorer_state(model, tok, name: str, hidden: int, bos: bool, tokens: int = 20
     key = hashlib.sha256(f"{name}-{hidden}-{tokens}-{TRAIN_SKIP}-v1".encode()).hexdigest()[:12]
     path = Path(cache_dir()) / "scorers" / f"{name}-{key}.pt"
     if path.exists():
-        return torch.load(path)
+        return torch.load(path, weights_only=True)  # a cache file is data, never code to run
     state = train(collect(model, tok, tokens, bos), hidden)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:

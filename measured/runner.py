@@ -12,11 +12,15 @@ from pathlib import Path
 import torch
 
 from kvsim import Workload, load_hardware, predict
+from kvsim.atomic import check_target
 from kvsim.errors import KvsimError
 from kvsim.hf import from_hf_config
 
 from . import provenance
+from kvsim.policies import label
+
 from .loop import measure
+from .progress import Progress
 
 KEY = ("model", "weights", "policy", "seq", "gen", "batch", "device", "dtype")
 COLUMNS = KEY + (
@@ -37,12 +41,52 @@ def _repair(path: Path) -> None:
             f.truncate(cut)
 
 
-def done_keys(path: Path, key=KEY) -> set[tuple]:
-    if not path.exists():
-        return set()
-    _repair(path)
+def _header(path: Path) -> tuple:
     with path.open(newline="") as f:
-        return {tuple(row[k] for k in key) for row in csv.DictReader(f) if row.get("status")}
+        return tuple(next(csv.reader(f), None) or ())
+
+
+def _own(path: Path, columns) -> None:
+    """Refuse a file this kind of run did not write, before reading or touching any of it."""
+    try:
+        header = _header(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise KvsimError(f"{path} cannot be resumed: {getattr(e, 'strerror', None) or e}") from None
+    if header != tuple(columns):
+        raise KvsimError(f"{path} was not written by this kind of kvsim run (its columns differ); it is left as it "
+                         "is: choose another --out")
+
+
+def done_keys(path: Path, key=KEY, columns=COLUMNS, say=None) -> set[tuple]:
+    """Points already in a CSV this kind of run wrote (a torn last line from a kill is dropped first). Rows
+    measured at another kvsim commit are kept, and `say` is told how many."""
+    if not path.exists() or not path.stat().st_size:
+        return set()
+    check_target(path, "--out", stream_ok=False)
+    _own(path, columns)
+    _repair(path)
+    here = provenance.columns("cpu")["kvsim_commit"]
+    with path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("status")]
+    other = sorted({r.get("kvsim_commit", "") for r in rows} - {here})
+    if other and say is not None:
+        n = sum(r.get("kvsim_commit", "") != here for r in rows)
+        say(f"note: {n} of {len(rows)} rows in {path} were measured at kvsim commit {', '.join(other)[:80]}, "
+            f"not {here}; they are kept, and new points are added")
+    return {tuple(row[k] for k in key) for row in rows}
+
+
+def check_out(path: Path, columns, resume: bool) -> bool:
+    """Whether `path` is an existing CSV of this kind to append to (False: a new file to create), or
+    KvsimError, before any expensive work: a folder, a device, a file another run wrote, or an existing file
+    without --resume."""
+    check_target(path, "--out", stream_ok=False)
+    if not (path.exists() and path.stat().st_size):
+        return False
+    if not resume:
+        raise KvsimError(f"{path} exists; pass --resume to continue it or choose another --out")
+    _own(path, columns)
+    return True
 
 
 class RowWriter:
@@ -50,16 +94,9 @@ class RowWriter:
 
     def __init__(self, path: Path, columns, resume: bool):
         self.path, self.columns = path, tuple(columns)
-        if path.exists() and path.stat().st_size:
-            if not resume:
-                raise KvsimError(f"{path} exists; pass --resume to continue it or choose another --out")
-            with path.open(newline="") as f:
-                header = next(csv.reader(f), None)
-            if tuple(header or ()) != self.columns:
-                raise KvsimError(f"{path} has different columns; it was written by another kind of run")
+        if check_out(path, self.columns, resume):
             self.f = path.open("a", newline="")
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self.f = path.open("w", newline="")
             csv.writer(self.f).writerow(self.columns)
         self.w = csv.DictWriter(self.f, self.columns, extrasaction="raise")
@@ -82,8 +119,10 @@ def _cell(v):
 
 
 def _is_oom(e: BaseException) -> bool:
+    # torch's CPU allocator raises RuntimeError("... DefaultCPUAllocator: can't allocate memory ...")
+    text = str(e).lower()
     return isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or \
-        "out of memory" in str(e).lower()
+        "out of memory" in text or "can't allocate memory" in text
 
 
 def _spread(vals) -> float | None:
@@ -98,31 +137,36 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
     """Measure every (policy, seq, batch) point; returns the number of rows written."""
     spec = from_hf_config(model.config.to_dict())
     hw = load_hardware("h100-sxm")  # bytes do not depend on the hardware
-    skip = done_keys(out) if resume else set()
+    skip = done_keys(out, say=report) if resume else set()
     writer = RowWriter(out, COLUMNS, resume)
     prov = provenance.columns(device)
     written = 0
     gen_ = torch.Generator().manual_seed(seed)
+    policies = list({p.spec(): p for p in policies}.values())  # a policy given twice is measured once
+    progress = Progress(len(policies) * len(seqs) * len(batches), "measure")
     try:
         for pol in policies:
             for seq in seqs:
                 for batch in batches:
                     key = dict(model=model_name, weights=weights, policy=pol.spec(), seq=seq, gen=gen, batch=batch,
                                device=device, dtype=dtype)
+                    point = f"{model_name} {label(pol)} seq={seq} batch={batch}"
                     if tuple(str(key[k]) for k in KEY) in skip:
+                        progress.done(point, "done before (--resume)")
                         continue
-                    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen_).to(device)
+                    progress.current(point)
                     pred = predict(spec, hw, pol, Workload(prompt=seq, gen=gen, batch=batch, kv_dtype=dtype))
                     prov["date"] = provenance.columns(device)["date"]  # when this point was measured
                     resident = int(pred.kv_cache_bytes + pred.policy_state_bytes)  # physical: cache and state
                     row = dict(key, repeats=repeats, kv_cache_bytes_predicted=resident,
                                kv_shared_bytes_predicted=int(pred.kv_shared_bytes), **prov)
                     try:
+                        ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen_).to(device)
                         m = measure(model, pol, ids, gen, repeats=repeats, warmup=warmup)
                     except Exception as e:  # an out-of-memory point is data; anything else is a bug
                         if not _is_oom(e):
                             raise
-                        row.update(status="oom", error=str(e).splitlines()[0][:200])
+                        row.update(status="oom", error=(str(e).splitlines() or [type(e).__name__])[0][:200])
                     else:
                         last = m.requests[-1]
                         tpot = m.median("tpot_s")
@@ -147,13 +191,14 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                                 row[k] = None
                     writer.write(row)
                     written += 1
-                    report(f"{model_name} {pol.spec()} seq={seq} batch={batch}: {row['status']}"
-                           + (f" ttft={row['ttft_s']:.4f}s tpot={row['tpot_s']:.5f}s kv={row['kv_cache_bytes']}"
-                              if row["status"] == "ok" else ""))
-                    del ids
+                    progress.done(point, row["status"] + (
+                        f" ttft={row['ttft_s']:.4f}s tpot={row['tpot_s']:.5f}s kv={row['kv_cache_bytes']}"
+                        if row["status"] == "ok" else f" ({row['error']})"))
+                    ids = None
                     gc.collect()
                     if device.startswith("cuda"):
                         torch.cuda.empty_cache()
     finally:
+        progress.close()
         writer.close()
     return written

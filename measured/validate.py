@@ -71,20 +71,36 @@ def check_policy(model, arch: str, specs: list[str], prompt: int, gen: int, batc
     return out
 
 
-def run(archs=None, prompt: int = 60, gen: int = 9, batch: int = 2, report=print) -> list[Check]:
+def run(archs=None, prompt: int = 60, gen: int = 9, batch: int = 2, report=print, progress=None) -> list[Check]:
+    """Every case on every architecture. With `progress` (measured.progress.Progress), one line or bar step per
+    case and a line per mismatch; without, `report` gets every check."""
     checks: list[Check] = []
     cases = [[s] for s in SMALL.values()] + [list(c) for c in COMPOSITIONS]
     for arch in archs or ARCHS:
         model = tiny_model(arch)
         for specs in cases:
+            point = f"{arch} {' + '.join(specs)}"
             names = [parse_composition([s]).parts[0].name for s in specs]
             why = check(names, model.config.model_type, "cuda")  # bytes do not depend on the device
             if why:
-                report(f"{arch:20s} {' '.join(specs):60s} skipped: {why}")
+                if progress is not None:
+                    progress.done(point, f"skipped: {why}")
+                else:
+                    report(f"{arch:20s} {' '.join(specs):60s} skipped: {why}")
                 continue
-            for c in check_policy(model, arch, specs, prompt, gen, batch):
-                checks.append(c)
+            if progress is not None:
+                progress.current(point)
+            got = check_policy(model, arch, specs, prompt, gen, batch)
+            checks.extend(got)
+            for c in got:
                 flag = "ok" if c.ok else "MISMATCH"
-                report(f"{arch:20s} {' '.join(specs)[:60]:60s} {c.phase:15s} measured {c.measured:>10,d}  "
-                       f"predicted {c.predicted:>10,d}  {flag}")
+                line = (f"{arch:20s} {' '.join(specs)[:60]:60s} {c.phase:15s} measured {c.measured:>10,d}  "
+                        f"predicted {c.predicted:>10,d}  {flag}")
+                if progress is None:
+                    report(line)
+                elif not c.ok:
+                    progress.note(line)
+            if progress is not None:
+                bad = sum(not c.ok for c in got)
+                progress.done(point, f"{len(got)} checks, " + (f"{bad} MISMATCH" if bad else "all equal"))
     return checks

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import re
 from typing import Any
 
 from ..errors import KvsimError
-from ..limits import INPUT_MAX
-from .base import Policy
+from ..limits import INPUT_MAX, MAX_CASES, check_points
+from .base import Policy, _fmt
 from .compose import Compose, compose
 
 # name -> (module, class, preset parameters)
@@ -131,13 +133,25 @@ def parse_policy(text: str) -> Policy:
     return make(name, **{k: _coerce(name, fields[k], v) for k, v in raw.items()})
 
 
+# '+' before a policy name composes ('h2o:budget=512 + kivi:bits=2'); the '+' of a number (1e+5) is followed by
+# a digit, so it never splits
+_PLUS = re.compile(r"\+(?=\s*[A-Za-z])")
+
+
+def split_composition(spec: str) -> list[str]:
+    parts = [s.strip() for s in _PLUS.split(spec)]
+    if len(parts) > 1 and not all(parts):
+        raise KvsimError(f"policy {spec!r}: '+' needs a policy on each side")
+    return parts
+
+
 def parse_composition(specs: list[str] | tuple[str, ...] | str | None) -> Compose:
-    """Several --policy specs, composed in the order given."""
+    """Several policy specs, composed in the order given; each may itself be 'a + b' (the app's spelling)."""
     if specs is None:
         return Compose(())
     if isinstance(specs, str):
         specs = [specs]
-    return Compose(tuple(parse_policy(s) for s in specs))
+    return Compose(tuple(parse_policy(p) for s in specs for p in split_composition(s)))
 
 
 def alternatives(specs: list[str] | None) -> list[Compose]:
@@ -151,7 +165,39 @@ def alternatives(specs: list[str] | None) -> list[Compose]:
         if not alts:
             raise KvsimError("--policy: empty alternative list")
         slots.append(alts)
+    check_points(math.prod(len(s) for s in slots), "the product of --policy alternatives", MAX_CASES)
     return [parse_composition([c for c in choice if c.lower() != "none"]) for choice in itertools.product(*slots)]
+
+
+def label(policy: Policy | Compose) -> str:
+    """The shortest spelling that builds this policy: the registry alias whose presets match it, plus only the
+    parameters that differ from that alias's values ('int8', not 'quant:bits=8,v_bits=0,kind=int,...')."""
+    if isinstance(policy, Compose):
+        return " + ".join(label(p) for p in policy.parts) or "full"
+    best = None
+    for name, (_, cls_name, preset) in REGISTRY.items():
+        if type(policy).__name__ != cls_name or type(policy) is not policy_class(name):
+            continue
+        base = make(name)
+        diff = [f for f in dataclasses.fields(policy) if getattr(policy, f.name) != getattr(base, f.name)]
+        text = name + (":" + ",".join(f"{f.name}={_fmt(getattr(policy, f.name))}" for f in diff) if diff else "")
+        if best is None or len(diff) < best[0] or (len(diff) == best[0] and len(text) < len(best[1])):
+            best = (len(diff), text)
+    return best[1] if best else policy.spec()
+
+
+def stored_format(policy: Compose, kv_dtype: str) -> str:
+    """What the cache holds, for a column beside the KV dtype: 'int8' for a quantized cache of bf16 values, not
+    'bf16'; the KV dtype itself when no encoding applies."""
+    q = policy.quant
+    if q is None:
+        return kv_dtype
+    bits, v_bits = getattr(q, "bits", 0), getattr(q, "v_bits", 0) or getattr(q, "bits", 0)
+    if getattr(q, "kind", "int") == "fp":
+        return "fp8"
+    if not bits:
+        return f"{q.name} ({kv_dtype} base)"
+    return f"int{bits}" + (f"/int{v_bits}" if v_bits != bits else "")
 
 
 def describe() -> list[dict]:
@@ -166,5 +212,5 @@ def describe() -> list[dict]:
     return out
 
 
-__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "make", "parse_composition", "parse_policy",
+__all__ = ["REGISTRY", "Compose", "Policy", "alternatives", "compose", "describe", "label", "make", "stored_format", "parse_composition", "parse_policy",
            "policy_class"]

@@ -80,7 +80,28 @@ class Compose:
         return "+".join(p.name for p in self.parts) or "full"
 
     def spec(self) -> str:
-        return " ".join(p.spec() for p in self.parts) or "full"
+        return " + ".join(p.spec() for p in self.parts) or "full"
+
+    def idle_notes(self, model_name: str, ctxs: list[LayerCtx]) -> list[str]:
+        """Parts that change nothing on this model, said once each: a selection or merge needs a layer whose
+        cache grows with the sequence, an encoding or placement a layer with a per-token cache at all (an SSM
+        has neither), and a part may say why it is idle on these layers (`idle_reason`)."""
+        out = []
+        growing = [c for c in ctxs if c.rank >= 0]
+        for part in self.parts:
+            if part.name == "full":
+                continue
+            needs = ctxs if part.role in (ENCODE, PLACE) else growing
+            if not needs:
+                what = "a per-token KV cache" if part.role in (ENCODE, PLACE) else "a KV cache that grows with the " \
+                                                                                   "sequence"
+                out.append(f"{part.name} changes nothing on {model_name}: no layer keeps {what}")
+                continue
+            reason = getattr(part, "idle_reason", None)
+            why = reason(needs) if reason is not None else None
+            if why:
+                out.append(f"{part.name} changes nothing on {model_name}: {why}")
+        return out
 
     def notes(self, p, ctxs: list[LayerCtx] | None = None) -> list[str]:
         """What a user should be told for these prompts. With `ctxs` (the model's layers whose cache grows

@@ -24,6 +24,14 @@ class LowRank(Policy):
     def ranks(self, k_dim: int, v_dim: int) -> tuple[int, int]:
         return min(self.rank, k_dim), min(self.rank_v or self.rank, v_dim)
 
+    def idle_reason(self, ctxs) -> str | None:
+        """Rank at or above every layer's head dims: nothing is projected away, and the bases add bytes."""
+        if all(self.ranks(c.layout.k_dim, c.layout.v_dim) == (c.layout.k_dim, c.layout.v_dim) for c in ctxs):
+            dims = sorted({c.layout.k_dim for c in ctxs} | {c.layout.v_dim for c in ctxs})
+            return (f"rank {self.rank}{f'/{self.rank_v}' if self.rank_v else ''} is at or above the head dim "
+                    f"({', '.join(map(str, dims))}): keys and values keep every dimension, and the bases add bytes")
+        return None
+
     def granularity(self) -> int:
         return 1
 

@@ -50,7 +50,7 @@ def _version_key(name: str) -> tuple:
 @functools.lru_cache(maxsize=None)
 def _read(kind: str, name: str, allowed: frozenset) -> dict:
     path = _DIR / kind / f"{name}.toml"
-    if not path.is_file():
+    if name not in _names(kind):  # only the package's own files: "../x" or "/abs/x" must not reach the disk
         valid = ", ".join(_names(kind))
         raise KvsimError(f"unknown {kind[:-1] if kind != 'hardware' else 'hardware'} preset {name!r}; valid: {valid}")
     try:

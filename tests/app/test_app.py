@@ -27,7 +27,7 @@ def charts(at):
 
 def test_loads_with_charts_and_table():
     at = run()
-    assert at.title and "llama-3-8b" in at.title[0].value
+    assert at.title and "llama-3.1-8b" in at.title[0].value
     assert len(charts(at)) >= 9
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 5  # five default policies
 

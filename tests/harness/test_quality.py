@@ -30,13 +30,15 @@ def test_text_is_clean_prose():
 
 def test_quality_rows_predict_the_bytes_they_measure(tmp_path):
     import csv
-    import subprocess
-    import sys
+
+    from tests.inprocess import run
     out = tmp_path / "q.csv"
-    r = subprocess.run([sys.executable, "-m", "kvsim.cli", "quality", "--policy", "full;h2o:budget=64;int8",
-                        "--context", "96", "--continuation", "16", "--passkey-lengths", "160", "--depths", "0.5",
-                        "--keys", "1", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    r = run("quality", "--policy", "full;h2o:budget=64;int8", "--context", "96", "--continuation", "16",
+            "--passkey-lengths", "160", "--depths", "0.5", "--keys", "1", "--out", out)
     assert r.returncode == 0, r.stderr
+    # progress as plain lines (not a terminal), then the summary table on stdout
+    assert "quality 6/6" in r.stderr and "| smollm2-135m | `full` |" in r.stdout
+    assert sum(line.startswith("| smollm2-135m |") for line in r.stdout.splitlines()) == 3
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {x["metric"] for x in rows} == {"perplexity", "passkey"} and len(rows) == 6

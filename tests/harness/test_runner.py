@@ -1,18 +1,17 @@
 """Measurement sweeps: rows as they complete, resume, out-of-memory rows, one-line errors."""
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from kvsim import parse_composition
 from measured import runner
+from tests.inprocess import run
 
 
-def kvsim(*args):
-    return subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=600)
+def kvsim(*args, cwd="."):
+    return run(*args, cwd=cwd)
 
 
 def rows(path):
@@ -41,7 +40,14 @@ def test_measure_writes_resumes_and_repairs(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
-def test_out_of_memory_is_a_row(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, words", [
+    (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    # what torch's CPU allocator raises when malloc fails
+    (lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                          "you tried to allocate 1099511627776 bytes"), "can't allocate memory"),
+    (lambda: MemoryError(), ""),
+])
+def test_out_of_memory_is_a_row(tmp_path, monkeypatch, error, words):
     from measured.validate import tiny_model
     model = tiny_model("gpt2-mha")
     calls = {"n": 0}
@@ -50,7 +56,7 @@ def test_out_of_memory_is_a_row(tmp_path, monkeypatch):
     def flaky(model, pol, ids, gen, **kw):
         calls["n"] += 1
         if ids.shape[0] == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error()
         return real(model, pol, ids, gen, **kw)
 
     monkeypatch.setattr(runner, "measure", flaky)
@@ -58,7 +64,7 @@ def test_out_of_memory_is_a_row(tmp_path, monkeypatch):
     n = runner.sweep(model, "tiny", "random", [parse_composition([])], [16], 3, [1, 2], "cpu", "fp32", 1, out,
                      False, warmup=0, report=lambda s: None)
     got = rows(out)
-    assert n == 2 and [x["status"] for x in got] == ["ok", "oom"] and "out of memory" in got[1]["error"]
+    assert n == 2 and [x["status"] for x in got] == ["ok", "oom"] and words in got[1]["error"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,8 +77,7 @@ def test_out_of_memory_is_a_row(tmp_path, monkeypatch):
     (["validate", "--arch", "vax"], "unknown --arch"),
 ])
 def test_harness_errors_are_one_line(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kvsim.cli", *args], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
+    r = kvsim(*args, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
