@@ -23,7 +23,8 @@ DEFAULTS = {
 # default, never a page exception or an hour of work.
 BOUNDS = {"seq": (1, 2**24), "gen": (1, 2**20), "batch": (1, 2**16), "tp": (1, 8), "points": (20, 2000),
           "layers": (1, MAX_LAYERS), "heads": (1, 2**16), "kv_heads": (1, 2**16), "head_dim": (1, 2**16),
-          "hidden": (1, 2**20), "intermediate": (1, 2**22), "vocab": (1, 2**24), "window": (0, 2**24)}
+          "hidden": (1, 2**20), "intermediate": (1, 2**22), "vocab": (1, 2**24), "window": (0, 2**24),
+          "sim_requests": (10, 5000), "sim_rates": (2, 12), "sim_rate": (0.01, 1e6)}
 MAX_TEXT = 2000
 
 
@@ -32,7 +33,7 @@ def choices(key: str):
     import kvsim
     return {"model_mode": ("preset", "config.json", "sizes"), "kv_dtype": ("bf16", "fp16", "fp32", "fp8"),
             "tp": (1, 2, 4, 8), "model": tuple(kvsim.model_names()),
-            "hardware": tuple(kvsim.hardware_names())}.get(key)
+            "hardware": tuple(kvsim.hardware_names()), "sim_engine": ("vllm", "sglang", "trtllm")}.get(key)
 
 
 def read_query(q) -> tuple[dict, list[str]]:
@@ -50,6 +51,12 @@ def read_query(q) -> tuple[dict, list[str]]:
                 if raw.lower() not in ("0", "1", "true", "false"):
                     raise ValueError("not true or false")
                 values[key] = raw.lower() in ("1", "true")
+            elif isinstance(default, float):
+                lo, hi = BOUNDS[key]
+                v = float(raw)
+                if not lo <= v <= hi:  # also false for NaN
+                    raise ValueError(f"not a number in [{lo:g}, {hi:g}]")
+                values[key] = v
             elif isinstance(default, int):
                 lo, hi = BOUNDS[key]
                 values[key] = parse_values(raw, key, lo=lo, hi=hi)[0] if "," not in raw and ".." not in raw \

@@ -269,6 +269,21 @@ def test_fuzzed_explorer_urls_are_checked(query):
     assert len(problems) + len(values) <= len(query)
 
 
+def test_every_explorer_url_value_is_checked():
+    """Each widget a URL can set is a bool, a bounded number, or text: a new widget without bounds fails here."""
+    pytest.importorskip("streamlit")
+    from app.state import BOUNDS, DEFAULTS, read_query
+    for k, v in DEFAULTS.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            assert k in BOUNDS, k
+            values, problems = read_query({k: "nan"})
+            assert k not in values and len(problems) == 1
+            values, problems = read_query({k: str(BOUNDS[k][1] * 10 + 1)})
+            assert k not in values and len(problems) == 1
+            values, problems = read_query({k: str(v)})
+            assert values[k] == v and not problems
+
+
 # --------------------------------------------------------------------------------------------- extras: help
 def test_app_help_is_kvsims_own(capsys):
     pytest.importorskip("streamlit")
