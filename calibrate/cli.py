@@ -105,8 +105,13 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")
     say = lambda s: print(s, file=sys.stderr)  # noqa: E731
     say(f"{len(df)} rows, {n_conf} configurations, {len(problem.groups)} groups on {device}")
-    held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, say, free=free)
-    final = fit(problem, free=free)
+    from measured.progress import Progress
+    with Progress(a.folds + 1, "calibrate", unit="fit") as progress:
+        held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, lambda s: progress.done("held-out", s),
+                                              free=free)
+        progress.current("final fit on every row")
+        final = fit(problem, free=free)
+        progress.done("final fit on every row")
     train_ttft, train_tpot = problem.predict(final)
     raw_ttft, raw_tpot = problem.predict(Profile(name="uncalibrated", memory_bandwidth=base.memory_bandwidth,
                                                  peak_flops=base.peak_flops))
