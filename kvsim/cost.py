@@ -8,7 +8,8 @@ Accounting follows LLM-Viewer's per-operator analysis at the granularity of oper
   policy       the KV policy's own work (scoring, selection, dequantisation, page metadata)
   comm         tensor-parallel all-reduces over the interconnect
   host         offloaded KV streamed over the host link
-Each class's time in a layer is max(FLOP / achieved compute, bytes / achieved bandwidth); layers add up;
+Each class's time in a layer is max(FLOP / achieved compute, bytes / achieved bandwidth) (plus the share of the
+shorter one a profile does not overlap: Profile.compute_memory_overlap); layers add up;
 fixed overheads from the profile are added per step, per layer and per prompt token. With offload and
 overlap, a step takes the larger of device time and host-link time.
 
@@ -171,6 +172,25 @@ def _state_bytes(model: ModelSpec, mixer, sbytes: float) -> float:
     return 0.0
 
 
+class Roofline:
+    """One operation class's achieved peak and bandwidth: (flops, bytes) -> (compute time, memory time), and
+    the class's time from the two. The datasheet roofline hides the shorter under the longer (their max);
+    where one core issues both the loads and the arithmetic (a CPU), only `overlap` of the shorter is hidden,
+    down to their sum at 0 (Profile.compute_memory_overlap)."""
+
+    __slots__ = ("peak", "bw", "serial")
+
+    def __init__(self, peak, bw, overlap: float = 1.0):
+        self.peak, self.bw, self.serial = peak, bw, 1.0 - overlap
+
+    def __call__(self, flops, bytes_):
+        return flops / self.peak, bytes_ / self.bw
+
+    def time(self, c, m):
+        t = np.maximum(c, m)
+        return t + self.serial * np.minimum(c, m) if self.serial else t
+
+
 @dataclass
 class Phase:
     """Sums over layers for one forward pass of the whole batch, on one device. Fields start as scalar 0
@@ -189,13 +209,14 @@ class Phase:
     # --breakdown` prints; the same numbers as the totals, split by where they were added
     parts: dict = field(default_factory=dict, compare=False)
 
-    def add(self, n: int, flops, bytes_, timer, totals: bool = True, label: str = "other") -> None:
+    def add(self, n: int, flops, bytes_, timer: "Roofline", totals: bool = True, label: str = "other") -> None:
         """Add `n` layers' worth of one operation class; `timer(flops, bytes)` gives its two times."""
         c, m = timer(flops, bytes_)
-        self.time_s = self.time_s + n * np.maximum(c, m)
+        t = timer.time(c, m)
+        self.time_s = self.time_s + n * t
         if totals:
             row = self.parts.setdefault(label, [0.0] * 5)
-            for i, v in enumerate((flops, bytes_, c, m, np.maximum(c, m))):
+            for i, v in enumerate((flops, bytes_, c, m, t)):
                 row[i] = row[i] + n * v
             self.compute_s = self.compute_s + n * c
             self.memory_s = self.memory_s + n * m
@@ -299,10 +320,7 @@ class CostModel:
             if moe:
                 peak = peak * prof.moe_efficiency
         bw = self.raw_bw * prof.kv_fraction(self.kv_dtype, units) if kv else self.bw
-
-        def timer(flops, bytes_):
-            return flops / peak, bytes_ / bw
-        return timer
+        return Roofline(peak, bw, prof.compute_memory_overlap)
 
     # ----- KV bytes -----
     def kv_stored(self, p, g, *, peak: bool = False, per_device: bool = False, place: str = "all",

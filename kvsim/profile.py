@@ -12,6 +12,10 @@ large-batch level (prefill: blocked GEMMs), half way at compute_half_tokens. Wei
 reach bandwidth * mem_efficiency; KV reads and writes reach bandwidth * kv_efficiency (a cache that is
 re-copied on every append, or read through gathers, achieves less of the bandwidth than a weight stream).
 The policy's own arithmetic (scoring, selection, dequantisation) runs at peak_flops * policy_efficiency.
+An operation class takes the longer of its compute and memory times (the roofline) plus the share of the
+shorter that compute_memory_overlap leaves exposed (1: none; 0: the sum). On a GPU, many warps in flight hide
+one under the other; on a CPU the same cores issue the weight loads and the FMAs, so a decode step's time
+rises with every sequence from batch 1 on instead of staying at the weight stream's time until compute binds.
 
 Kernel-level terms, fitted from per-op GPU measurements (calibrate/kernels), each 0 or empty by default so
 the roofline is unchanged:
@@ -63,6 +67,9 @@ class Profile:
     # Unfused executors dequantise or gather what a decode step reads into a new tensor at the KV dtype,
     # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
     materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
+    # Share of an operation class's shorter time (compute or memory) hidden under the longer: 1 is the
+    # roofline's max; a CPU core that issues its own loads and FMAs hides less, down to their sum at 0.
+    compute_memory_overlap: float = 1.0
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two
@@ -102,6 +109,8 @@ class Profile:
         for name in ("compute_small_efficiency", "attn_efficiency", "attn_small_efficiency"):
             if getattr(self, name) > 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be at most 1.5")
+        if self.compute_memory_overlap > 1:
+            raise KvsimError(f"profile {self.name}: compute_memory_overlap must be in [0, 1]")
         if not 0 < self.moe_efficiency <= 1.5:
             raise KvsimError(f"profile {self.name}: moe_efficiency must be in (0, 1.5]")
         if not 0 < self.comm_efficiency <= 1.5:

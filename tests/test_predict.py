@@ -73,6 +73,28 @@ def test_profile_efficiency_slows_and_overheads_add():
     assert float(slow.tpot_s) == pytest.approx(2 * float(ideal.tpot_s) + 32e-5, rel=1e-6)
 
 
+def test_compute_memory_overlap_goes_from_the_roofline_max_to_the_sum():
+    """Each operation class: overlap 1 (the default) is max(compute, memory), 0 their sum, between a share."""
+    from kvsim.sim import build
+
+    cpu, model = load_hardware("cpu"), load_model("llama-3.2-1b")
+    p, b, s = np.int64(256), np.int64(4), np.int64(10)
+    phases = {o: build(model, cpu, profile=Profile(name="x", compute_memory_overlap=o)).cost.phase(p, b, s, False)
+              for o in (1.0, 0.5, 0.0)}
+    for name, (_, _, c, m, t) in phases[1.0].parts.items():
+        assert t == pytest.approx(max(c, m))
+        assert phases[0.0].parts[name][4] == pytest.approx(c + m)
+        assert phases[0.5].parts[name][4] == pytest.approx(max(c, m) + 0.5 * min(c, m))
+    wl = Workload(prompt=256, gen=12, batch=4)
+    tpot = [float(predict(model, cpu, None, wl, Profile(name="x", compute_memory_overlap=o)).tpot_s)
+            for o in (1.0, 0.5, 0.0)]
+    assert tpot[0] == float(predict(model, cpu, None, wl).tpot_s)
+    assert tpot[0] < tpot[1] < tpot[2]
+    for bad in (1.5, -0.1):
+        with pytest.raises(KvsimError, match="compute_memory_overlap"):
+            Profile(name="x", compute_memory_overlap=bad)
+
+
 def test_moe_decode_reads_only_touched_experts():
     mix = load_model("mixtral-8x7b")
     one = predict(mix, H100, None, Workload(prompt=128, gen=2, batch=1))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,16 +30,40 @@ def _batches(rng, n):
     return out
 
 
-def test_fit_recovers_step_times():
+@pytest.mark.parametrize("overlap", [0.0, 0.4])
+def test_fit_recovers_the_profile_that_made_the_steps(overlap):
+    """Steps timed by a known profile: the fit finds its efficiencies and overlap; an overlap at a limit is
+    fixed there, one inside is fitted."""
     dep = serving.Deployment(META, CONFIG, load_profile("cpu"))
-    truth = dataclasses.replace(dep.base, mem_efficiency=0.6, compute_efficiency=0.4, step_overhead_s=2e-3)
-    batches = _batches(np.random.default_rng(0), 40)
+    truth = dataclasses.replace(dep.profile(serving.FIXED), mem_efficiency=0.6, kv_efficiency=0.6,
+                                compute_efficiency=0.4, compute_memory_overlap=overlap)
+    batches = _batches(np.random.default_rng(0), 60)
     measured = serving.predict_steps(dep, truth, batches)
-    fitted = serving.fit(dep, batches, measured)
-    err = np.abs(serving.predict_steps(dep, fitted, batches) / measured - 1)
-    assert err.max() < 0.02
+    got = serving.fit(dep, batches, measured)
+    assert got.fitted["mem_efficiency"] == pytest.approx(0.6, rel=1e-3)
+    assert got.fitted["compute_efficiency"] == pytest.approx(0.4, rel=1e-3)
+    if overlap:
+        assert got.fitted["compute_memory_overlap"] == pytest.approx(overlap, abs=1e-3)
+    else:
+        assert "compute_memory_overlap" not in got.fitted and got.fixed["compute_memory_overlap"][0] == 0.0
+    np.testing.assert_allclose(serving.predict_steps(dep, got.profile, batches), measured, rtol=1e-3)
     # and the fit moved: the starting profile is far from the truth on these steps
     assert np.abs(serving.predict_steps(dep, dep.base, batches) / measured - 1).mean() > 0.2
+
+
+RUNS = Path(__file__).resolve().parents[1] / "measured" / "results" / "vllm-cpu"
+
+
+def test_the_simulated_scheduler_puts_the_engines_batches_together():
+    """Every committed vLLM run, simulated with each step taking the engine's measured time: the simulator
+    schedules the engine's batch at every step; an engine with another token budget would not."""
+    meta, config, runs = serving.load(RUNS)
+    dep = serving.Deployment(meta, config, load_profile("cpu"))
+    for run in runs:
+        got = serving.replay_schedule(dep, run)
+        assert got == {"measured": len(run.steps), "simulated": len(run.steps), "differ": 0, "first": None}
+    dep.engine = dep.engine.with_(max_num_batched_tokens=200)
+    assert serving.replay_schedule(dep, runs[-1])["differ"] > 0
 
 
 def test_folder_without_runs_or_columns_is_refused(tmp_path):

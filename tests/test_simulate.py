@@ -76,6 +76,25 @@ def test_one_vectorised_step_equals_per_request_evaluations():
     assert got == pytest.approx(float(want), rel=1e-12)
 
 
+@pytest.mark.parametrize("policy,profile", [([], None), (["snapkv:budget=256", "kivi"], "h100-sxm-vllm"),
+                                            (["offload:fraction=0.25"], None)])
+def test_many_steps_at_once_equal_one_at_a_time(policy, profile):
+    """StepCost.times (a fit's thousands of logged steps) is StepCost.time step by step: decodes, whole
+    prompts and chunks, alone and mixed, with steps of different sizes side by side."""
+    sim = build(LLAMA, H100, parse_composition(policy), VLLM, load_profile(profile) if profile else None)
+    rng = np.random.default_rng(3)
+    batches = []
+    for i in range(40):
+        nd, npre = int(rng.integers(0, 9)), int(rng.integers(0, 4))
+        nd += nd + npre == 0
+        q = rng.integers(20, 5000, npre)
+        done = np.where(rng.random(npre) < 0.5, 0, (q * rng.uniform(0, 0.9, npre)).astype(np.int64))
+        c = np.where(rng.random(npre) < 0.5, q - done, np.maximum((q - done) // 3, 1))
+        batches.append((rng.integers(10, 4000, nd), rng.integers(0, 500, nd), q, done, c))
+    one = np.array([sim.step_cost.time(*b) for b in batches])
+    np.testing.assert_allclose(sim.step_cost.times(batches), one, rtol=1e-12)
+
+
 def test_held_pages_end_at_predicts_per_request_pages():
     for policy in ([], ["snapkv"], ["kivi"], ["window:size=300"], ["h2o:budget=200", "int4"]):
         sim = build(LLAMA, H100, parse_composition(policy), VLLM)

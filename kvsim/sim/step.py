@@ -68,6 +68,49 @@ class StepCost:
         step = Phase(time_s=fixed.time_s + cache_t, comm_s=fixed.comm_s, host_s=fixed.host_s + host)
         return float(cost.step_time(step, prompt_tokens, policy_layers))
 
+    def times(self, batches) -> np.ndarray:
+        """time() of many steps at once (a list of its argument tuples), each term evaluated once over every
+        step's requests with its own step's batch sizes: what a fit to thousands of logged steps needs."""
+        cost = self.cost
+        n = len(batches)
+        if not n:
+            return np.zeros(0)
+        cols = [np.concatenate([np.asarray(b[i], dtype=np.int64) for b in batches]) for i in range(5)]
+        dec_p, dec_s, pre_p, pre_done, pre_c = cols
+        nd = np.array([len(b[0]) for b in batches], dtype=np.int64)
+        npre = np.array([len(b[2]) for b in batches], dtype=np.int64)
+        d_step, p_step = np.repeat(np.arange(n), nd), np.repeat(np.arange(n), npre)
+        prompt_tokens = np.bincount(p_step, weights=pre_c, minlength=n)
+        fixed = cost.pass_phase(nd + prompt_tokens, nd + npre)
+        cache_t, host = np.zeros(n), np.zeros(n)
+        policy_layers = np.zeros(n, dtype=np.int64)
+
+        def add(ph, step, b):
+            """Each request's share of its batch-b evaluation, summed into its step."""
+            shape = (len(step),)
+            cache_t[:] += np.bincount(step, np.broadcast_to(ph.time_s, shape) / b, minlength=n)
+            host[:] += np.bincount(step, np.broadcast_to(ph.host_s, shape) / b, minlength=n)
+
+        if len(dec_p):
+            b = nd[d_step]
+            ph = cost.cache_phase(dec_p, b, dec_s, prefill=False, totals=False)
+            add(ph, d_step, b)
+            policy_layers[nd > 0] = ph.policy_layers
+        whole = (pre_done == 0) & (pre_c >= pre_p)
+        if whole.any():
+            step = p_step[whole]
+            b = np.bincount(step, minlength=n)[step]
+            ph = cost.cache_phase(pre_p[whole], b, np.zeros(len(step), dtype=np.int64), prefill=True, totals=False)
+            add(ph, step, b)
+        if not whole.all():
+            part = ~whole
+            step = p_step[part]
+            b = np.bincount(step, minlength=n)[step]
+            c, done = pre_c[part], pre_done[part]
+            add(self.serving.chunk_cache_phase(c, b, done, done + c >= pre_p[part]), step, b)
+        step = Phase(time_s=fixed.time_s + cache_t, comm_s=fixed.comm_s, host_s=fixed.host_s + host)
+        return np.asarray(cost.step_time(step, prompt_tokens, policy_layers), dtype=np.float64) + np.zeros(n)
+
 
 def _share(x, n: int) -> float:
     """Sum over a step's requests of their share of a batch-n evaluation (x: per request, for n copies)."""
