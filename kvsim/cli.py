@@ -53,6 +53,7 @@ ENGINE_FLAGS = {  # flag -> (Engine field, parser, help)
                                  "share of device memory the engine may use, in (0, 1] (SGLang: mem_fraction_static; "
                                  "TensorRT-LLM: free_gpu_memory_fraction)"),
     "--block-size": ("block_size", int, "tokens per KV block (page)"),
+    "--max-num-seqs": ("max_num_seqs", int, "requests scheduled together (0: as many as the pool holds)"),
 }
 
 
@@ -162,19 +163,19 @@ def _add_policy_profile(p, sweep: bool):
                                                    "roofline, a lower bound on time)")
 
 
-def _add_engine_args(p, default: str, helptext: str, extra: dict | None = None):
+def _add_engine_args(p, default: str, helptext: str):
     s = p.add_argument_group("serving engine (kvsim list engines; explicit knobs override the engine's defaults)")
     s.add_argument("--engine", default=default, help=helptext)
-    for flag, (dest, _, knob_help) in {**ENGINE_FLAGS, **(extra or {})}.items():
+    for flag, (dest, _, knob_help) in ENGINE_FLAGS.items():
         s.add_argument(flag, dest=dest, default=None, metavar="N", help=knob_help)
 
 
-def _engine(args, extra: dict | None = None):
+def _engine(args):
     """The engine preset with the explicit knobs applied."""
     from .presets import load_engine
     eng = load_engine(args.engine)
     knobs = {}
-    for flag, (dest, conv, _) in {**ENGINE_FLAGS, **(extra or {})}.items():
+    for flag, (dest, conv, _) in ENGINE_FLAGS.items():
         raw = getattr(args, dest)
         if raw is None:
             continue
@@ -187,6 +188,9 @@ def _engine(args, extra: dict | None = None):
                 raise CliError(f"{flag}: cannot read {raw!r} as a number") from None
             if not math.isfinite(knobs[dest]):
                 raise CliError(f"{flag} must be finite, got {raw}")
+    if knobs.get("max_num_seqs") and eng.batching == "static":
+        raise CliError(f"--max-num-seqs: {eng.label} batches statically (the batch is --batch); give a continuous "
+                       "engine (--engine vllm, sglang or trtllm)")
     return eng.with_(**knobs)
 
 
@@ -511,8 +515,6 @@ def _csv_value(x) -> str:
 
 
 # --------------------------------------------------------------------------------------------- simulate
-SIM_ENGINE_FLAGS = {"--max-num-seqs": ("max_num_seqs", int, "requests scheduled together (0: as many as the pool "
-                                                            "holds)")}
 SIM_TABLE = (  # (column, summary key, scale, format)
     ("req/s", "throughput_requests_per_s", 1, "{:.3g}"), ("tok/s", "throughput_tokens_per_s", 1, "{:,.0f}"),
     ("goodput", "goodput_requests_per_s", 1, "{:.3g}"),
@@ -555,7 +557,7 @@ def cmd_simulate(args) -> int:
     model = _models(args, sweep=False)[0]
     hw = load_hardware(args.hardware)
     policies = alternatives(args.policy)
-    engine = _engine(args, SIM_ENGINE_FLAGS)
+    engine = _engine(args)
     prof = _profile(args)
     if args.series_points < 1:
         raise CliError("--series-points must be at least 1")
@@ -697,8 +699,7 @@ def _add_simulate(sub):
     _add_kv_dtype(g)
     g.add_argument("--tp", default="1", metavar="N", help="tensor-parallel degree (default 1)")
     g.add_argument("--pp", default="1", metavar="N", help="pipeline-parallel degree (default 1)")
-    _add_engine_args(sm, "vllm", "vllm (default), sglang, trtllm or a versioned preset (continuous batching)",
-                     SIM_ENGINE_FLAGS)
+    _add_engine_args(sm, "vllm", "vllm (default), sglang, trtllm or a versioned preset (continuous batching)")
     sm.add_argument("--preemption", default="recompute", choices=("recompute", "swap"),
                     help="when the pool runs out: drop the newest request's KV and recompute it (vLLM's default), "
                          "or swap it to host memory over the host link")

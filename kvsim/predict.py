@@ -14,7 +14,8 @@ With gen = 1 there is no decode step: the DECODE_KEYS figures then describe the 
 The engine (serving.py) decides how a prompt is prefilled (whole, or in chunks of its token budget) and how
 memory is counted: under `static` batching (hf, the default) the batch is prefilled and decoded together and
 max_batch / fits / peak memory are today's static-batch figures; under `continuous` batching (vllm, sglang,
-trtllm) requests share a pool of KV blocks and max_batch is floor(max_concurrency). The pool figures
+trtllm) requests share a pool of KV blocks and max_batch is floor(max_concurrency), capped at the engine's
+max_num_seqs (a batch above it does not fit: the scheduler never runs that many at once). The pool figures
 (kv_pool_*, kv_request_bytes, max_concurrency) are given for every engine.
 """
 
@@ -313,6 +314,16 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
                           f"{engine.memory_fraction:g} of the device"]
         else:
             notes_pool = []
+        seats = engine.max_num_seqs  # the scheduler runs at most this many requests at once, whatever the pool holds
+        if seats:
+            if np.any(max_batch > seats):
+                notes_pool.append(f"max batch is {engine.label}'s max_num_seqs, {seats:,}: the KV pool holds more "
+                                  "requests than it schedules together")
+            if np.any(b > seats):
+                notes_pool.append(f"batch exceeds {engine.label}'s max_num_seqs ({seats:,}): it never runs that many "
+                                  "requests at once")
+            max_batch = np.minimum(max_batch, seats)
+            fits = fits & (b <= seats)
     else:
         notes_pool = []
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,33 @@ def test_compute_memory_overlap_goes_from_the_roofline_max_to_the_sum():
     for bad in (1.5, -0.1):
         with pytest.raises(KvsimError, match="compute_memory_overlap"):
             Profile(name="x", compute_memory_overlap=bad)
+
+
+def test_max_batch_respects_the_engines_max_num_seqs():
+    from kvsim import load_engine
+
+    vllm = load_engine("vllm")
+    wl = Workload(prompt=128, gen=128)
+    pool = predict(LLAMA, H100, None, wl, engine=vllm.with_(max_num_seqs=0))
+    assert int(pool.max_batch) == int(np.floor(float(pool.max_concurrency))) > 300
+    capped = predict(LLAMA, H100, None, wl, engine=vllm.with_(max_num_seqs=300))
+    assert int(capped.max_batch) == 300 and any("max_num_seqs, 300" in n for n in capped.notes)
+    assert float(capped.max_concurrency) == float(pool.max_concurrency)  # the pool's figure, as vLLM logs it
+    at = predict(LLAMA, H100, None, Workload(prompt=128, gen=128, batch=300), engine=vllm.with_(max_num_seqs=300))
+    over = predict(LLAMA, H100, None, Workload(prompt=128, gen=128, batch=301), engine=vllm.with_(max_num_seqs=300))
+    assert bool(at.fits) and not bool(over.fits) and any("never runs" in n for n in over.notes)
+
+
+def test_cli_max_num_seqs_caps_max_batch_and_is_refused_for_a_static_batch(capsys):
+    from kvsim.cli import main
+
+    assert main(["predict", "--model", "llama-3-8b", "--engine", "vllm", "--max-num-seqs", "12", "--format",
+                 "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_batch"] == 12 and any("max_num_seqs, 12" in n for n in out["notes"])
+    assert main(["predict", "--model", "llama-3-8b", "--max-num-seqs", "12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "statically" in err[0]
 
 
 def test_moe_decode_reads_only_touched_experts():
