@@ -742,6 +742,7 @@ def cmd_list(args) -> int:
             e = load_engine(n)
             chunk = f"{e.max_num_batched_tokens:,} tokens/pass" if e.chunked else "whole prompt"
             seqs = f", at most {e.max_num_seqs:,} requests per step" if e.max_num_seqs else ""
+            seqs += ", admits a request when its whole input fits" if e.admit_full_input else ""
             print(f"{n:14s} {e.display}\n    memory {e.memory_fraction:g} ({e.fraction_of}), {e.block_size}-token "
                   f"blocks, {chunk}, {e.batching} batching{seqs}")
             for knob, src in e.sources.items():

@@ -64,6 +64,9 @@ class Engine:
     block_size: int = 1  # tokens per KV block (page)
     max_num_batched_tokens: int = 0  # tokens per forward pass (chunked prefill); 0: the whole prompt at once
     max_num_seqs: int = 0  # requests scheduled together (vLLM max_num_seqs); 0: as many as the pool holds
+    # A waiting request is admitted only when the pages of its whole input (prompt, or prompt + generated
+    # tokens after a recompute) are free, not only its first chunk's (vLLM's scheduler_reserve_full_isl).
+    admit_full_input: bool = False
     display: str = field(default="", compare=False)
     source: str = field(default="", compare=False)
     notes: str = field(default="", compare=False)
@@ -78,6 +81,8 @@ class Engine:
             raise KvsimError(f"engine {self.name}: fraction_of must be one of {', '.join(FRACTION_OF)}")
         if self.batching not in ("static", "continuous"):
             raise KvsimError(f"engine {self.name}: batching must be static or continuous")
+        if not isinstance(self.admit_full_input, bool):
+            raise KvsimError(f"engine {self.name}: admit_full_input must be true or false, got {self.admit_full_input!r}")
         for name, lo in (("block_size", 1), ("max_num_batched_tokens", 0), ("max_num_seqs", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or v > 2**31:

@@ -137,6 +137,24 @@ def test_preemption_when_the_pool_is_small_not_when_big():
     assert small.preemptions.sum() > 0 and big.preemptions.sum() == 0
 
 
+@pytest.mark.parametrize("full_input", [False, True])
+def test_admission_on_the_whole_input_or_the_first_chunk(full_input):
+    """Two 1,536-token prompts at once, 1,024 tokens per step, a pool of 132 16-token blocks: the second
+    prompt's first chunk (32 blocks) fits beside the first prompt (96), its whole input does not. vLLM
+    (scheduler_reserve_full_isl) waits for the whole input to fit; an engine without that gate starts the
+    chunk at once."""
+    eng = VLLM.with_(max_num_batched_tokens=1024, max_num_seqs=0, admit_full_input=full_input)
+    block = int(build(LLAMA, H100, None, eng).serving.held(np.int64(16), np.int64(0)))
+    reqs = Requests(np.zeros(2), np.full(2, 1536), np.full(2, 3))
+    res = simulate(LLAMA, H100, reqs, None, eng, pool_bytes=132 * block)
+    check_conserved(res, reqs)
+    if full_input:  # the second starts once the first has left the pool
+        assert res.first_token_s[1] > res.finish_s[0] and res.preemptions.sum() == 0
+    else:  # it starts beside the first, and the first one's growth then preempts it
+        assert res.preemptions[1] == 1 and res.preemptions[0] == 0
+    assert load_engine("vllm").admit_full_input  # vLLM's default
+
+
 def test_policies_raise_capacity_in_a_pool_bound_regime():
     reqs = poisson(100, rate=50.0, prompt="2000", output="100")
     full = summary(simulate(LLAMA, H100, reqs, None, VLLM, pool_bytes=2 * GiB))

@@ -9,7 +9,9 @@ Each iteration is one engine step (one forward pass):
    is dropped; it re-prefills prompt + generated tokens when readmitted) or by swap (its KV goes to host
    memory over the host link and comes back on readmission; both transfers block the step).
 3. If nothing was preempted, waiting requests are admitted first come first served while seats
-   (max_num_seqs), token budget and pool pages last; the first that does not fit stops admission.
+   (max_num_seqs), token budget and pool pages last; the first that does not fit stops admission. An engine
+   that admits on the full input (vLLM's scheduler_reserve_full_isl) needs the pages of a request's whole
+   (re)prefill free, not only those of its first chunk.
 4. The step takes StepCost.time of its mixed batch (plus swap transfers); tokens are emitted at its end.
 The engine idles until the next arrival when nothing is running or waiting. Request state lives in numpy
 arrays and each step is a handful of vectorised operations, so time is spent per step, not per token.
@@ -94,13 +96,19 @@ class Simulator:
         if not math.isfinite(self.pool):
             return
         p, g = reqs.prompt, reqs.output - 1
-        c = np.minimum(p, self.budget if math.isfinite(self.budget) else p).astype(np.int64)
-        last = p - (p - 1) // c * c
-        need = np.maximum(self.serving.held(p, g), self.serving.prefill_held(p, p - last, last))
+        need = np.maximum(self.serving.held(p, g), self.input_pages(p))
         if np.any(need > self.pool):
             i = int(np.argmax(need))
             raise KvsimError(f"request {i} (prompt {p[i]:,}, output {reqs.output[i]:,} tokens) needs "
                              f"{need[i] / 2**30:.3g} GiB of KV pages alone; the pool holds {self.pool / 2**30:.3g} GiB")
+
+    def input_pages(self, p) -> np.ndarray:
+        """Pages a p-token (re)prefill holds once it is done, prefilled in chunks of the token budget: the
+        most it holds before its first decode."""
+        p = np.asarray(p, dtype=np.int64)
+        c = np.minimum(p, self.budget if math.isfinite(self.budget) else p).astype(np.int64)
+        last = p - (p - 1) // np.maximum(c, 1) * c
+        return self.serving.prefill_held(p, p - last, last)
 
     # ----- the loop -----
     def run(self, reqs: Requests, progress=None) -> SimResult:
@@ -262,7 +270,10 @@ class Simulator:
             need = np.where(dec, 1, eff_p[cand] - done[cand])
             tok = np.clip(budget - (np.cumsum(need) - need), 0, need) if math.isfinite(budget) else need
             new = np.where(dec, sv.held(eff_p[cand], steps[cand] + 1), sv.prefill_held(eff_p[cand], done[cand], tok))
-            ok = (tok > 0) & (np.cumsum(new) <= free)
+            gate = new  # pages that must be free to admit it
+            if self.engine.admit_full_input:  # its whole (re)prefill input, not only this step's chunk
+                gate = np.where(dec, new, np.maximum(new, self.input_pages(eff_p[cand])))
+            ok = (tok > 0) & (np.cumsum(new) - new + gate <= free)
             take = m if ok.all() else int(np.argmin(ok))
             if take:
                 c = cand[:take]
