@@ -67,6 +67,7 @@ class Engine:
     # A waiting request is admitted only when the pages of its whole input (prompt, or prompt + generated
     # tokens after a recompute) are free, not only its first chunk's (vLLM's scheduler_reserve_full_isl).
     admit_full_input: bool = False
+    reserved_blocks: int = 0  # blocks of the pool no request is given (vLLM V1's null block, a block table's padding)
     display: str = field(default="", compare=False)
     source: str = field(default="", compare=False)
     notes: str = field(default="", compare=False)
@@ -83,7 +84,7 @@ class Engine:
             raise KvsimError(f"engine {self.name}: batching must be static or continuous")
         if not isinstance(self.admit_full_input, bool):
             raise KvsimError(f"engine {self.name}: admit_full_input must be true or false, got {self.admit_full_input!r}")
-        for name, lo in (("block_size", 1), ("max_num_batched_tokens", 0), ("max_num_seqs", 0)):
+        for name, lo in (("block_size", 1), ("max_num_batched_tokens", 0), ("max_num_seqs", 0), ("reserved_blocks", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or v > 2**31:
                 flag = "--" + name.replace("_", "-")

@@ -32,7 +32,8 @@ def test_engine_presets_carry_a_source_for_every_knob():
         assert e.source
         if e.name != "hf":
             optional = ({"max_num_seqs"} if e.max_num_seqs else set()) | (
-                {"admit_full_input"} if e.admit_full_input else set())
+                {"admit_full_input"} if e.admit_full_input else set()) | (
+                {"reserved_blocks"} if e.reserved_blocks else set())
             assert set(e.sources) == {"memory_fraction", "fraction_of", "block_size", "max_num_batched_tokens"} | optional
     assert load_engine("hf") == HF
     assert load_engine("vllm") == load_engine("vllm-0.33.0")

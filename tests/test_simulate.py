@@ -155,6 +155,18 @@ def test_admission_on_the_whole_input_or_the_first_chunk(full_input):
     assert load_engine("vllm").admit_full_input  # vLLM's default
 
 
+def test_the_engines_reserved_blocks_are_never_given_to_a_request():
+    """vLLM keeps one block of its pool as the null block: a pool of N blocks holds N - 1 of requests."""
+    eng = VLLM.with_(max_num_batched_tokens=0, max_num_seqs=0)
+    sim = build(LLAMA, H100, None, eng, pool_bytes=10 * 2**21)  # ten 16-token blocks of 2 MiB
+    assert eng.reserved_blocks == 1 and sim.pool == 9 * sim.serving.block_bytes == 9 * 2**21
+    reqs = Requests(np.zeros(2), np.full(2, 64), np.full(2, 17))  # 4 blocks each, 5 at the end: 10 together
+    res = sim.run(reqs)
+    assert res.preemptions.sum() > 0 and res.series["pool_used_bytes"].max() <= 9 * 2**21
+    none = build(LLAMA, H100, None, eng.with_(reserved_blocks=0), pool_bytes=10 * 2**21)
+    assert none.pool == 10 * 2**21 and none.run(reqs).preemptions.sum() == 0
+
+
 def test_policies_raise_capacity_in_a_pool_bound_regime():
     reqs = poisson(100, rate=50.0, prompt="2000", output="100")
     full = summary(simulate(LLAMA, H100, reqs, None, VLLM, pool_bytes=2 * GiB))

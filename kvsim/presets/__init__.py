@@ -21,8 +21,9 @@ _MODEL_KEYS = {"display", "source", "published_params", "params_tolerance", "con
 # Names that once meant one checkpoint and now could mean several: refused, never guessed.
 _RETIRED_MODELS = {"mistral-7b": "mistral-7b-v0.1 (4,096-token sliding window) or mistral-7b-v0.3 (full attention)"}
 _ENGINE_KNOBS = {"memory_fraction", "fraction_of", "batching", "block_size", "max_num_batched_tokens"}
-# 0 / false unless the preset has a source for them: a cap on requests per step; admission on the full input
-_ENGINE_OPTIONAL = {"max_num_seqs", "admit_full_input"}
+# 0 / false unless the preset has a source for them: a cap on requests per step; admission on the full input;
+# blocks held back from requests
+_ENGINE_OPTIONAL = {"max_num_seqs", "admit_full_input", "reserved_blocks"}
 _ENGINE_KEYS = {"engine", "version", "display", "source", "notes", "sources"} | _ENGINE_KNOBS | _ENGINE_OPTIONAL
 _HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
             "dense_tflops"}

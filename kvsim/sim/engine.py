@@ -11,7 +11,8 @@ Each iteration is one engine step (one forward pass):
 3. If nothing was preempted, waiting requests are admitted first come first served while seats
    (max_num_seqs), token budget and pool pages last; the first that does not fit stops admission. An engine
    that admits on the full input (vLLM's scheduler_reserve_full_isl) needs the pages of a request's whole
-   (re)prefill free, not only those of its first chunk.
+   (re)prefill free, not only those of its first chunk. Blocks the engine keeps for itself (vLLM's null
+   block) are never given to a request.
 4. The step takes StepCost.time of its mixed batch (plus swap transfers); tokens are emitted at its end.
 The engine idles until the next arrival when nothing is running or waiting. Request state lives in numpy
 arrays and each step is a handful of vectorised operations, so time is spent per step, not per token.
@@ -74,7 +75,8 @@ class Simulator:
             pool_bytes = float(serving.pool(np.int64(1))["bytes"])
         if not (pool_bytes >= 0):
             raise KvsimError("the KV pool size must be a number >= 0")
-        self.pool = float(pool_bytes)
+        # what requests may hold: the pool less the blocks the engine keeps for itself
+        self.pool = max(float(pool_bytes) - self.engine.reserved_blocks * serving.block_bytes, 0.0)
         self.preemption = preemption
         if preemption == "swap" and not self.cost.hw.host_bandwidth:
             raise KvsimError(f"{self.cost.hw.name} lists no host link bandwidth to swap over")
