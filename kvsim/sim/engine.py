@@ -274,7 +274,10 @@ class Simulator:
             new = np.where(dec, sv.held(eff_p[cand], steps[cand] + 1), sv.prefill_held(eff_p[cand], done[cand], tok))
             gate = new  # pages that must be free to admit it
             if self.engine.admit_full_input:  # its whole (re)prefill input, not only this step's chunk
-                gate = np.where(dec, new, np.maximum(new, self.input_pages(eff_p[cand])))
+                part = np.flatnonzero(~dec & (tok > 0) & (done[cand] + tok < eff_p[cand]))
+                if len(part):  # only a chunk cut short by the budget holds less than its whole input
+                    gate = new.copy()
+                    gate[part] = np.maximum(new[part], self.input_pages(eff_p[cand[part]]))
             ok = (tok > 0) & (np.cumsum(new) - new + gate <= free)
             take = m if ok.all() else int(np.argmin(ok))
             if take:
