@@ -112,14 +112,23 @@ class Deployment:
         self.engine = load_engine("vllm").with_(
             block_size=int(meta["block_size"]), max_num_batched_tokens=int(meta["max_num_batched_tokens"]),
             max_num_seqs=int(meta["max_num_seqs"]))
-        self.pool_bytes = float(meta["kv_cache_gib"]) * 2**30
         self.dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[meta["dtype"]]
+        self.pool_bytes = float(meta["kv_cache_gib"]) * 2**30
+        if meta.get("num_blocks"):  # the engine's own count of blocks (the space, in whole blocks)
+            self.pool_bytes = float(int(meta["num_blocks"]) * int(self.block_bytes()))
+            if self.pool_bytes > float(meta["kv_cache_gib"]) * 2**30:
+                raise KvsimError(f"meta.json: {meta['num_blocks']} blocks of {self.block_bytes():,} B exceed the "
+                                 f"{meta['kv_cache_gib']} GiB KV space: not this model's engine")
 
     def simulator(self, profile):
         from kvsim.sim import build
 
         return build(self.model, self.hw, None, self.engine, profile, kv_dtype=self.dtype,
                      weight_dtype=self.dtype, pool_bytes=self.pool_bytes)
+
+    def block_bytes(self) -> int:
+        """Bytes of one KV block across every layer, as the simulator pages it."""
+        return int(self.simulator(self.base).serving.block_bytes)
 
     def profile(self, values: dict):
         return dataclasses.replace(self.base, **values)
@@ -228,8 +237,19 @@ def compare(dep: Deployment, profile, runs: list[Run]) -> list[dict]:
         res = dep.simulator(profile).run(Requests(arrival, prompt, output))
         sim = summarise(arrival, prompt, output, res.first_token_s, res.finish_s)
         rows.append({"rate": r.rate, "requests": len(q), "measured": measured, "simulated": sim,
-                     "error": {k: sim[k] / measured[k] - 1 for k in measured}})
+                     "error": {k: sim[k] / measured[k] - 1 for k in measured},
+                     "preemptions": (measured_preemptions(r), int(res.preemptions.sum()))})
     return rows
+
+
+def measured_preemptions(run: Run):
+    """Preemptions the engine reported over the run (per request where logged, else per step; None if
+    neither was logged)."""
+    if "preemptions" in run.requests.columns:
+        return int(run.requests["preemptions"].sum())
+    if "preempted" in run.steps.columns:
+        return int(run.steps["preempted"].astype(int).sum())
+    return None
 
 
 class _Replay:
@@ -241,18 +261,26 @@ class _Replay:
     def __init__(self, steps, first_arrival_s: float):
         start, end = (steps[c].to_numpy(float) for c in ("start_s", "end_s"))
         self.duration = np.diff(np.concatenate([[first_arrival_s], start[1:], [end[-1]]]))
-        self.want = [(sorted(d.split()), sorted(p.split())) for d, p in zip(steps["decodes"], steps["prefills"])]
+        self.want = [(sorted(_context(x) for x in d.split()), sorted(p.split()))
+                     for d, p in zip(steps["decodes"], steps["prefills"])]
         self.i = 0
         self.differs: list[int] = []
 
     def time(self, dec_p, dec_s, pre_p, pre_done, pre_c) -> float:
-        got = (sorted(f"{p}:{s}" for p, s in zip(dec_p.tolist(), dec_s.tolist())),
+        got = (sorted((dec_p + dec_s).tolist()),
                sorted(f"{p}:{d}:{c}" for p, d, c in zip(pre_p.tolist(), pre_done.tolist(), pre_c.tolist())))
         i = min(self.i, len(self.want) - 1)
         if self.i >= len(self.want) or got != self.want[i]:
             self.differs.append(self.i)
         self.i += 1
         return float(self.duration[i])
+
+
+def _context(decode: str) -> int:
+    """Tokens cached when a logged decode ran ("prompt:steps"): a decode is the same work whatever part of its
+    context a recompute re-prefilled."""
+    p, s = decode.split(":")
+    return int(p) + int(s)
 
 
 def replay_schedule(dep: Deployment, run: Run) -> dict:
@@ -356,17 +384,20 @@ def _table(v: Validation) -> list[str]:
         + ". Step-time MAPE " + ", ".join(f"rate {k} {e:.1%}" for k, e in v.step_err.items()) + ".",
         "",
         "| rate (req/s) | in fit | requests | P50 TTFT measured | simulated | err | P90 TTFT measured | simulated | err "
-        "| P50 TPOT measured | simulated | err | throughput (tok/s) measured | simulated | err |",
-        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| P50 TPOT measured | simulated | err | throughput (tok/s) measured | simulated | err "
+        "| preemptions measured | simulated |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in v.rows:
         m, s, e = r["measured"], r["simulated"], r["error"]
+        pm, ps = r["preemptions"]
         lines.append(
             f"| {r['rate']} | {'yes' if r['rate'] in v.fit_rates else '**held out**'} | {r['requests']} "
             f"| {m['ttft_p50'] * 1e3:.0f} ms | {s['ttft_p50'] * 1e3:.0f} ms | {e['ttft_p50']:+.1%} "
             f"| {m['ttft_p90'] * 1e3:.0f} ms | {s['ttft_p90'] * 1e3:.0f} ms | {e['ttft_p90']:+.1%} "
             f"| {m['tpot_p50'] * 1e3:.1f} ms | {s['tpot_p50'] * 1e3:.1f} ms | {e['tpot_p50']:+.1%} "
-            f"| {m['throughput']:.1f} | {s['throughput']:.1f} | {e['throughput']:+.1%} |")
+            f"| {m['throughput']:.1f} | {s['throughput']:.1f} | {e['throughput']:+.1%} "
+            f"| {'-' if pm is None else f'{pm:,}'} | {ps:,} |")
     if v.sensitivity:
         lines += ["", "Every step 3% longer moves the simulated held-out figures by: " + "; ".join(
             f"rate {k}: P50 TPOT {d['tpot_p50']:+.1%}, P50 TTFT {d['ttft_p50']:+.1%}" for k, d in v.sensitivity.items())
@@ -374,7 +405,7 @@ def _table(v: Validation) -> list[str]:
     return lines
 
 
-def report(meta: dict, validations: list[Validation], schedule: dict) -> str:
+def report(meta: dict, validations: list[Validation], schedule: dict, folder: str) -> str:
     first = validations[0]
     lines = [
         "# kvsim simulate against a real vLLM engine (CPU build)",
@@ -383,9 +414,8 @@ def report(meta: dict, validations: list[Validation], schedule: dict) -> str:
         f"{meta['cpu_count']} cores; block size {meta['block_size']}, {meta['num_blocks']:,} blocks "
         f"({meta['kv_cache_gib']} GiB pool), token budget {meta['max_num_batched_tokens']:,} per step, "
         f"max {meta['max_num_seqs']} sequences, chunked prefill on, prefix caching off. Random weights; the model is "
-        "`config.json` here. Reproduce: `bash measured/results/vllm-cpu/collect.sh`, then `python -m "
-        "calibrate.serving measured/results/vllm-cpu " + " ".join(f"--fit-rates {','.join(v.fit_rates)}" for v in validations)
-        + " --report measured/results/vllm-cpu/validation.md`.",
+        f"`config.json` here. Reproduce: `bash {folder}/collect.sh`, then `python -m calibrate.serving {folder} "
+        + " ".join(f"--fit-rates {','.join(v.fit_rates)}" for v in validations) + f" --report {folder}/validation.md`.",
         "",
         "Step time: each operation class (weight matmuls, activations, attention, logits) pays its compute time "
         "and its memory time, less the share compute_memory_overlap hides; kernel overheads are the base CPU "
@@ -440,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except KvsimError as e:
         print(f"kvsim: {e}", file=sys.stderr)
         return 2
-    text = report(meta, validations, schedule)
+    text = report(meta, validations, schedule, str(a.folder).rstrip("/"))
     print(text)
     if a.report:
         write_text(a.report, text)

@@ -13,6 +13,9 @@ Every step is logged too (its start and end on the same clock, and vLLM's own it
 requests and tokens, decode requests; with the decode requests' cached tokens, running and waiting requests, KV-cache usage, preemptions), which is what a step-time
 model is fitted to.
 
+Each request's row also counts its preemptions (vLLM V1 recomputes a preempted request: its next prefill covers
+the prompt and every token generated before it, logged as such).
+
 Usage (inside the vLLM venv), one engine for several request files run one after another (start-up costs a
 minute on 2 cores):
   python measured/vllm_serving.py --config DIR --out-dir OUT --kv-cache-gib 1 rate0.5.csv rate1.csv ...
@@ -54,10 +57,12 @@ def write_atomic(path: str, header: list[str], rows: list[list]) -> None:
     os.replace(tmp, path)
 
 
-def watch_schedule(engine, batches: list) -> None:
+def watch_schedule(engine, batches: list, preemptions: dict) -> None:
     """Record what every step scheduled, per request: decodes as prompt:steps (tokens already decoded), prefill
-    chunks as prompt:done:chunk. vLLM advances num_computed_tokens inside schedule(), so "before" is the value
-    after it minus what was scheduled."""
+    chunks as input:done:chunk, where input is what the (re)prefill covers: the prompt, or after a preemption
+    the prompt and every token generated before it (vLLM recomputes them all). vLLM advances
+    num_computed_tokens inside schedule(), so "before" is the value after it minus what was scheduled. Each
+    scheduled request's preemption count so far goes into `preemptions`."""
     sched = engine.engine_core.engine_core.scheduler
     original = sched.schedule
 
@@ -70,14 +75,16 @@ def watch_schedule(engine, batches: list) -> None:
             if before >= p and n == 1:
                 dec.append(f"{p}:{before - p}")
             else:
-                pre.append(f"{p}:{before}:{n}")
+                pre.append(f"{req.num_tokens}:{before}:{n}")
+            preemptions[rid.rsplit("-", 1)[0]] = req.num_preemptions  # the core's id is "<ours>-<8 hex>"
         batches.append((" ".join(dec), " ".join(pre)))
         return out
 
     sched.schedule = schedule
 
 
-def run(engine, reqs: list[dict], prompt, params, steps_log: list, batches: list) -> tuple[list[list], list[list], float]:
+def run(engine, reqs: list[dict], prompt, params, steps_log: list, batches: list,
+        preemptions: dict) -> tuple[list[list], list[list], float]:
     """Replay one request file against a drained engine; return request rows, step rows and wall time."""
     pending = list(reqs)
     state: dict[str, dict] = {}
@@ -125,12 +132,13 @@ def run(engine, reqs: list[dict], prompt, params, steps_log: list, batches: list
         tpot = f"{(ts[-1] - ts[0]) / (len(ts) - 1):.6f}" if len(ts) > 1 else ""
         rows.append([s["request"], f"{s['arrival_s']:.6f}", s["prompt_tokens"], s["output_tokens"],
                      f"{s['admitted_s']:.6f}", f"{ts[0]:.6f}", f"{ts[-1]:.6f}", f"{ts[0] - s['arrival_s']:.6f}",
-                     tpot, f"{ts[-1] - s['arrival_s']:.6f}", f"{max(itl) if itl else 0.0:.6f}"])
+                     tpot, f"{ts[-1] - s['arrival_s']:.6f}", f"{max(itl) if itl else 0.0:.6f}",
+                     preemptions.get(s["request"], 0)])
     return rows, step_rows, wall
 
 
 REQUEST_HEADER = ["request", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s", "first_token_s",
-                  "finish_s", "ttft_s", "tpot_s", "e2e_s", "max_itl_s"]
+                  "finish_s", "ttft_s", "tpot_s", "e2e_s", "max_itl_s", "preemptions"]
 STEP_HEADER = ["start_s", "end_s", "prefill_requests", "prefill_tokens", "decode_requests",
                "decode_tokens", "decode_context_tokens", "running", "waiting", "kv_usage", "preempted", "decodes", "prefills"]
 
@@ -177,7 +185,8 @@ def main() -> int:
     sched = engine.vllm_config.scheduler_config
     cache = engine.vllm_config.cache_config
     batches: list = []
-    watch_schedule(engine, batches)
+    preemptions: dict = {}
+    watch_schedule(engine, batches, preemptions)
     vocab = 1000  # token ids only index the embedding; any valid id costs the same
 
     def prompt(i: int, n: int):
@@ -193,7 +202,8 @@ def main() -> int:
         "dtype": a.dtype, "kv_cache_gib": a.kv_cache_gib, "block_size": cache.block_size,
         "num_blocks": cache.num_gpu_blocks, "max_num_seqs": sched.max_num_seqs,
         "max_num_batched_tokens": sched.max_num_batched_tokens, "chunked_prefill": sched.enable_chunked_prefill,
-        "prefix_caching": False, "runs": {},
+        "prefix_caching": False, "reserve_full_input": bool(getattr(sched, "scheduler_reserve_full_isl", False)),
+        "runs": {},
     }
     for path in a.requests:
         # Warm-up: first steps compile and allocate; a server would have done this before its first user.
@@ -204,12 +214,15 @@ def main() -> int:
         steps_log.clear()
         batches.clear()
         stem = os.path.splitext(os.path.basename(path))[0]
-        rows, step_rows, wall = run(engine, read_requests(path), prompt, params, steps_log, batches)
+        preemptions.clear()
+        rows, step_rows, wall = run(engine, read_requests(path), prompt, params, steps_log, batches, preemptions)
         write_atomic(os.path.join(a.out_dir, stem + ".csv"), REQUEST_HEADER, rows)
         write_atomic(os.path.join(a.out_dir, stem + ".steps.csv"), STEP_HEADER, step_rows)
         meta["runs"][stem] = {"requests": len(rows), "steps": len(step_rows), "wall_s": round(wall, 3),
+                              "preemptions": int(sum(r[-1] for r in rows)),
                               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        print(f"{stem}: {len(rows)} requests, {len(step_rows)} steps, {wall:.1f} s", file=sys.stderr, flush=True)
+        print(f"{stem}: {len(rows)} requests, {len(step_rows)} steps, {meta['runs'][stem]['preemptions']} "
+              f"preemptions, {wall:.1f} s", file=sys.stderr, flush=True)
     tmp = os.path.join(a.out_dir, ".meta.json.tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
