@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvsim import KvsimError, Workload, load_engine, load_hardware, load_model, load_profile, parse_composition, predict
+from kvsim import (KvsimError, Profile, Workload, load_engine, load_hardware, load_model, load_profile,
+                   parse_composition, predict)
 from kvsim.sim import Requests, build, parse_lengths, simulate, summary, synthetic
 from kvsim.sim.step import StepCost
 
@@ -31,13 +32,19 @@ def poisson(n=300, rate=20.0, prompt="uniform:100..1500", output="uniform:20..20
 
 
 # ------------------------------------------------------------------------------------------- vs predict
+# every per-step, per-layer, per-token and per-policy-layer overhead, a ramp and a partial overlap at once
+OVERHEADS = Profile(name="overheads", mem_efficiency=0.8, compute_efficiency=0.7, compute_small_efficiency=0.1,
+                    compute_half_tokens=64, step_overhead_s=1e-4, layer_overhead_s=1e-6, kernel_overhead_s=2e-6,
+                    prefill_token_overhead_s=1e-7, policy_layer_overhead_s=3e-6, compute_memory_overlap=0.3)
+
+
 @pytest.mark.parametrize("policy", [[], ["snapkv", "kivi"], ["h2o:budget=1024"], ["window:size=512"],
                                     ["offload:fraction=0.25"]])
 @pytest.mark.parametrize("budget", [1000, 8192])
-@pytest.mark.parametrize("profile", [None, "h100-sxm-vllm"])
+@pytest.mark.parametrize("profile", [None, "h100-sxm-vllm", "overheads"])
 def test_a_lone_request_reproduces_predict(policy, budget, profile):
     """Unbounded pool, no contention: TTFT and TPOT are predict's (chunked and whole-prompt prefill)."""
-    prof = load_profile(profile) if profile else None
+    prof = OVERHEADS if profile == "overheads" else load_profile(profile) if profile else None
     eng = VLLM.with_(max_num_batched_tokens=budget)
     p, g = 3500, 9
     res = simulate(LLAMA, H100, spaced(p, g), policy, eng, prof, pool_bytes=math.inf)
