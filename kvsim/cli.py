@@ -71,10 +71,20 @@ def _add_model_args(p: argparse.ArgumentParser, sweep: bool):
                    help="weight format: bf16, fp16, fp32, fp8[:block=128], int8[:weight-only], int4[:group=128], "
                         "q4_0, q8_0; options head=F (embeddings and output head), act=D; default: the model's, "
                         "fp16 for sizes")
+    g.add_argument("--mla-cache", dest="mla_cache", choices=("latent", "decompressed"), default=None,
+                   help="how MLA layers (DeepSeek-V2/V3) are cached: latent (the compressed latent + RoPE key, "
+                        "decode absorbs the up-projections: vLLM, SGLang; the default) or decompressed (per-head "
+                        "K and V)")
 
 
 def _models(args, sweep: bool):
-    """The ModelSpec(s) the arguments describe."""
+    """The ModelSpec(s) the arguments describe, with --mla-cache applied."""
+    models = _described_models(args, sweep)
+    form = getattr(args, "mla_cache", None)
+    return [m.with_mla_cache(form) for m in models] if form else models
+
+
+def _described_models(args, sweep: bool):
     from . import from_hf_config, load_json, load_model, uniform
 
     sized = {dest: getattr(args, dest) for _, (dest, _) in SIZE_FLAGS.items() if getattr(args, dest) is not None}

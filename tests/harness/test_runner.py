@@ -69,7 +69,7 @@ def test_out_of_memory_is_a_row(tmp_path, monkeypatch, error, words):
 
 @pytest.mark.parametrize("args, message", [
     (["measure", "--model", "nope", "--out", "x.csv"], "unknown model"),
-    (["measure", "--model", "mamba-2.8b", "--out", "x.csv"], "not supported by the harness"),
+    (["measure", "--model", "phi-3-mini", "--out", "x.csv"], "not supported by the harness"),
     (["measure", "--model", "gpt2", "--policy", "offload", "--out", "x.csv"], "cannot run on cpu"),
     (["measure", "--model", "gpt2", "--weights", "real", "--out", "x.csv"], "real weights exist only"),
     (["measure", "--model", "gpt2", "--device", "tpu", "--out", "x.csv"], "not available"),
