@@ -33,13 +33,10 @@ _ACTS_ON = {
     "encode": "the attention KV of every attention and MLA layer",
     "place": "the attention KV of every attention and MLA layer",
 }
-_NAMED = {
-    "quant": "the attention KV of every attention and MLA layer, and with state=true the recurrent state (conv "
-             "window and state matrix) of Mamba and linear-attention layers too",
-    "int8": "as quant (bits=8): attention KV; recurrent state too with state=true",
-    "int4": "as quant (bits=4, group=32): attention KV; recurrent state too with state=true",
-    "fp8": "as quant (float8): attention KV; recurrent state too with state=true",
-}
+_QUANT = ("the attention KV of every attention and MLA layer; with state=true also the recurrent state (conv "
+          "window and state matrix) of Mamba and linear-attention layers")
+_NAMED = {"quant": _QUANT, "int8": _QUANT, "int4": _QUANT, "fp8": _QUANT}
+_NOT_WITH = {"minicache": "lowrank", "lowrank": "minicache"}
 
 
 def check(policy_names: list[str], model_type: str, device: str) -> str | None:
@@ -55,17 +52,15 @@ def check(policy_names: list[str], model_type: str, device: str) -> str | None:
 
 
 def describe_support(name: str) -> str:
-    """Where `name` runs in the harness: architectures, devices, the part of each layer it acts on."""
+    """Where `name` runs in the harness: architectures and devices, and the part of each layer it acts on."""
     from kvsim.policies import policy_class
 
     archs = ", ".join(ARCHITECTURES)
-    acts = _NAMED.get(name) or _ACTS_ON[policy_class(name).role]
     if name in DEVICE_ONLY:
         dev, why = DEVICE_ONLY[name]
-        caveat = f"; {CAVEATS[name]}" if name in CAVEATS else ""
-        where = f"{dev} only ({why}){caveat}"
+        where = f"{dev} only: {why}" + (f"; {CAVEATS[name]}" if name in CAVEATS else "")
     else:
         where = "cpu, cuda"
-    extra = "; not composed with lowrank" if name in ("minicache", "lowrank") else ""
-    return f"runs on {archs} ({where}); acts on {acts}; Mamba and linear-attention state are left alone{extra}" \
-        if name not in _NAMED else f"runs on {archs} ({where}); acts on {acts}"
+    acts = _NAMED.get(name) or _ACTS_ON[policy_class(name).role] + "; Mamba and linear-attention state are left alone"
+    text = f"runs on {archs} ({where}); acts on {acts}"
+    return text + (f"; not composed with {_NOT_WITH[name]}" if name in _NOT_WITH else "")

@@ -124,3 +124,21 @@ def test_sinks_take_their_share_of_the_softmax():
         for layer in model.model.layers:
             layer.self_attn.sinks.fill_(-1e4)  # a sink that takes nothing: plain softmax
     assert (teacher_forced(model, ids, 20) - ref).abs().max() > 1e-2
+
+
+def test_list_policies_says_where_each_policy_runs():
+    """Every policy names the architectures the harness runs it on and what part of a layer it touches, which the
+    tests above check in the harness: selections leave recurrent state alone, quantization takes it on request."""
+    from kvsim.policies import REGISTRY, policy_class
+    from measured.support import ARCHITECTURES, describe_support, check
+    from tests.inprocess import run as kvsim
+    out = kvsim("list", "policies").stdout
+    for name in REGISTRY:
+        text = describe_support(name)
+        assert text in out and all(arch in text for arch in ARCHITECTURES)
+        takes_state = "with state=true also the recurrent state" in text
+        assert takes_state == (name in ("quant", "int8", "int4", "fp8")), name
+        assert takes_state or "state are left alone" in text
+        assert ("cuda only" in text) == (check([name], "llama", "cpu") is not None), name
+        if policy_class(name).role == "select":
+            assert "layers whose cache grows" in text
