@@ -162,6 +162,9 @@ def _add_hardware(p, sweep: bool):
 def _add_kv_dtype(g):
     g.add_argument("--kv-dtype", default=None, help="KV dtype (fp16, bf16, fp32, fp8, int8); default: the "
                                                     "weight dtype when 16 bits or wider, else bf16")
+    g.add_argument("--state-dtype", default=None, help="SSM / linear-attention state matrices' dtype; default fp32 "
+                                                       "(transformers; vLLM's mamba_ssm_cache_dtype=auto is the model "
+                                                       "dtype); conv windows are kept at the activation dtype")
 
 
 def _add_policy_profile(p, sweep: bool):
@@ -216,7 +219,7 @@ def cmd_predict(args) -> int:
     wl = Workload(prompt=_one_int(args.seq, "--seq"), gen=_one_int(args.gen, "--gen"),
                   batch=_one_int(args.batch, "--batch"), tp=_one_int(args.tp, "--tp"), pp=_one_int(args.pp, "--pp"),
                   kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature,
-                  shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"))
+                  shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"), state_dtype=args.state_dtype)
     prof = _profile(args)
     engine = _engine(args)
     from .profile import DATASHEET, describe as describe_profile
@@ -276,6 +279,9 @@ def cmd_predict(args) -> int:
                          + (f", {fmt_bytes(v['kv_host_bytes'])} offloaded to host memory" if v["kv_host_bytes"]
                             else "") + ")"),
             ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
+            *([("recurrent state", f"{fmt_bytes(v['state_bytes'])}  ({v['state_bytes']:,} B of SSM / linear-attention "
+                                   f"conv windows and state matrices, constant in length; state matrices "
+                                   f"{pred._engine.cost.state_dtype})")] if v["state_bytes"] else []),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
             ("activations (peak)", fmt_bytes(v["activation_peak_bytes"])),
@@ -374,6 +380,7 @@ def cmd_sweep(args) -> int:
                     for tp in tps:
                         for pp in pps:
                             wl = Workload(prompt=S, gen=G, batch=B, tp=tp, pp=pp, kv_dtype=args.kv_dtype,
+                                          state_dtype=args.state_dtype,
                                           weight_dtype=args.weight_dtype, quadrature=args.quadrature,
                                           shared_prefix=shared[0])
                             pred = predict(model, hw, pol, wl, prof, engine)
@@ -589,7 +596,8 @@ def cmd_simulate(args) -> int:
                    sim.parse_lengths(args.output_len, "--output-len", "output"))
         reqs = sim.synthetic(n, *lengths, seed=args.seed, rate=rate or (1.0 if args.sweep_rate else None),
                              concurrency=concurrency)
-    knobs = dict(kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, tp=_one_int(args.tp, "--tp"),
+    knobs = dict(kv_dtype=args.kv_dtype, state_dtype=args.state_dtype, weight_dtype=args.weight_dtype,
+                 tp=_one_int(args.tp, "--tp"),
                  pp=_one_int(args.pp, "--pp"), preemption=args.preemption, longest_prompt=int(reqs.prompt.max()))
     results = []
     for pol in policies:

@@ -35,6 +35,13 @@ from .weights import on_device as weights_on_device
 from .weights import resolve as resolve_weights
 
 
+# An unfused Mamba-1 scan (transformers' mamba_selective_scan): dt x A, exp(dt x A), dt x B and dt x B x u are
+# written over the whole prompt (4 passes) and the token loop reads exp(dt x A) and dt x B x u back, besides the
+# temporaries' reads (4 more); each token's step is a multiply, an add and a matmul with C.
+SCAN_PASSES = 8
+SCAN_STEP_KERNELS = 3
+
+
 @dataclass(frozen=True)
 class Group:
     """Identical layers evaluated once: `count` layers like `layer`, seen by the policy through `ctx`."""
@@ -478,6 +485,9 @@ class CostModel:
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)
+            if prefill and self.profile.unfused_scan and isinstance(grp.layer.mixer, Mamba) and \
+                    grp.layer.mixer.version == 1:
+                self._add_unfused_scan(ph, grp, p, b, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -515,6 +525,25 @@ class CostModel:
             row = ph.parts.setdefault("unfused KV copy", [0.0] * 5)
             for i, v in ((1, moved), (3, m), (4, m)):
                 row[i] = row[i] + v
+
+    def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
+        """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep all
+        of it on chip): the discretised A and B x (d_inner x d_state float32 elements per token) are written
+        and read back, SCAN_PASSES passes in all, and the recurrence steps through the prompt one token at a
+        time, SCAN_STEP_KERNELS kernels per token for the whole batch. The profile's unfused_scan is the
+        fraction of that cost that shows (0: a fused scan)."""
+        m, f = grp.layer.mixer, self.profile.unfused_scan
+        tokens = np.asarray(p, dtype=np.float64)
+        moved = f * SCAN_PASSES * 4.0 * m.d_inner * m.d_state * tokens * b / self.tp
+        _, mem = self._timer(0)(0.0, moved)
+        launches = f * SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
+        ph.time_s = ph.time_s + grp.count * (mem + launches)
+        if totals:
+            ph.memory_s = ph.memory_s + grp.count * mem
+            ph.bytes = ph.bytes + grp.count * moved
+            row = ph.parts.setdefault("unfused SSM scan", [0.0] * 5)
+            for i, v in ((1, moved), (3, mem), (4, mem + launches)):
+                row[i] = row[i] + grp.count * v
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

@@ -63,6 +63,9 @@ class Profile:
     # Unfused executors dequantise or gather what a decode step reads into a new tensor at the KV dtype,
     # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
     materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
+    # Unfused executors run Mamba-1's selective scan over a prompt token by token with the discretised state
+    # inputs materialised (cost.CostModel._add_unfused_scan); fused scan kernels keep them on chip (0).
+    unfused_scan: float = 0.0  # fraction of that loop's launches and traffic that shows
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two
