@@ -33,11 +33,11 @@ PARAMS = {
     "prefill_token_overhead_s": (1e-12, 1e-1, 1e-6),
     "policy_layer_overhead_s": (1e-9, 1.0, 1e-5),
     "materialised_reads": (1e-4, 2.0, 0.5),
-    "unfused_scan": (1e-4, 2.0, 0.5),
+    "unfused_scan_s": (1e-14, 1e-7, 1e-10),
 }
 # Parameters of terms only some architectures have: fitted by default only where the data holds such a model
 # (elsewhere nothing identifies them and they keep the base profile's value).
-ONLY_WITH = {"unfused_scan": lambda spec: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1
+ONLY_WITH = {"unfused_scan_s": lambda spec: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1
                                               for l in spec.layers)}
 
 

@@ -35,10 +35,8 @@ from .weights import on_device as weights_on_device
 from .weights import resolve as resolve_weights
 
 
-# An unfused Mamba-1 scan (transformers' mamba_selective_scan): dt x A, exp(dt x A), dt x B and dt x B x u are
-# written over the whole prompt (4 passes) and the token loop reads exp(dt x A) and dt x B x u back, besides the
-# temporaries' reads (4 more); each token's step is a multiply, an add and a matmul with C.
-SCAN_PASSES = 8
+# An unfused Mamba-1 scan (transformers' mamba_selective_scan) steps each prompt token with a multiply, an add
+# and a matmul with C.
 SCAN_STEP_KERNELS = 3
 
 
@@ -485,7 +483,7 @@ class CostModel:
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)
-            if prefill and self.profile.unfused_scan and isinstance(grp.layer.mixer, Mamba) and \
+            if prefill and self.profile.unfused_scan_s and isinstance(grp.layer.mixer, Mamba) and \
                     grp.layer.mixer.version == 1:
                 self._add_unfused_scan(ph, grp, p, b, totals)
             if grp.on_host:
@@ -527,23 +525,19 @@ class CostModel:
                 row[i] = row[i] + v
 
     def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
-        """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep all
-        of it on chip): the discretised A and B x (d_inner x d_state float32 elements per token) are written
-        and read back, SCAN_PASSES passes in all, and the recurrence steps through the prompt one token at a
-        time, SCAN_STEP_KERNELS kernels per token for the whole batch. The profile's unfused_scan is the
-        fraction of that cost that shows (0: a fused scan)."""
-        m, f = grp.layer.mixer, self.profile.unfused_scan
+        """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep it
+        on chip and step it in one launch): the state's d_inner x d_state elements are discretised (an exp each)
+        and stepped through for every prompt token, unfused_scan_s seconds per element and token (elementwise
+        work over strided slices, far from the roofline), and each token's step launches SCAN_STEP_KERNELS
+        kernels for the whole batch."""
+        m, per = grp.layer.mixer, self.profile.unfused_scan_s
         tokens = np.asarray(p, dtype=np.float64)
-        moved = f * SCAN_PASSES * 4.0 * m.d_inner * m.d_state * tokens * b / self.tp
-        _, mem = self._timer(0)(0.0, moved)
-        launches = f * SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
-        ph.time_s = ph.time_s + grp.count * (mem + launches)
+        elementwise = per * m.d_inner * m.d_state * tokens * b / self.tp
+        launches = SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
+        ph.time_s = ph.time_s + grp.count * (elementwise + launches)
         if totals:
-            ph.memory_s = ph.memory_s + grp.count * mem
-            ph.bytes = ph.bytes + grp.count * moved
             row = ph.parts.setdefault("unfused SSM scan", [0.0] * 5)
-            for i, v in ((1, moved), (3, mem), (4, mem + launches)):
-                row[i] = row[i] + grp.count * v
+            row[4] = row[4] + grp.count * (elementwise + launches)
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

@@ -179,8 +179,9 @@ def _attention(cfg: dict, window: int) -> Attention:
         raise KvsimError("config attention heads must be positive")
     head_dim = _get(cfg, "head_dim", None) or _head_dim(hidden, heads)
     mt = cfg.get("model_type", "")
-    qkv_bias = mt in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False))
-    o_bias = bool(cfg.get("attention_bias", False)) and mt not in ("qwen2", "qwen2_moe")
+    bias = bool(cfg.get("attention_bias", mt == "gpt_oss"))  # transformers' GptOssConfig defaults it to true
+    qkv_bias = mt in ("qwen2", "qwen2_moe") or bias
+    o_bias = bias and mt not in ("qwen2", "qwen2_moe")
     qk_norm = mt in ("gemma3", "gemma3_text", "qwen3", "qwen3_moe", "qwen3_next")
     return Attention(heads, kv_heads, head_dim, window=window, qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm,
                      fused_qkv=mt == "phi3", sinks=mt == "gpt_oss", out_gate=mt == "qwen3_next")

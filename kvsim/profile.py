@@ -33,6 +33,9 @@ the roofline is unchanged:
 - routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency at the rows each
   expert sees (tokens x top-k / experts);
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
+
+Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
+unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token).
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ class Profile:
     # Unfused executors dequantise or gather what a decode step reads into a new tensor at the KV dtype,
     # writing it and reading it back; fused kernels read the compressed or paged cache in place (0).
     materialised_reads: float = 0.0  # fraction of that copy's write-and-read traffic that reaches memory
-    # Unfused executors run Mamba-1's selective scan over a prompt token by token with the discretised state
-    # inputs materialised (cost.CostModel._add_unfused_scan); fused scan kernels keep them on chip (0).
-    unfused_scan: float = 0.0  # fraction of that loop's launches and traffic that shows
+    # Unfused executors run Mamba-1's selective scan over a prompt token by token, discretising and stepping
+    # every state element per token (cost.CostModel._add_unfused_scan); fused scan kernels cost nothing here (0).
+    unfused_scan_s: float = 0.0  # seconds per state element and prompt token of that loop
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two

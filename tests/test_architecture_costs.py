@@ -59,14 +59,13 @@ def _mamba(version: int) -> ModelSpec:
 
 def test_unfused_scan_term_is_exact_and_neutral_by_default():
     base = Profile(name="t", kernel_overhead_s=1e-5, mem_efficiency=0.5)
-    on = dataclasses.replace(base, unfused_scan=1.0)
+    on = dataclasses.replace(base, unfused_scan_s=2e-10)
     p, b = np.array([64, 512]), 2
     wl = Workload(prompt=p, gen=4, batch=b)
     m1 = _mamba(1)
     extra = predict(m1, HW, None, wl, on).ttft_s - predict(m1, HW, None, wl, base).ttft_s
     mixer = m1.layers[0].mixer
-    moved = 8 * 4 * mixer.d_inner * mixer.d_state * p * b
-    expect = 3 * (moved / (HW.memory_bandwidth * 0.5) + 3 * p * 1e-5)
+    expect = 3 * (2e-10 * mixer.d_inner * mixer.d_state * p * b + 3 * p * 1e-5)  # 3 layers
     assert np.allclose(extra, expect, rtol=1e-9)
     assert np.array_equal(predict(m1, HW, None, wl, on).tpot_s, predict(m1, HW, None, wl, base).tpot_s)
     for other in (_mamba(2), ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)):
@@ -80,6 +79,6 @@ def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
         def __init__(self, specs):
             self.groups = [type("G", (), {"spec": s})() for s in specs]
 
-    assert "unfused_scan" not in free_params(None, Problem([load_model("gpt2")]))
-    assert "unfused_scan" in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
-    assert "unfused_scan" not in free_params(None, Problem([_mamba(2)]))
+    assert "unfused_scan_s" not in free_params(None, Problem([load_model("gpt2")]))
+    assert "unfused_scan_s" in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
+    assert "unfused_scan_s" not in free_params(None, Problem([_mamba(2)]))
