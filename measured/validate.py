@@ -89,9 +89,11 @@ ARCHS = {
                             "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "num_experts": 512,
                             "num_experts_per_tok": 10, "vocab_size": 128},
 }
-# MLA in both cache forms: the same models with the decompressed per-head K and V (hf.MLA_CACHE_KEY)
-ARCHS["deepseek-v2-decompressed"] = {**ARCHS["deepseek-v2-mla"], MLA_CACHE_KEY: "decompressed"}
-ARCHS["deepseek-v3-decompressed"] = {**ARCHS["deepseek-v3-mla"], MLA_CACHE_KEY: "decompressed"}
+# MLA in both cache forms: each MLA model is followed by the same model caching decompressed per-head K and V
+# (hf.MLA_CACHE_KEY)
+ARCHS = {name: cfg for arch, base in ARCHS.items() for name, cfg in
+         [(arch, base)] + ([(arch.replace("-mla", "-decompressed"), {**base, MLA_CACHE_KEY: "decompressed"})]
+                           if arch.endswith("-mla") else [])}
 
 
 @dataclass

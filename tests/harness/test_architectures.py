@@ -142,3 +142,26 @@ def test_list_policies_says_where_each_policy_runs():
         assert ("cuda only" in text) == (check([name], "llama", "cpu") is not None), name
         if policy_class(name).role == "select":
             assert "layers whose cache grows" in text
+
+
+def test_latency_configs_are_what_kvsim_reads():
+    """The configs the CPU latency block measures: kvsim counts transformers' own parameters (built on the meta
+    device, nothing allocated) and reads the MLA cache form from the file."""
+    import json
+    from pathlib import Path
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    paths = sorted(Path("measured/configs").glob("*.json"))
+    assert len(paths) == 9
+    for path in paths:
+        cfg = json.loads(path.read_text())
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+                **{k: v for k, v in cfg.items() if k != "torch_dtype"}))
+        stored = {t.untyped_storage().data_ptr() if t.device.type != "meta" else name: t.numel()
+                  for name, t in model.state_dict().items()}
+        tied = "lm_head.weight" in stored and model.config.tie_word_embeddings
+        spec = from_hf_config(cfg)
+        assert spec.n_params() == sum(stored.values()) - (stored["lm_head.weight"] if tied else 0), path.name
+        forms = {l.mixer.cache for l in spec.layers if hasattr(l.mixer, "cache")}
+        assert forms <= {"decompressed" if "decompressed" in path.name else "latent"}
