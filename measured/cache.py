@@ -1,8 +1,9 @@
 """A transformers Cache whose layers execute a kvsim policy composition.
 
-`KvsimCache(model, policy)` builds one `KvsimLayer` per layer from kvsim's own view of the model (the same
+`KvsimCache(model, policy)` builds one cache layer per layer from kvsim's own view of the model (the same
 `layer_contexts` the cost model uses), so per-layer budgets, merged pairs and offloaded layers are the ones
-kvsim predicts. A layer's `update` only hands the new K and V through; the registered attention function
+kvsim predicts: a `KvsimLayer` for attention (mla.py's `LatentLayer` for MLA's latent form), and a recurrent.py
+`StateLayer` for Mamba and linear-attention layers, whose state no eviction touches. A layer's `update` only hands the new K and V through; the registered attention function
 (attention.py) calls `attend`, which computes attention over what the layer holds and then lets the policy
 insert and evict. `physical_bytes()` counts the unique storages the layers hold.
 """
@@ -293,7 +294,7 @@ class KvsimCache(Cache):
     LatentLayer for MLA's latent form, mla.py), a StateLayer for recurrent mixers (recurrent.py)."""
 
     def __init__(self, model, policy: Compose, scorer_state: dict | None = None):
-        from .mla import LatentLayer
+        from .mla import LatentLayer  # at call time: mla.py subclasses this module's KvsimLayer
         from .recurrent import StateLayer
 
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
