@@ -168,6 +168,19 @@ def own_profile(device_name: str, folder: str) -> tuple[str, str]:
     return folder, ""
 
 
+def measured_model(name: str):
+    """The ModelSpec a measured row names: a preset, or a config.json path from the repository root (the
+    architectures block of measured/results/cpu/collect.sh measures measured/configs/*.json)."""
+    try:
+        return kvsim.load_model(name)
+    except KvsimError:
+        path = ROOT / name
+        if not (path.is_file() and path.resolve().is_relative_to(ROOT)):
+            raise
+        from kvsim.hf import from_hf_config, load_json
+        return from_hf_config(load_json(path), name=name)
+
+
 def measured_vs_predicted() -> pd.DataFrame | None:
     """Measured latency rows next to kvsim's prediction for them, each device with its own profile."""
     files = sorted(glob.glob(str(RESULTS / "*" / "latency*.csv")))
@@ -187,7 +200,7 @@ def measured_vs_predicted() -> pd.DataFrame | None:
         prof = profile(prof_name)
         for (model, pol, dtype, gen), sub in rows.groupby(["model", "policy", "dtype", "gen"]):
             try:
-                spec = kvsim.load_model(model)
+                spec = measured_model(model)
             except KvsimError:
                 continue
             pr = predict(spec, hw, kvsim.parse_composition(pol.split(" ") if pol != "full" else []),

@@ -91,7 +91,8 @@ def cmd_calibrate(argv) -> int:
     check_target(out, "--out", stream_ok=False)
     from .data import load
     from .fit import Problem, cross_validate, errors, fit, free_params
-    free = free_params([x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None)
+    names = [x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None
+    free_params(names)  # an unknown name is refused before the data loads
 
     df, digest = load(a.data)
     device = str(df["device_name"].iloc[0])
@@ -100,6 +101,7 @@ def cmd_calibrate(argv) -> int:
     base = load_profile(a.probe) if a.probe else Profile()
     base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops, device=device)
     problem = Problem(df, hw, base)
+    free = free_params(names, problem)
     n_conf = df[["model", "seq", "policy"]].drop_duplicates().shape[0]
     if n_conf < a.folds:
         raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")

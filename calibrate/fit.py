@@ -17,6 +17,7 @@ from kvsim import Profile, Workload, load_model, parse_composition, predict
 from kvsim.errors import KvsimError
 from kvsim.hardware import HardwareSpec
 from kvsim.hf import from_hf_config, load_json
+from kvsim.model import Mamba
 
 # name: (lower, upper, initial guess)
 PARAMS = {
@@ -32,7 +33,12 @@ PARAMS = {
     "prefill_token_overhead_s": (1e-12, 1e-1, 1e-6),
     "policy_layer_overhead_s": (1e-9, 1.0, 1e-5),
     "materialised_reads": (1e-4, 2.0, 0.5),
+    "unfused_scan_s": (1e-14, 1e-7, 1e-10),
 }
+# Parameters of terms only some architectures have: fitted by default only where the data holds such a model
+# (elsewhere nothing identifies them and they keep the base profile's value).
+ONLY_WITH = {"unfused_scan_s": lambda spec: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1
+                                              for l in spec.layers)}
 
 
 def model_spec(name: str):
@@ -87,10 +93,12 @@ class Problem:
         return ttft, tpot
 
 
-def free_params(names=None) -> tuple[str, ...]:
-    """The parameters a fit moves (all of PARAMS by default); the others keep the base profile's values."""
+def free_params(names=None, problem: "Problem | None" = None) -> tuple[str, ...]:
+    """The parameters a fit moves (by default all of PARAMS that `problem`'s models exercise); the others keep
+    the base profile's values."""
     if names is None:
-        return tuple(PARAMS)
+        specs = [g.spec for g in problem.groups] if problem is not None else []
+        return tuple(k for k in PARAMS if k not in ONLY_WITH or any(ONLY_WITH[k](s) for s in specs))
     unknown = [n for n in names if n not in PARAMS]
     if unknown or not names:
         raise KvsimError(f"--fit: unknown parameter {', '.join(unknown) or '(none given)'}; valid: {', '.join(PARAMS)}")
@@ -107,10 +115,10 @@ def _values(x: np.ndarray, free) -> dict:
 
 def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = None, free=None) -> Profile:
     """Least squares on log(predicted / measured) for TTFT and TPOT over `rows` (all when None), moving the
-    `free` parameters (all of PARAMS by default) and keeping the rest at the base profile's values."""
+    `free` parameters (free_params' default set when None) and keeping the rest at the base profile's values."""
     from scipy.optimize import least_squares
 
-    free = free_params(free)
+    free = free_params(free, problem)
     rows = np.arange(len(problem.df)) if rows is None else rows
     lo = np.log([PARAMS[k][0] for k in free])
     hi = np.log([PARAMS[k][1] for k in free])

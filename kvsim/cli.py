@@ -72,10 +72,20 @@ def _add_model_args(p: argparse.ArgumentParser, sweep: bool):
                    help="weight format: bf16, fp16, fp32, fp8[:block=128], int8[:weight-only], int4[:group=128], "
                         "q4_0, q8_0; options head=F (embeddings and output head), act=D; default: the model's, "
                         "fp16 for sizes")
+    g.add_argument("--mla-cache", dest="mla_cache", choices=("latent", "decompressed"), default=None,
+                   help="how MLA layers (DeepSeek-V2/V3) are cached: latent (the compressed latent + RoPE key, "
+                        "decode absorbs the up-projections: vLLM, SGLang; the default) or decompressed (per-head "
+                        "K and V)")
 
 
 def _models(args, sweep: bool):
-    """The ModelSpec(s) the arguments describe."""
+    """The ModelSpec(s) the arguments describe, with --mla-cache applied."""
+    models = _described_models(args, sweep)
+    form = getattr(args, "mla_cache", None)
+    return [m.with_mla_cache(form) for m in models] if form else models
+
+
+def _described_models(args, sweep: bool):
     from . import from_hf_config, load_json, load_model, uniform
 
     sized = {dest: getattr(args, dest) for _, (dest, _) in SIZE_FLAGS.items() if getattr(args, dest) is not None}
@@ -153,6 +163,9 @@ def _add_hardware(p, sweep: bool):
 def _add_kv_dtype(g):
     g.add_argument("--kv-dtype", default=None, help="KV dtype (fp16, bf16, fp32, fp8, int8); default: the "
                                                     "weight dtype when 16 bits or wider, else bf16")
+    g.add_argument("--state-dtype", default=None, help="SSM / linear-attention state matrices' dtype; default fp32 "
+                                                       "(transformers; vLLM's mamba_ssm_cache_dtype=auto is the model "
+                                                       "dtype); conv windows are kept at the activation dtype")
 
 
 def _add_policy_profile(p, sweep: bool):
@@ -210,7 +223,7 @@ def cmd_predict(args) -> int:
     wl = Workload(prompt=_one_int(args.seq, "--seq"), gen=_one_int(args.gen, "--gen"),
                   batch=_one_int(args.batch, "--batch"), tp=_one_int(args.tp, "--tp"), pp=_one_int(args.pp, "--pp"),
                   kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, quadrature=args.quadrature,
-                  shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"))
+                  shared_prefix=_one_int(args.shared_prefix, "--shared-prefix"), state_dtype=args.state_dtype)
     prof = _profile(args)
     engine = _engine(args)
     from .profile import DATASHEET, describe as describe_profile
@@ -270,6 +283,9 @@ def cmd_predict(args) -> int:
                          + (f", {fmt_bytes(v['kv_host_bytes'])} offloaded to host memory" if v["kv_host_bytes"]
                             else "") + ")"),
             ("policy state", f"{fmt_bytes(v['policy_state_bytes'])}  (scores, positions, counts beside the cache)"),
+            *([("recurrent state", f"{fmt_bytes(v['state_bytes'])}  ({v['state_bytes']:,} B of SSM / linear-attention "
+                                   f"conv windows and state matrices, constant in length; state matrices "
+                                   f"{pred._engine.cost.state_dtype})")] if v["state_bytes"] else []),
             ("KV peak (request)", fmt_bytes(v["kv_peak_bytes"])),
             ("weights", f"{fmt_bytes(v['weights_bytes'])}  ({fmt_bytes(v['weights_bytes_per_device'])} per device)"),
             ("activations (peak)", fmt_bytes(v["activation_peak_bytes"])),
@@ -368,6 +384,7 @@ def cmd_sweep(args) -> int:
                     for tp in tps:
                         for pp in pps:
                             wl = Workload(prompt=S, gen=G, batch=B, tp=tp, pp=pp, kv_dtype=args.kv_dtype,
+                                          state_dtype=args.state_dtype,
                                           weight_dtype=args.weight_dtype, quadrature=args.quadrature,
                                           shared_prefix=shared[0])
                             pred = predict(model, hw, pol, wl, prof, engine)
@@ -581,7 +598,8 @@ def cmd_simulate(args) -> int:
                    sim.parse_lengths(args.output_len, "--output-len", "output"))
         reqs = sim.synthetic(n, *lengths, seed=args.seed, rate=rate or (1.0 if args.sweep_rate else None),
                              concurrency=concurrency)
-    knobs = dict(kv_dtype=args.kv_dtype, weight_dtype=args.weight_dtype, tp=_one_int(args.tp, "--tp"),
+    knobs = dict(kv_dtype=args.kv_dtype, state_dtype=args.state_dtype, weight_dtype=args.weight_dtype,
+                 tp=_one_int(args.tp, "--tp"),
                  pp=_one_int(args.pp, "--pp"), preemption=args.preemption, longest_prompt=int(reqs.prompt.max()))
     results = []
     for pol in policies:

@@ -29,10 +29,16 @@ from .parallel import check_model as check_tensor_parallel
 from .parallel import kv_heads_per_device
 from .policies.base import LayerCtx
 from .policies.compose import Compose
+from .policies.quant import dequant_ops
 from .profile import Profile
 from .units import DTYPE_BITS, canonical_dtype
 from .weights import on_device as weights_on_device
 from .weights import resolve as resolve_weights
+
+
+# An unfused Mamba-1 scan (transformers' mamba_selective_scan) steps each prompt token with a multiply, an add
+# and a matmul with C.
+SCAN_STEP_KERNELS = 3
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,15 @@ def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
     return n_experts * (1.0 - miss)
 
 
+def prefill_dims(layer: Layer, ctx: LayerCtx) -> tuple[int, int]:
+    """(score, value) widths per query head of a prompt's attention. A latent MLA cache is attended per head
+    at the prefill (the prompt's K and V are decompressed, as vLLM and SGLang do) and absorbed only in decode
+    steps, whose widths are the layout's."""
+    if isinstance(layer.mixer, MLA):
+        return layer.mixer.prefill_dims()
+    return ctx.layout.score_dim, ctx.layout.value_dim
+
+
 def _mlp_weight_bytes(model: ModelSpec, layer: Layer, tokens: np.ndarray, wbytes: float) -> np.ndarray:
     mlp = layer.mlp
     if mlp is None:
@@ -139,6 +154,7 @@ def _activation_width(model: ModelSpec, layer: Layer) -> tuple[int, int]:
     mixer = layer.mixer
     if isinstance(mixer, Attention):
         mix = mixer.n_heads * mixer.head_dim + mixer.n_kv_heads * (mixer.head_dim + mixer.dv) + mixer.n_heads * mixer.dv
+        mix += mixer.n_heads * mixer.head_dim if mixer.out_gate else 0
     elif isinstance(mixer, MLA):
         mix = (mixer.n_heads * (mixer.qk_nope_head_dim + mixer.qk_rope_head_dim) + mixer.kv_lora_rank
                + mixer.n_heads * (mixer.qk_nope_head_dim + 2 * mixer.v_head_dim))
@@ -162,14 +178,6 @@ def _matmuls(layer: Layer) -> int:
     elif layer.mlp is not None:
         n += 2
     return n
-
-
-def _state_bytes(model: ModelSpec, mixer, sbytes: float) -> float:
-    if isinstance(mixer, Mamba):
-        return mixer.state_elements() * sbytes
-    if isinstance(mixer, LinearAttention):
-        return mixer.state_elements(model.hidden) * sbytes
-    return 0.0
 
 
 class Roofline:
@@ -236,7 +244,7 @@ class CostModel:
     """Bytes, FLOP and time for one (model, hardware, policy, dtypes, parallelism, profile)."""
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, policy: Compose, *, kv_dtype: str | None,
-                 weight_dtype: str | None, tp: int, pp: int, profile: Profile):
+                 weight_dtype: str | None, tp: int, pp: int, profile: Profile, state_dtype: str | None = None):
         if tp < 1 or pp < 1:
             raise KvsimError("tensor and pipeline parallel degrees must be positive")
         if pp > model.n_layers:
@@ -255,6 +263,12 @@ class CostModel:
         self.kv_bits = DTYPE_BITS[self.kv_dtype]
         if self.kv_bits % 8:
             raise KvsimError("the KV dtype must be at least a byte wide; use a quantization policy for fewer bits")
+        # Recurrent (SSM, linear-attention) state matrices: float32 unless asked (transformers keeps them in
+        # float32 whatever the model dtype: measured); conv windows hold activations, at the activation dtype.
+        self.state_dtype = canonical_dtype(state_dtype or "fp32")
+        self.state_bits = DTYPE_BITS[self.state_dtype]
+        if self.state_bits % 8:
+            raise KvsimError("the state dtype must be at least a byte wide; use quant:state=true for fewer bits")
         self.groups = group_layers(model, policy, self.kv_bits)
         bw = profile.memory_bandwidth or hardware.memory_bandwidth
         peak = profile.peak_flops or hardware.peak_flops(self.act_dtype)
@@ -372,9 +386,15 @@ class CostModel:
                 total += grp.count * self.policy.shared_bytes(grp.ctx, heads)
         return int(total)
 
+    def layer_state_bytes(self, mixer) -> int:
+        """Per-sequence recurrent state of one layer (0 for attention layers)."""
+        if not isinstance(mixer, (Mamba, LinearAttention)):
+            return 0
+        return self.policy.recurrent_bytes(mixer.state_parts(self.model.hidden), 8 * self.abytes, self.state_bits)
+
     def state_bytes(self) -> int:
         """Per-sequence recurrent state of SSM and linear-attention layers."""
-        return int(sum(grp.count * _state_bytes(self.model, grp.layer.mixer, self.abytes) for grp in self.groups))
+        return int(sum(grp.count * self.layer_state_bytes(grp.layer.mixer) for grp in self.groups))
 
     # ----- weights -----
     def weight_bytes(self) -> int:
@@ -388,14 +408,19 @@ class CostModel:
         attention or state work, per sequence. Attention FLOP split evenly: query heads divide by tp."""
         mixer, pol = grp.layer.mixer, self.policy
         if isinstance(mixer, (Mamba, LinearAttention)):
-            state = _state_bytes(self.model, mixer, self.abytes)
-            return np.asarray(p if prefill else 1, dtype=np.float64) * mixer.step_flops(), 2.0 * state / self.tp, 0.0
+            state = self.layer_state_bytes(mixer)
+            flops = np.asarray(p if prefill else 1, dtype=np.float64) * mixer.step_flops()
+            if pol.quantizes_state:  # the pass dequantises the state it reads and quantises what it writes
+                elements = sum(part.elements for part in mixer.state_parts(self.model.hidden))
+                flops = flops + 2.0 * dequant_ops(pol.quant.bits, pol.quant.kind) * elements
+            return flops, 2.0 * state / self.tp, 0.0
         ctx = grp.ctx if grp.ctx is not None else grp.source
         heads = self.heads_on_device(ctx)
         if prefill:
             span = ctx.layout.span
             pairs = causal_pairs(p, span + self.profile.window_edge_tokens if span else 0)
-            flops = pairs * ctx.layout.n_q_heads * (2 * ctx.layout.score_dim + 2 * ctx.layout.value_dim + 5)
+            sd, vd = prefill_dims(grp.layer, ctx)
+            flops = pairs * ctx.layout.n_q_heads * (2 * sd + 2 * vd + 5)
             written = pol.device_bytes(grp.ctx, p, 0, heads) if grp.ctx is not None else 0
             return flops, written, (written if grp.on_host else 0)
         segs = pol.read_segments(ctx, p, s)
@@ -476,6 +501,9 @@ class CostModel:
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)
+            if prefill and self.profile.unfused_scan_s and isinstance(grp.layer.mixer, Mamba) and \
+                    grp.layer.mixer.version == 1:
+                self._add_unfused_scan(ph, grp, p, b, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -513,6 +541,21 @@ class CostModel:
             row = ph.parts.setdefault("unfused KV copy", [0.0] * 5)
             for i, v in ((1, moved), (3, m), (4, m)):
                 row[i] = row[i] + v
+
+    def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
+        """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep it
+        on chip and step it in one launch): the state's d_inner x d_state elements are discretised (an exp each)
+        and stepped through for every prompt token, unfused_scan_s seconds per element and token (elementwise
+        work over strided slices, far from the roofline), and each token's step launches SCAN_STEP_KERNELS
+        kernels for the whole batch."""
+        m, per = grp.layer.mixer, self.profile.unfused_scan_s
+        tokens = np.asarray(p, dtype=np.float64)
+        elementwise = per * m.d_inner * m.d_state * tokens * b / self.tp
+        launches = SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
+        ph.time_s = ph.time_s + grp.count * (elementwise + launches)
+        if totals:
+            row = ph.parts.setdefault("unfused SSM scan", [0.0] * 5)
+            row[4] = row[4] + grp.count * (elementwise + launches)
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

@@ -1,7 +1,7 @@
 """The one adapter from a transformers config.json (a plain dict) to a ModelSpec. Offline, no remote code.
 
-Families: Llama, Mistral, Qwen2/Qwen3 (dense and MoE), Gemma/Gemma-2/Gemma-3, Phi-3/Phi-4, Granite, GPT-2,
-Mixtral, gpt-oss, DeepSeek-V2/V3, Mamba, Mamba-2, Jamba, and (in hf_classic) OPT, GPT-J, GPT-NeoX, Phi-1/2
+Families: Llama, Mistral, Qwen2/Qwen3 (dense and MoE), Qwen3-Next, Gemma/Gemma-2/Gemma-3, Phi-3/Phi-4, Granite,
+GPT-2, Mixtral, gpt-oss, DeepSeek-V2/V3, Mamba, Mamba-2, Jamba, and (in hf_classic) OPT, GPT-J, GPT-NeoX, Phi-1/2
 and Falcon. Any other model_type is refused: a config read as the wrong family gives wrong numbers silently.
 With strict=True (presets) every key must be one this adapter reads or knowingly ignores, so a typo in a
 preset cannot silently change a number.
@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import KvsimError
 from .jsonio import read_object
 from .limits import INPUT_MAX, check_layers
-from .model import MLA, MLP, Attention, Layer, Mamba, ModelSpec, MoE
+from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
 
 # Keys that carry no information about memory, bandwidth or FLOPs.
 _IGNORED = {
@@ -45,7 +45,15 @@ _IGNORED = {
     "norm_eps", "is_decoder", "add_cross_attention", "tie_embeddings", "hidden_dropout", "attention_probs_dropout_prob",
     "decoder_sparse_step", "mlp_only_layers", "experts_per_token", "swiglu_limit", "initial_context_length",
     "original_max_position_embeddings", "embd_pdrop", "resid_pdrop",
+    "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+    "linear_conv_kernel_dim", "shared_expert_intermediate_size", "full_attention_interval", "partial_rotary_factor",
 }
+
+# How MLA layers are cached (kvsim.model.MLA.cache): "latent" (vLLM, SGLang: the compressed latent and the
+# decoupled RoPE key, decode steps absorb the up-projections) or "decompressed" (per-head K and V). Not a
+# transformers key: kvsim's CLI (--mla-cache) and the harness set it, so the prediction and the measurement of
+# one model object always describe the same cache.
+MLA_CACHE_KEY = "_kvsim_mla_cache"
 
 
 def load_json(path: str | Path) -> dict:
@@ -171,19 +179,22 @@ def _attention(cfg: dict, window: int) -> Attention:
         raise KvsimError("config attention heads must be positive")
     head_dim = _get(cfg, "head_dim", None) or _head_dim(hidden, heads)
     mt = cfg.get("model_type", "")
-    qkv_bias = mt in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False))
-    o_bias = bool(cfg.get("attention_bias", False)) and mt not in ("qwen2", "qwen2_moe")
-    qk_norm = mt in ("gemma3", "gemma3_text", "qwen3", "qwen3_moe")
+    bias = bool(cfg.get("attention_bias", mt == "gpt_oss"))  # transformers' GptOssConfig defaults it to true
+    qkv_bias = mt in ("qwen2", "qwen2_moe") or bias
+    o_bias = bias and mt not in ("qwen2", "qwen2_moe")
+    qk_norm = mt in ("gemma3", "gemma3_text", "qwen3", "qwen3_moe", "qwen3_next")
     return Attention(heads, kv_heads, head_dim, window=window, qkv_bias=qkv_bias, o_bias=o_bias, qk_norm=qk_norm,
-                     fused_qkv=mt == "phi3", sinks=mt == "gpt_oss")
+                     fused_qkv=mt == "phi3", sinks=mt == "gpt_oss", out_gate=mt == "qwen3_next")
 
 
 def _mlps(cfg: dict, n_layers: int) -> list:
     """Each layer's MLP: dense, or a mixture of experts on the layers where the family puts them."""
     mt = cfg.get("model_type", "")
-    if mt == "qwen3_moe":
+    if mt in ("qwen3_moe", "qwen3_next"):
+        shared = _get(cfg, "shared_expert_intermediate_size", 0) if mt == "qwen3_next" else 0
         moe = MoE(_get(cfg, "num_experts", required=True), _get(cfg, "num_experts_per_tok", required=True),
-                  _get(cfg, "moe_intermediate_size", required=True))
+                  _get(cfg, "moe_intermediate_size", required=True), n_shared=1 if shared else 0,
+                  shared_intermediate=shared, shared_gate=bool(shared))
         step = _get(cfg, "decoder_sparse_step", 1) or 1
         dense_only = cfg.get("mlp_only_layers") or []
         if not isinstance(dense_only, list) or not all(isinstance(i, int) for i in dense_only):
@@ -233,9 +244,12 @@ def _gpt2(cfg: dict) -> ModelSpec:
 def _deepseek(cfg: dict) -> ModelSpec:
     n_layers = _get(cfg, "num_hidden_layers", required=True)
     hidden = _get(cfg, "hidden_size", required=True)
+    form = cfg.get(MLA_CACHE_KEY, "latent")
+    if form not in ("latent", "decompressed"):
+        raise KvsimError(f"MLA cache form must be latent or decompressed, got {form!r}")
     mla = MLA(_get(cfg, "num_attention_heads", required=True), _get(cfg, "kv_lora_rank", required=True),
               _get(cfg, "qk_rope_head_dim", required=True), _get(cfg, "qk_nope_head_dim", required=True),
-              _get(cfg, "v_head_dim", required=True), q_lora_rank=_get(cfg, "q_lora_rank", 0) or 0)
+              _get(cfg, "v_head_dim", required=True), q_lora_rank=_get(cfg, "q_lora_rank", 0) or 0, cache=form)
     dense = MLP(_get(cfg, "intermediate_size", required=True))
     moe = MoE(_get(cfg, "n_routed_experts", required=True), _get(cfg, "num_experts_per_tok", required=True),
               _get(cfg, "moe_intermediate_size", required=True), n_shared=_get(cfg, "n_shared_experts", 0) or 0,
@@ -280,7 +294,7 @@ def _jamba(cfg: dict) -> ModelSpec:
     dt_rank = math.ceil(hidden / 16) if dt_rank == "auto" else _get(cfg, "mamba_dt_rank")
     mamba = Mamba(_get(cfg, "mamba_expand", 2) * hidden, d_state, _get(cfg, "mamba_d_conv", 4), version=1,
                   dt_rank=dt_rank, conv_bias=bool(cfg.get("mamba_conv_bias", True)),
-                  proj_bias=bool(cfg.get("mamba_proj_bias", False)))
+                  proj_bias=bool(cfg.get("mamba_proj_bias", False)), bc_norms=True)
     dense = MLP(_get(cfg, "intermediate_size", required=True))
     moe = MoE(_get(cfg, "num_experts", 16), _get(cfg, "num_experts_per_tok", 2),
               _get(cfg, "intermediate_size", required=True))
@@ -296,12 +310,39 @@ def _jamba(cfg: dict) -> ModelSpec:
                      weight_dtype=_dtype(cfg), max_context=_get(cfg, "max_position_embeddings", 0) or 0)
 
 
+def _qwen3_next(cfg: dict) -> ModelSpec:
+    """Qwen3-Next: Gated DeltaNet layers with a full (gated) attention layer every full_attention_interval-th,
+    a mixture of experts with one gated shared expert."""
+    n_layers = _get(cfg, "num_hidden_layers", required=True)
+    hidden = _get(cfg, "hidden_size", required=True)
+    types = cfg.get("layer_types")
+    if types is None:
+        every = _get(cfg, "full_attention_interval", 4) or 4
+        types = ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(n_layers)]
+    if not isinstance(types, list) or len(types) != n_layers or \
+            any(t not in ("full_attention", "linear_attention") for t in types):
+        raise KvsimError(f"config 'layer_types' must list {n_layers} entries of full_attention or linear_attention")
+    linear = LinearAttention(_get(cfg, "linear_num_value_heads", required=True),
+                             _get(cfg, "linear_key_head_dim", required=True),
+                             _get(cfg, "linear_value_head_dim", required=True),
+                             n_key_heads=_get(cfg, "linear_num_key_heads", required=True),
+                             conv=_get(cfg, "linear_conv_kernel_dim", 4), head_gates=2, head_params=2, out_norm=True,
+                             delta_rule=True)
+    attn = _attention(cfg, 0)
+    layers = tuple(Layer(attn if t == "full_attention" else linear, mlp, norms=2)
+                   for t, mlp in zip(types, _mlps(cfg, n_layers)))
+    return ModelSpec(cfg.get("_kvsim_name", "qwen3_next"), hidden, _get(cfg, "vocab_size", required=True), layers,
+                     tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), weight_dtype=_dtype(cfg),
+                     max_context=_get(cfg, "max_position_embeddings", 0) or 0)
+
+
 # Families whose checkpoints have Llama's shape (RMSNorm, gated MLP or MoE, RoPE), with the differences
 # `_attention` and `_mlps` read (biases, q/k norms, sinks, fused projections, expert layouts).
 _LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text",
                  "mixtral", "phi3", "granite", "gpt_oss"}
 _READERS = {"gpt2": _gpt2, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "mamba": _mamba, "mamba2": _mamba,
-            "falcon_mamba": _mamba, "jamba": _jamba, **{mt: _llama_like for mt in _LLAMA_FAMILY}}
+            "falcon_mamba": _mamba, "jamba": _jamba, "qwen3_next": _qwen3_next,
+            **{mt: _llama_like for mt in _LLAMA_FAMILY}}
 
 
 def _reader(mt: str):

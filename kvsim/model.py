@@ -17,7 +17,7 @@ Cache semantics (what the harness in measured/ holds, byte for byte):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from .errors import KvsimError
 from .limits import check_layers
@@ -70,6 +70,8 @@ class Attention:
     # Learned per-head sink logits in the softmax denominator (gpt-oss): n_heads weights and no cached token,
     # so they change parameter bytes but not KV bytes; their one extra logit per head is left out of FLOPs.
     sinks: bool = False
+    # A sigmoid gate on each head's output, computed by a query projection twice as wide (Qwen3-Next).
+    out_gate: bool = False
     # Block-sparse attention (Longformer/BigBird): each query sees `local_blocks` blocks around it,
     # `global_blocks` blocks at the start of the sequence and `random_blocks` random earlier blocks.
     block: int = 0
@@ -98,7 +100,7 @@ class Attention:
         return self.block > 0
 
     def params(self, hidden: int) -> int:
-        q = self.n_heads * self.head_dim
+        q = self.n_heads * self.head_dim * (2 if self.out_gate else 1)
         kv = self.n_kv_heads * (self.head_dim + self.dv)
         o = self.n_heads * self.dv
         n = hidden * (q + kv) + o * hidden
@@ -154,6 +156,11 @@ class MLA:
         o = self.n_heads * self.v_head_dim * hidden
         return q + kv_a + kv_b + o
 
+    def prefill_dims(self) -> tuple[int, int]:
+        """(score, value) widths per query head of the prefill's attention: engines that cache the latent
+        (vLLM, SGLang) still decompress the prompt's K and V and attend per head; only decode steps absorb."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim
+
     def kv_layout(self) -> KVLayout:
         if self.cache == "latent":
             # Weight absorption: scores run over latent + rope dims, values over the latent.
@@ -162,6 +169,21 @@ class MLA:
         qk = self.qk_nope_head_dim + self.qk_rope_head_dim
         return KVLayout(self.n_heads, qk, self.v_head_dim, self.n_heads, qk, self.v_head_dim,
                         span=0, keep_cap=0, evictable=True)
+
+
+@dataclass(frozen=True)
+class StatePart:
+    """One tensor of a recurrent layer's per-sequence state, as `rows` rows of `width` elements (the unit a
+    quantization group runs along). kind "conv": the convolution's window of recent inputs, held at the
+    activation dtype; "ssm": the recurrent state itself, held at the state dtype (float32 in transformers)."""
+
+    rows: int
+    width: int
+    kind: str
+
+    @property
+    def elements(self) -> int:
+        return self.rows * self.width
 
 
 @dataclass(frozen=True)
@@ -177,6 +199,7 @@ class Mamba:
     dt_rank: int = 0  # Mamba-1 only
     conv_bias: bool = True
     proj_bias: bool = False
+    bc_norms: bool = False  # RMSNorms on the time step, B and C (Jamba's Mamba layers)
 
     def __post_init__(self):
         _positive(self, "d_inner", "d_state", "d_conv", "n_groups")
@@ -191,9 +214,14 @@ class Mamba:
     def conv_channels(self) -> int:
         return self.d_inner if self.version == 1 else self.d_inner + 2 * self.n_groups * self.d_state
 
+    def state_parts(self, hidden: int) -> tuple[StatePart, ...]:
+        """The conv window (the last d_conv inputs of every conv channel; transformers keeps d_conv columns)
+        and the SSM state (d_inner x d_state: Mamba-2's heads x head_dim rows of d_state)."""
+        return (StatePart(self.d_conv, self.conv_channels, "conv"), StatePart(self.d_inner, self.d_state, "ssm"))
+
     def state_elements(self) -> int:
         """Conv window plus SSM state, per sequence: constant in sequence length."""
-        return self.conv_channels * self.d_conv + self.d_inner * self.d_state
+        return sum(part.elements for part in self.state_parts(0))
 
     def params(self, hidden: int) -> int:
         conv = self.conv_channels * self.d_conv + (self.conv_channels if self.conv_bias else 0)
@@ -203,6 +231,8 @@ class Mamba:
             dt_proj = self.dt_rank * self.d_inner + self.d_inner
             a_d = self.d_inner * self.d_state + self.d_inner
             n = in_proj + conv + x_proj + dt_proj + a_d
+            if self.bc_norms:
+                n += self.dt_rank + 2 * self.d_state
         else:
             in_proj = hidden * (2 * self.d_inner + 2 * self.n_groups * self.d_state + self.n_heads)
             n = in_proj + conv + 3 * self.n_heads + self.d_inner  # dt_bias, A_log, D, gated norm
@@ -219,28 +249,62 @@ class Mamba:
 
 @dataclass(frozen=True)
 class LinearAttention:
-    """Linear attention / RWKV-style recurrent state: n_heads x key_dim x value_dim, plus token-shift vectors."""
+    """Linear attention with a recurrent state of n_heads x key_dim x value_dim per sequence: plain linear
+    attention / RWKV-style (token-shift vectors), or a gated delta rule (Qwen3-Next's Gated DeltaNet:
+    fewer key heads than value heads, a causal conv over q, k and v, per-head decay and write gates)."""
 
-    n_heads: int
+    n_heads: int  # value heads: the state has one key_dim x value_dim matrix per value head
     key_dim: int
     value_dim: int
     shift_states: int = 0  # vectors of size `hidden` kept per sequence (RWKV's token shift: 2)
-    gate: bool = True
+    gate: bool = True  # an output gate projection (z) as wide as the values
+    n_key_heads: int = 0  # query/key heads (0: n_heads); each is shared by n_heads / n_key_heads value heads
+    conv: int = 0  # kernel of a depthwise causal conv over the q, k and v channels (0: none); its window is state
+    head_gates: int = 0  # per-head scalars projected from the hidden state (DeltaNet: write strength and decay)
+    head_params: int = 0  # learned per-head scalars (DeltaNet: dt bias and A_log)
+    out_norm: bool = False  # a gated RMSNorm over each head's output (value_dim weights shared by the heads)
+    delta_rule: bool = False  # the state is corrected by the delta rule (read, subtract, write) each token
 
     def __post_init__(self):
         _positive(self, "n_heads", "key_dim", "value_dim")
-        _positive(self, "shift_states", allow_zero=("shift_states",))
+        _positive(self, "shift_states", "n_key_heads", "conv", "head_gates", "head_params",
+                  allow_zero=("shift_states", "n_key_heads", "conv", "head_gates", "head_params"))
+        if self.n_heads % self.key_heads:
+            raise KvsimError(f"linear attention: value heads ({self.n_heads}) must be a multiple of key heads "
+                             f"({self.key_heads})")
+
+    @property
+    def key_heads(self) -> int:
+        return self.n_key_heads or self.n_heads
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.key_heads * self.key_dim + self.n_heads * self.value_dim
+
+    def state_parts(self, hidden: int) -> tuple[StatePart, ...]:
+        parts = [StatePart(self.n_heads * self.key_dim, self.value_dim, "ssm")]
+        if self.conv:
+            parts.append(StatePart(self.conv, self.conv_channels, "conv"))
+        if self.shift_states:
+            parts.append(StatePart(self.shift_states, hidden, "conv"))
+        return tuple(parts)
 
     def state_elements(self, hidden: int) -> int:
-        return self.n_heads * self.key_dim * self.value_dim + self.shift_states * hidden
+        return sum(part.elements for part in self.state_parts(hidden))
 
     def params(self, hidden: int) -> int:
-        qk = 2 * hidden * self.n_heads * self.key_dim
+        qk = 2 * hidden * self.key_heads * self.key_dim
         v = hidden * self.n_heads * self.value_dim * (2 if self.gate else 1)
-        return qk + v + self.n_heads * self.value_dim * hidden
+        n = qk + v + self.n_heads * self.value_dim * hidden
+        n += hidden * self.n_heads * self.head_gates + self.n_heads * self.head_params
+        n += self.conv_channels * self.conv + (self.value_dim if self.out_norm else 0)
+        return n
 
     def step_flops(self) -> int:
-        return 4 * self.n_heads * self.key_dim * self.value_dim
+        """Per token, outside the projections: the state update and readout (the delta rule also reads the
+        state with the key and decays it: 7 instead of 4 FLOP per state element), and the conv."""
+        per = 7 if self.delta_rule else 4
+        return per * self.n_heads * self.key_dim * self.value_dim + 2 * self.conv_channels * self.conv
 
 
 @dataclass(frozen=True)
@@ -275,6 +339,7 @@ class MoE:
     gated: bool = True
     router_bias: bool = False  # a bias per expert on the router (DeepSeek-V3's score correction, gpt-oss)
     bias: bool = False  # biases on every expert's projections (gpt-oss)
+    shared_gate: bool = False  # a sigmoid gate (hidden -> 1) on the shared experts' output (Qwen3-Next)
 
     def __post_init__(self):
         _positive(self, "n_experts", "top_k", "expert_intermediate")
@@ -288,15 +353,18 @@ class MoE:
             n += (2 if self.gated else 1) * inter + hidden
         return n
 
+    def _shared(self, hidden: int) -> int:
+        n = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
+        return n + (hidden if self.shared_gate and self.n_shared else 0)
+
     def params(self, hidden: int) -> int:
-        shared = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
         router = hidden * self.n_experts + (self.n_experts if self.router_bias else 0)
-        return router + self.n_experts * self._expert(hidden, self.expert_intermediate) + shared
+        return router + self.n_experts * self._expert(hidden, self.expert_intermediate) + self._shared(hidden)
 
     def active_params(self, hidden: int) -> int:
         """Parameters one token multiplies with: router, top-k experts, shared experts."""
-        shared = self.n_shared * self._expert(hidden, self.shared_intermediate or self.expert_intermediate)
-        return hidden * self.n_experts + self.top_k * self._expert(hidden, self.expert_intermediate) + shared
+        return hidden * self.n_experts + self.top_k * self._expert(hidden, self.expert_intermediate) + \
+            self._shared(hidden)
 
     def expert_params(self, hidden: int) -> int:
         return self._expert(hidden, self.expert_intermediate)
@@ -322,6 +390,7 @@ def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
     if isinstance(mixer, Attention):
         n += (1 if mixer.fused_qkv else 3) + 1 + _ATTENTION_KERNELS + (_ROPE_KERNELS if rope else 0)
         n += 2 * norm if mixer.qk_norm else 0
+        n += 2 if mixer.out_gate else 0  # sigmoid, multiply
     elif isinstance(mixer, MLA):
         n += (5 if mixer.q_lora_rank else 3) + 3 + 1 + _ATTENTION_KERNELS + _ROPE_KERNELS
     elif isinstance(mixer, Mamba):
@@ -331,6 +400,7 @@ def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
     mlp = layer.mlp
     if isinstance(mlp, MoE):
         n += 4 + 5 * (mlp.top_k + mlp.n_shared)  # router (gemm, softmax, top-k, gather) + expert MLPs
+        n += 3 if mlp.shared_gate and mlp.n_shared else 0  # gate gemm, sigmoid, multiply
     elif mlp is not None:
         n += 5 if mlp.gated else 3  # gate, up, act, mul, down | up, act, down
     return n
@@ -414,6 +484,14 @@ class ModelSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return ModelSpec(**values)
+
+    def with_mla_cache(self, form: str) -> "ModelSpec":
+        """The same model with every MLA layer cached as `form` ("latent" or "decompressed")."""
+        if not any(isinstance(layer.mixer, MLA) for layer in self.layers):
+            raise KvsimError(f"{self.name} has no MLA layers: an MLA cache form does not apply to it")
+        layers = tuple(replace(layer, mixer=replace(layer.mixer, cache=form)) if isinstance(layer.mixer, MLA)
+                       else layer for layer in self.layers)
+        return self.with_(layers=layers)
 
 
 def uniform(name: str, *, n_layers: int, hidden: int, vocab: int, n_heads: int, n_kv_heads: int,

@@ -29,7 +29,7 @@ import numpy as np
 from .cost import CostModel, layer_contexts
 from .errors import KvsimError
 from .hardware import HardwareSpec
-from .model import ModelSpec
+from .model import LinearAttention, Mamba, ModelSpec
 from .policies import Compose, Policy, compose
 from .limits import INPUT_MAX, ceil_div, check_tokens, exact, token_limit
 from .profile import DATASHEET, Profile
@@ -44,6 +44,9 @@ class Workload:
     tp: int = 1
     pp: int = 1
     kv_dtype: str | None = None  # None: the activation dtype of the weight format (bf16 for a bf16 model)
+    # SSM / linear-attention state matrices; None: fp32, as transformers keeps them (vLLM's default
+    # mamba_ssm_cache_dtype=auto keeps the model dtype instead: pass "bf16")
+    state_dtype: str | None = None
     weight_dtype: str | None = None  # weight format (weights.py: "fp16", "fp8:block=128", "int4"); None: the model's
     quadrature: int = 8  # decode steps evaluated for the mean TPOT
     shared_prefix: object = 0  # leading prompt tokens every request shares (a system prompt), stored once
@@ -259,7 +262,7 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
                          f"{int(np.max(b))}: every step needs at least one token per request")
     check_tokens(model, p + gen)
     cost = CostModel(model, hardware, policy, kv_dtype=wl.kv_dtype, weight_dtype=wl.weight_dtype, tp=wl.tp,
-                     pp=wl.pp, profile=profile)
+                     pp=wl.pp, profile=profile, state_dtype=wl.state_dtype)
     exact("the model's weights", cost.weight_bytes())
     capacity = int(hardware.memory_bytes - profile.reserved_bytes)
     serving = Serving(cost, engine, capacity)
@@ -332,7 +335,8 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     kv_dev = exact("KV cache per device", ceil_div(bf * cost.kv_stored(p, steps, per_device=True, place="device",
                                                                        state=False), cost.pp))
     ctxs = [c for c in layer_contexts(model, cost.kv_bits) if c is not None]
-    notes = policy.notes(p, [c for c in ctxs if c.rank >= 0]) + policy.idle_notes(model.name, ctxs) + notes_pool
+    notes = policy.notes(p, [c for c in ctxs if c.rank >= 0]) + policy.idle_notes(model.name, ctxs, recurrent=any(
+        isinstance(layer.mixer, (Mamba, LinearAttention)) for layer in model.layers)) + notes_pool
     shape = np.broadcast_shapes(p.shape, gen.shape, b.shape, shared_prefix.shape)
     if model.max_context and np.any(p + gen > model.max_context):
         notes.append(f"{model.name} was trained for {model.max_context} tokens; prompt + gen exceeds that")

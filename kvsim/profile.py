@@ -37,6 +37,9 @@ the roofline is unchanged:
 - routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency at the rows each
   expert sees (tokens x top-k / experts);
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
+
+Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
+unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token).
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Profile:
     # Share of an operation class's shorter time (compute or memory) hidden under the longer: 1 is the
     # roofline's max; a CPU core that issues its own loads and FMAs hides less, down to their sum at 0.
     compute_memory_overlap: float = 1.0
+    # Unfused executors run Mamba-1's selective scan over a prompt token by token, discretising and stepping
+    # every state element per token (cost.CostModel._add_unfused_scan); fused scan kernels cost nothing here (0).
+    unfused_scan_s: float = 0.0  # seconds per state element and prompt token of that loop
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cost import CostModel, Phase, causal_pairs
+from .cost import CostModel, Phase, causal_pairs, prefill_dims
 from .errors import KvsimError
 from .limits import token_limit
 from .model import LinearAttention, Mamba
@@ -322,14 +322,14 @@ class Serving:
         for grp, active in zip(cost.groups, cost.policy_active):
             n, mixer = grp.count, grp.layer.mixer
             if isinstance(mixer, (Mamba, LinearAttention)):
-                from .cost import _state_bytes
-                flops, moved, share, on_host = c_tok * mixer.step_flops(), 2.0 * _state_bytes(
-                    cost.model, mixer, cost.abytes), 1.0 / tp, False
+                flops, moved, share, on_host = c_tok * mixer.step_flops(), 2.0 * cost.layer_state_bytes(mixer), \
+                    1.0 / tp, False
             else:
                 ctx = grp.ctx if grp.ctx is not None else grp.source
                 lay = ctx.layout
                 pairs = causal_pairs(s + c_tok, lay.span) - causal_pairs(s, lay.span)
-                flops = pairs * lay.n_q_heads * (2 * lay.score_dim + 2 * lay.value_dim + 5)
+                sd, vd = prefill_dims(grp.layer, ctx)
+                flops = pairs * lay.n_q_heads * (2 * sd + 2 * vd + 5)
                 prior = np.minimum(s, lay.span - 1) if lay.span else s
                 moved = pol.bytes_of(ctx, [Segment(ctx.heads, prior)])
                 if grp.ctx is not None:

@@ -27,7 +27,8 @@ def kvsim_attention(module, query, key, value, attention_mask, scaling=None, dro
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None) or 0
     softcap = kwargs.get("softcap") or getattr(getattr(module, "config", None), "attn_logit_softcapping", None)
-    out = layer.attend(query, key, value, scale, int(window or 0), softcap)
+    # gpt-oss passes its sink logits as s_aux; MLA's latent layer absorbs with the module's kv_b_proj (mla.py)
+    out = layer.attend(query, key, value, scale, int(window or 0), softcap, sinks=kwargs.get("s_aux"), module=module)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -1,8 +1,9 @@
 """A transformers Cache whose layers execute a kvsim policy composition.
 
-`KvsimCache(model, policy)` builds one `KvsimLayer` per layer from kvsim's own view of the model (the same
+`KvsimCache(model, policy)` builds one cache layer per layer from kvsim's own view of the model (the same
 `layer_contexts` the cost model uses), so per-layer budgets, merged pairs and offloaded layers are the ones
-kvsim predicts. A layer's `update` only hands the new K and V through; the registered attention function
+kvsim predicts: a `KvsimLayer` for attention (mla.py's `LatentLayer` for MLA's latent form), and a recurrent.py
+`StateLayer` for Mamba and linear-attention layers, whose state no eviction touches. A layer's `update` only hands the new K and V through; the registered attention function
 (attention.py) calls `attend`, which computes attention over what the layer holds and then lets the policy
 insert and evict. `physical_bytes()` counts the unique storages the layers hold.
 """
@@ -17,6 +18,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvsim.cost import layer_contexts
 from kvsim.hf import from_hf_config
+from kvsim.model import MLA, LinearAttention, Mamba
 from kvsim.policies.compose import Compose
 from kvsim.policies.learned import Learned
 from kvsim.policies.pyramid import DynamicKV
@@ -25,6 +27,7 @@ from kvsim.units import DTYPE_BITS
 from .attention import decode_attention, prefill_attention
 from .encoding import Encoder, quant_store
 from .executors import Group, Pages, Prompt, Rule, gather, plan, split_layer_budgets, top_sorted
+from .sinks import sink_decode_attention, sink_prefill_attention
 from .stores import physical_bytes
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -141,20 +144,36 @@ class KvsimLayer(CacheLayerMixin):
                                torch.zeros(1, device=device)]
 
     # -- attention
-    def attend(self, q, k, v, scale: float, window: int, softcap) -> torch.Tensor:
-        b, h, t, d = q.shape
-        hkv = k.shape[1]
-        clock = self.cache.clock
+    def attend(self, q, k, v, scale: float, window: int, softcap, sinks=None, module=None) -> torch.Tensor:
+        """Attention of q [B, H, t, D] over what the layer holds plus the new k/v [B, Hkv, t, D]; `sinks`: per
+        query head sink logits (gpt-oss), `module`: the model's attention module (unused here; see mla.py)."""
+        t = q.shape[2]
         if self.seen == 0:
-            out = prefill_attention(q, k, v, scale, window, softcap)
-            with clock:
-                self._prefill(Prompt(q, k, v, scale, self.ctx.layout.span, softcap))
-            self.seen = self.prompt = t
+            out = prefill_attention(q, k, v, scale, window, softcap) if sinks is None else \
+                sink_prefill_attention(q, k, v, scale, window, sinks)
+            self.plan_prompt(Prompt(q, k, v, scale, self.ctx.layout.span, softcap))
             return out
         if t != 1:
             raise RuntimeError("the harness feeds one token per decode step (no chunked prefill)")
+        return self.decode(q, k, v, scale, softcap, sinks)
+
+    def plan_prompt(self, pr: Prompt) -> None:
+        with self.cache.clock:
+            self._prefill(pr)
+        self.seen = self.prompt = pr.p
+
+    def decode(self, q, k, v, scale: float, softcap, sinks=None) -> torch.Tensor:
+        """One decode step: q [B, H, 1, D] over every group's stored tokens and the new token's k/v; the step
+        rules then insert and evict. A layout without values of its own (MLA's latent, v_dim 0) reads its
+        values from the first value_dim elements of the keys."""
+        b, h, t, d = q.shape
+        hkv = k.shape[1]
+        clock = self.cache.clock
         pos = self.seen
+        lay = self.ctx.layout
+        shared_values = lay.v_dim == 0
         qg = q.view(b, hkv, h // hkv, 1, d)
+        sg = None if sinks is None else sinks.view(hkv, h // hkv)
         out = None
         for grp in self.groups:
             sel = grp.heads
@@ -170,7 +189,14 @@ class KvsimLayer(CacheLayerMixin):
                 if idx is not None:
                     kk, vv = gather(kk, idx), gather(vv, idx)
                     bias = None if bias is None else torch.gather(bias, 2, idx)
-            o, probs, p_new = decode_attention(qh, kk, vv, kn, vn, scale, softcap, bias)
+            if shared_values:
+                vv = None if kk is None else kk[..., :lay.value_dim]
+            vr = kn[..., :lay.value_dim] if shared_values else vn
+            if sg is None:
+                o, probs, p_new = decode_attention(qh, kk, vv, kn, vr, scale, softcap, bias)
+            else:
+                o, probs, p_new = sink_decode_attention(qh, kk, vv, kn, vr, scale, softcap, bias,
+                                                        sg if sel is None else sg[sel])
             with clock:
                 if idx is not None and probs is not None and grp.rule.needs_probs:
                     full = probs.new_zeros(*probs.shape[:-1], len(grp.store))
@@ -264,9 +290,13 @@ def _slerp(a, b, t: float):
 
 
 class KvsimCache(Cache):
-    """One KvsimLayer per model layer, built from kvsim's view of the model."""
+    """One cache layer per model layer, built from kvsim's view of the model: a KvsimLayer for attention (a
+    LatentLayer for MLA's latent form, mla.py), a StateLayer for recurrent mixers (recurrent.py)."""
 
     def __init__(self, model, policy: Compose, scorer_state: dict | None = None):
+        from .mla import LatentLayer  # at call time: mla.py subclasses this module's KvsimLayer
+        from .recurrent import StateLayer
+
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.spec = from_hf_config(config.to_dict())
         dtype = next(model.parameters()).dtype
@@ -277,13 +307,34 @@ class KvsimCache(Cache):
         self.clock = PolicyClock(device)
         ctxs = layer_contexts(self.spec, DTYPE_BITS[self.kv_dtype])
         host = torch.device("cpu") if policy.place is not None else None
-        layers = [KvsimLayer(self, i, ctx, policy, dtype, host if ctx is not None and policy.on_host(ctx) else None)
-                  for i, ctx in enumerate(ctxs)]
+        state_quant = policy.quant if policy.quantizes_state else None
+        layers = []
+        for i, (spec, ctx) in enumerate(zip(self.spec.layers, ctxs)):
+            mixer = spec.mixer
+            if isinstance(mixer, (Mamba, LinearAttention)):
+                layers.append(StateLayer(state_quant))
+                continue
+            on_host = host if ctx is not None and policy.on_host(ctx) else None
+            if isinstance(mixer, MLA) and mixer.cache == "latent":
+                layers.append(LatentLayer(self, i, ctx, policy, dtype, on_host, mla=mixer))
+            else:
+                layers.append(KvsimLayer(self, i, ctx, policy, dtype, on_host))
         super().__init__(layers=layers)
+
+    # transformers reads recurrent state through these; a quantized StateLayer hands out a dequantized copy
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0):
+        layer = self.layers[layer_idx]
+        return layer.conv_state(state_idx) if hasattr(layer, "conv_state") else super().get_conv_state(
+            layer_idx, state_idx)
+
+    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0):
+        layer = self.layers[layer_idx]
+        return layer.recurrent_state(state_idx) if hasattr(layer, "recurrent_state") else \
+            super().get_recurrent_state(layer_idx, state_idx)
 
     def layer_of_rank(self, rank: int) -> KvsimLayer:
         for layer in self.layers:
-            if layer.ctx is not None and layer.ctx.rank == rank:
+            if isinstance(layer, KvsimLayer) and layer.ctx is not None and layer.ctx.rank == rank:
                 return layer
         raise IndexError(rank)
 
@@ -293,7 +344,7 @@ class KvsimCache(Cache):
         if not isinstance(sel, DynamicKV):
             return
         with self.clock:
-            layers = [l for l in self.layers if l.ctx is not None and l.ctx.rank >= 0]
+            layers = [l for l in self.layers if isinstance(l, KvsimLayer) and l.ctx is not None and l.ctx.rank >= 0]
             if not layers:  # every layer is bounded by its own window: nothing to split
                 return
             p = layers[0].prompt
@@ -311,10 +362,16 @@ class KvsimCache(Cache):
                     grp.pages.refresh(grp.store, full=True)
 
     def physical_bytes(self) -> dict:
-        """Bytes the cache holds: 'per_layer' (list, None for layers without a cache), 'sequence' (sum),
-        'shared' (per-layer data shared by the batch), and 'host' (part of 'sequence' in host memory)."""
-        per_layer, shared, host = [], [], 0
+        """Bytes the cache holds: 'per_layer' (list, None for layers without a per-token cache), 'sequence' (sum),
+        'shared' (per-layer data shared by the batch), 'host' (part of 'sequence' in host memory), and 'state'
+        (recurrent layers' conv windows and state matrices, 'per_layer_state' by layer)."""
+        per_layer, per_state, shared, host = [], [], [], 0
         for layer in self.layers:
+            if not isinstance(layer, KvsimLayer):
+                per_layer.append(None)
+                per_state.append(layer.nbytes())
+                continue
+            per_state.append(None)
             if layer.ctx is None:
                 per_layer.append(None)
                 continue
@@ -324,8 +381,9 @@ class KvsimCache(Cache):
                 host += n
             shared.append(physical_bytes(layer.shared_tensors()))
         seq = sum(x for x in per_layer if x is not None)
+        state = sum(x for x in per_state if x is not None)
         return {"per_layer": per_layer, "sequence": seq, "shared": sum(shared), "host": host,
-                "total": seq + sum(shared)}
+                "state": state, "per_layer_state": per_state, "total": seq + sum(shared) + state}
 
     def policy_seconds(self) -> float:
         return self.clock.total()

@@ -207,12 +207,11 @@ def cmd_validate(argv) -> int:
     if unknown:
         raise KvsimError(f"unknown --arch {', '.join(unknown)}; valid: {', '.join(ARCHS)}")
     from .progress import Progress
-    from .validate import COMPOSITIONS, SMALL
-    with Progress(len(archs) * (len(SMALL) + len(COMPOSITIONS)), "validate", unit="case") as progress:
+    from .validate import CASES, summary
+    with Progress(len(archs) * len(CASES), "validate", unit="case") as progress:
         checks = run(archs, a.prompt, a.gen, a.batch, progress=progress)
-    bad = [c for c in checks if not c.ok]
-    print(f"\n{len(checks)} checks, {len(bad)} differences")
-    return 1 if bad else 0
+    print("\n" + "\n".join(summary(checks)))
+    return 1 if any(not c.ok for c in checks) else 0
 
 
 def main(cmd: str, argv: list[str]) -> int:

@@ -39,7 +39,8 @@ class Encoder:
         if lr is None:
             return
         rk, rv = lr.ranks(k.shape[-1], v.shape[-1])
-        self.bases = (fit_basis(k, rk), fit_basis(v, rv))
+        self.bases = tuple(fit_basis(x, r) if x.shape[-1] else x.new_zeros(x.shape[1], 0, 0)
+                           for x, r in ((k, rk), (v, rv)))  # width 0: MLA's latent has no separate values
 
     def store(self, heads: torch.Tensor | None, dk: int, dv: int) -> Store:
         lr = self.policy.lowrank

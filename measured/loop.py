@@ -89,7 +89,7 @@ class Session:
         b, t = ids.shape
         pos = torch.arange(self.pos, self.pos + t, device=ids.device).expand(b, -1)
         with active(self.cache):
-            logits = self.model(input_ids=ids, position_ids=pos, past_key_values=self.cache, use_cache=True,
+            logits = self.model(input_ids=ids, position_ids=pos, cache=self.cache, use_cache=True,
                                 logits_to_keep=1).logits[:, -1]
         self.pos += t
         return logits

@@ -55,7 +55,9 @@ def _torch_dtype(dtype: str):
 
 
 def build_random(model: str, device: str = "cpu", dtype: str = "fp32", seed: int = 0):
-    """A model with random weights and the exact shapes of `model` (exact for memory and latency)."""
+    """A model with random weights and the exact shapes of `model` (exact for memory and latency). How MLA layers
+    are cached is the config's kvsim.hf.MLA_CACHE_KEY (latent unless it says "decompressed"): the harness and
+    kvsim's prediction both read it from the model's config, and a row's model names the config that says it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -64,6 +66,7 @@ def build_random(model: str, device: str = "cpu", dtype: str = "fp32", seed: int
     if why:
         raise KvsimError(why)
     cfg = {k: v for k, v in cfg.items() if k not in ("torch_dtype", "dtype")}
+
     config = AutoConfig.for_model(**cfg)
     torch.manual_seed(seed)
     with torch.device(device):

@@ -19,7 +19,7 @@ def _shifts(bits: int, device) -> torch.Tensor:
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes in [0, 2**bits) along the last dim (d values) -> uint8 rows of ceil(d * bits / 8) bytes.
     Element i's bits start at bit i * bits of the row, least significant first."""
-    if bits == 8:
+    if bits == 8 or codes.shape[-1] == 0:
         return codes.to(torch.uint8).contiguous()
     if 8 % bits == 0:  # whole codes per byte: one shift and a sum instead of bit planes
         per = 8 // bits
@@ -46,6 +46,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, d: int) -> torch.Tensor:
     if bits == 8:
         return packed
+    if d == 0:
+        return packed.new_zeros(*packed.shape[:-1], 0)
     if 8 % bits == 0:
         mask = (1 << bits) - 1
         codes = (packed.unsqueeze(-1) >> _shifts(bits, packed.device)) & mask
@@ -66,6 +68,10 @@ def quantize_groups(x: torch.Tensor, bits: int, group: int, kind: str, scale_bit
     """Quantize along the last dim in groups of `group` (0: whole row). Returns (payload, scale, zero|None)
     with payload packed rows and scale/zero of shape [..., n_groups]."""
     d = x.shape[-1]
+    if d == 0:  # a head without separate values (MLA's latent: values are read from the keys): nothing to store
+        empty = x.new_zeros(*x.shape[:-1], 0)
+        mdt = _meta_dtype(scale_bits)
+        return empty.to(torch.uint8), empty.to(mdt), (None if kind == "fp" else empty.to(mdt))
     g = group or d
     n_groups = -(-d // g)
     pad = n_groups * g - d
@@ -89,6 +95,8 @@ def quantize_groups(x: torch.Tensor, bits: int, group: int, kind: str, scale_bit
 
 
 def dequantize_groups(payload, scale, zero, bits: int, group: int, kind: str, d: int, dtype) -> torch.Tensor:
+    if d == 0:
+        return payload.new_zeros(*payload.shape[:-1], 0, dtype=dtype)
     g = group or d
     n_groups = scale.shape[-1]
     if kind == "fp":

@@ -15,6 +15,7 @@ from kvsim import Workload, load_hardware, predict
 from kvsim.atomic import check_target
 from kvsim.errors import KvsimError
 from kvsim.hf import from_hf_config
+from kvsim.model import LinearAttention, Mamba
 
 from . import provenance
 from kvsim.policies import label
@@ -26,10 +27,12 @@ KEY = ("model", "weights", "policy", "seq", "gen", "batch", "device", "dtype")
 COLUMNS = KEY + (
     "status", "error", "repeats",
     "kv_cache_bytes", "kv_cache_bytes_predicted", "kv_shared_bytes", "kv_shared_bytes_predicted",
-    "kv_cache_bytes_prefill", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "decode_tokens_per_s",
+    "kv_cache_bytes_prefill", "state_bytes", "state_bytes_predicted", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "decode_tokens_per_s",
     "ttft_spread", "tpot_spread", "policy_prefill_s", "policy_step_s",
     "peak_memory_bytes", "peak_prefill_bytes", "peak_decode_bytes",
 ) + provenance.PROVENANCE
+# CSVs written before recurrent state was measured: resumable, for models without recurrent layers
+LEGACY_COLUMNS = tuple(c for c in COLUMNS if c not in ("state_bytes", "state_bytes_predicted"))
 
 
 def _repair(path: Path) -> None:
@@ -46,24 +49,26 @@ def _header(path: Path) -> tuple:
         return tuple(next(csv.reader(f), None) or ())
 
 
-def _own(path: Path, columns) -> None:
-    """Refuse a file this kind of run did not write, before reading or touching any of it."""
+def _own(path: Path, columns, legacy=()) -> tuple:
+    """The header of a file this kind of run wrote (`columns`, or an older `legacy` set); a file it did not write
+    is refused before any of it is read or touched."""
     try:
         header = _header(path)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise KvsimError(f"{path} cannot be resumed: {getattr(e, 'strerror', None) or e}") from None
-    if header != tuple(columns):
+    if header != tuple(columns) and not (legacy and header == tuple(legacy)):
         raise KvsimError(f"{path} was not written by this kind of kvsim run (its columns differ); it is left as it "
                          "is: choose another --out")
+    return header
 
 
-def done_keys(path: Path, key=KEY, columns=COLUMNS, say=None) -> set[tuple]:
+def done_keys(path: Path, key=KEY, columns=COLUMNS, say=None, legacy=()) -> set[tuple]:
     """Points already in a CSV this kind of run wrote (a torn last line from a kill is dropped first). Rows
     measured at another kvsim commit are kept, and `say` is told how many."""
     if not path.exists() or not path.stat().st_size:
         return set()
     check_target(path, "--out", stream_ok=False)
-    _own(path, columns)
+    _own(path, columns, legacy)
     _repair(path)
     here = provenance.columns("cpu")["kvsim_commit"]
     with path.open(newline="") as f:
@@ -76,25 +81,26 @@ def done_keys(path: Path, key=KEY, columns=COLUMNS, say=None) -> set[tuple]:
     return {tuple(row[k] for k in key) for row in rows}
 
 
-def check_out(path: Path, columns, resume: bool) -> bool:
-    """Whether `path` is an existing CSV of this kind to append to (False: a new file to create), or
-    KvsimError, before any expensive work: a folder, a device, a file another run wrote, or an existing file
-    without --resume."""
+def check_out(path: Path, columns, resume: bool, legacy=()) -> tuple | None:
+    """The header of an existing CSV of this kind to append to (None: a new file to create), or KvsimError,
+    before any expensive work: a folder, a device, a file another run wrote, or an existing file without
+    --resume."""
     check_target(path, "--out", stream_ok=False)
     if not (path.exists() and path.stat().st_size):
-        return False
+        return None
     if not resume:
         raise KvsimError(f"{path} exists; pass --resume to continue it or choose another --out")
-    _own(path, columns)
-    return True
+    return _own(path, columns, legacy)
 
 
 class RowWriter:
     """Append rows to a CSV (header on a new file), flushing each row to disk."""
 
-    def __init__(self, path: Path, columns, resume: bool):
+    def __init__(self, path: Path, columns, resume: bool, legacy=()):
         self.path, self.columns = path, tuple(columns)
-        if check_out(path, self.columns, resume):
+        header = check_out(path, self.columns, resume, legacy)
+        if header is not None:
+            self.columns = header  # an older file keeps its own columns
             self.f = path.open("a", newline="")
         else:
             self.f = path.open("w", newline="")
@@ -102,7 +108,7 @@ class RowWriter:
         self.w = csv.DictWriter(self.f, self.columns, extrasaction="raise")
 
     def write(self, row: dict) -> None:
-        self.w.writerow({k: _cell(row.get(k)) for k in self.columns})
+        self.w.writerow({k: _cell(row.get(k)) for k in self.columns})  # an older file's columns: the rest is left out
         self.f.flush()
         os.fsync(self.f.fileno())
 
@@ -137,8 +143,12 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
     """Measure every (policy, seq, batch) point; returns the number of rows written."""
     spec = from_hf_config(model.config.to_dict())
     hw = load_hardware("h100-sxm")  # bytes do not depend on the hardware
-    skip = done_keys(out, say=report) if resume else set()
-    writer = RowWriter(out, COLUMNS, resume)
+    skip = done_keys(out, say=report, legacy=LEGACY_COLUMNS) if resume else set()
+    writer = RowWriter(out, COLUMNS, resume, LEGACY_COLUMNS)
+    if "state_bytes" not in writer.columns and any(isinstance(l.mixer, (Mamba, LinearAttention)) for l in spec.layers):
+        writer.close()
+        raise KvsimError(f"{out} has no state columns (it predates them); {model_name} keeps recurrent state: "
+                         "choose another --out")
     prov = provenance.columns(device)
     written = 0
     gen_ = torch.Generator().manual_seed(seed)
@@ -155,11 +165,13 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                         progress.done(point, "done before (--resume)")
                         continue
                     progress.current(point)
-                    pred = predict(spec, hw, pol, Workload(prompt=seq, gen=gen, batch=batch, kv_dtype=dtype))
+                    pred = predict(spec, hw, pol, Workload(prompt=seq, gen=gen, batch=batch, kv_dtype=dtype,
+                                                           weight_dtype=dtype))
                     prov["date"] = provenance.columns(device)["date"]  # when this point was measured
                     resident = int(pred.kv_cache_bytes + pred.policy_state_bytes)  # physical: cache and state
                     row = dict(key, repeats=repeats, kv_cache_bytes_predicted=resident,
-                               kv_shared_bytes_predicted=int(pred.kv_shared_bytes), **prov)
+                               kv_shared_bytes_predicted=int(pred.kv_shared_bytes),
+                               state_bytes_predicted=int(pred.state_bytes), **prov)
                     try:
                         ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen_).to(device)
                         m = measure(model, pol, ids, gen, repeats=repeats, warmup=warmup)
@@ -173,7 +185,7 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                         row.update(
                             status="ok", kv_cache_bytes=last.bytes_end["sequence"],
                             kv_shared_bytes=last.bytes_end["shared"],
-                            kv_cache_bytes_prefill=last.bytes_prefill["sequence"],
+                            kv_cache_bytes_prefill=last.bytes_prefill["sequence"], state_bytes=last.bytes_end["state"],
                             ttft_s=m.median("ttft_s"), tpot_s=tpot,
                             tpot_first_s=m.median_of(lambda r: r.steps_s[0] if r.steps_s else float("nan")),
                             tpot_last_s=m.median_of(lambda r: r.steps_s[-1] if r.steps_s else float("nan")),

@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 
 from kvsim import KvsimError, Workload, load_hardware, parse_composition, parse_policy, predict, uniform
-from kvsim.model import Attention, Layer, MLP, ModelSpec
+from kvsim.model import Attention, Layer, Mamba, MLP, ModelSpec
 from kvsim.policies import REGISTRY, describe, make, policy_class
 from kvsim.policies.base import ENCODE
 
 from .policy_matrix import COMPOSITIONS, POLICIES
 
 HW = load_hardware("h100-sxm")
-# Full-attention layers plus one sliding layer, so per-layer policies and architecture caps both show.
+# Full-attention layers plus one sliding layer, so per-layer policies and architecture caps both show, and
+# one Mamba layer, so what a policy does (or does not do) to recurrent state shows too.
 MODEL = ModelSpec("test", 128, 100, tuple(
-    Layer(Attention(4, 2, 32, window=(16 if i == 3 else 0)), MLP(256)) for i in range(6)))
+    Layer(Attention(4, 2, 32, window=(16 if i == 3 else 0)), MLP(256)) for i in range(6)) + (
+    Layer(Mamba(256, 16, dt_rank=8), None, norms=1),))
 PROMPTS = np.array([5, 40, 100])[:, None, None]
 GENS = np.array([1, 7, 60])[None, :, None]
 BATCH = np.array([1, 3])[None, None, :]

@@ -82,17 +82,18 @@ class Compose:
     def spec(self) -> str:
         return " + ".join(p.spec() for p in self.parts) or "full"
 
-    def idle_notes(self, model_name: str, ctxs: list[LayerCtx]) -> list[str]:
+    def idle_notes(self, model_name: str, ctxs: list[LayerCtx], recurrent: bool = False) -> list[str]:
         """Parts that change nothing on this model, said once each: a selection or merge needs a layer whose
         cache grows with the sequence, an encoding or placement a layer with a per-token cache at all (an SSM
-        has neither), and a part may say why it is idle on these layers (`idle_reason`)."""
+        has neither; a quantization with state=true also encodes `recurrent` layers' state), and a part may say
+        why it is idle on these layers (`idle_reason`)."""
         out = []
         growing = [c for c in ctxs if c.rank >= 0]
         for part in self.parts:
             if part.name == "full":
                 continue
             needs = ctxs if part.role in (ENCODE, PLACE) else growing
-            if not needs:
+            if not needs and not (recurrent and getattr(part, "state", False)):
                 what = "a per-token KV cache" if part.role in (ENCODE, PLACE) else "a KV cache that grows with the " \
                                                                                    "sequence"
                 out.append(f"{part.name} changes nothing on {model_name}: no layer keeps {what}")
@@ -234,6 +235,25 @@ class Compose:
             n += self.lowrank.shared_bytes(ctx.layout.k_dim, ctx.layout.v_dim,
                                            ctx.heads if heads is None else heads, ctx.elem_bits)
         return n
+
+    # ----- recurrent state (SSM, linear attention) -----
+    @property
+    def quantizes_state(self) -> bool:
+        """Whether the quantization applies to recurrent state too (Quant's state=true); selection, merging,
+        low rank and offload act on attention KV only."""
+        return bool(getattr(self.quant, "state", False))
+
+    def recurrent_bytes(self, parts, act_bits: int, state_bits: int) -> int:
+        """Per-sequence bytes of one recurrent layer's state parts (kvsim.model.StatePart): conv windows at the
+        activation dtype and state matrices at the state dtype, or every row quantized when the quantization
+        applies to recurrent state."""
+        total = 0
+        for part in parts:
+            if self.quantizes_state:
+                total += part.rows * self.quant.row_bytes(part.width)
+            else:
+                total += part.elements * (act_bits if part.kind == "conv" else state_bits) // 8
+        return total
 
     # ----- one tensor-parallel device, holding `heads` of the layer's KV heads -----
     def busiest(self, ctx: LayerCtx, segs: list[Segment], heads: int, per_head) -> np.ndarray:

@@ -39,6 +39,8 @@ class Quant(Policy):
     group: int = param(0, "group size: channels per group (axis=token, 0: whole row) or tokens per group "
                           "(axis=channel, must be > 0)", lo=0)
     scale_bits: int = param(16, "bits of each scale and zero point", choices=(16, 32))
+    state: bool = param(False, "also store SSM and linear-attention recurrent state (conv window and state "
+                               "matrix) quantized, at `bits`, in groups of `group` along each state row")
 
     def validate(self):
         from ..errors import KvsimError
@@ -46,6 +48,8 @@ class Quant(Policy):
             raise KvsimError("quant: kind=fp is float8 (e4m3): bits must be 8")
         if self.axis == "channel" and self.group <= 0:
             raise KvsimError("quant: axis=channel needs group > 0 (tokens per group)")
+        if self.state and self.axis == "channel":
+            raise KvsimError("quant: state=true needs axis=token: a recurrent state has no token axis to group over")
 
     @property
     def vb(self) -> int:
@@ -61,6 +65,10 @@ class Quant(Policy):
             return 0
         groups = -(-d // (self.group or d))
         return int(pack_bytes(d, bits)) + groups * self._meta_bytes
+
+    def row_bytes(self, width: int) -> int:
+        """Bytes of one row of `width` elements quantized at `bits` (axis=token layout): a recurrent state row."""
+        return self._token_row(width, self.bits)
 
     def granularity(self) -> int:
         """Token count whose multiples keep the byte formula linear (1: every token is alike)."""

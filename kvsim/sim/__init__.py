@@ -32,7 +32,7 @@ __all__ = ["PREEMPTION", "Requests", "SimResult", "Simulator", "at_rate", "build
 
 
 def build(model, hardware, policy=None, engine: Engine | str = "vllm", profile=None, *, kv_dtype=None,
-          weight_dtype=None, tp: int = 1, pp: int = 1, preemption: str = "recompute",
+          weight_dtype=None, state_dtype=None, tp: int = 1, pp: int = 1, preemption: str = "recompute",
           pool_bytes: float | None = None, longest_prompt: int = 1) -> Simulator:
     """A Simulator for one deployment, set up as predict sets up its cost model and pool. pool_bytes
     overrides the engine's pool (math.inf: unbounded); longest_prompt sizes the activation reservation of an
@@ -52,7 +52,7 @@ def build(model, hardware, policy=None, engine: Engine | str = "vllm", profile=N
         policy = parse_composition(list(policy))
     profile = profile or DATASHEET
     cost = CostModel(model, hardware, policy, kv_dtype=kv_dtype, weight_dtype=weight_dtype, tp=tp, pp=pp,
-                     profile=profile)
+                     profile=profile, state_dtype=state_dtype)
     serving = Serving(cost, engine, int(hardware.memory_bytes - profile.reserved_bytes))
     if pool_bytes is None:
         pool_bytes = float(serving.pool(np.int64(longest_prompt))["bytes"])

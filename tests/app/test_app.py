@@ -156,3 +156,15 @@ def test_serving_tab_simulates_every_policy_at_every_rate():
     lat, occ = data.serving(setup, ("full", "kivi"), data.ServingSetup("vllm", 30, "512", "16", (2.0, 8.0)))
     assert set(lat["policy"]) == {"full", "kivi"} and set(lat["rate"]) == {2.0, 8.0}
     assert (lat["ms"] > 0).all() and (occ["pool_used_gib"] <= occ["pool_gib"]).all()
+
+
+def test_measured_rows_name_presets_or_repository_configs():
+    """The architectures block measures measured/configs/*.json: the explorer reads those names back, and
+    nothing outside the repository."""
+    from app.data import measured_model
+    from kvsim import KvsimError
+    assert measured_model("measured/configs/jamba-small.json").n_layers == 8
+    assert measured_model("gpt2").name == "gpt2"
+    for bad in ("../../../etc/hostname", "/etc/hostname", "no-such-model"):
+        with pytest.raises(KvsimError):
+            measured_model(bad)

@@ -11,26 +11,46 @@ from measured.stores import GroupedStore
 from .conftest import tiny
 
 
-def _teacher_forced(model, ids, prompt):
-    """Logits at every decode position from one full forward with transformers' SDPA attention."""
-    model.set_attn_implementation("sdpa")
+def teacher_forced(model, ids, prompt):
+    """Logits at every decode position from one full forward with transformers' own attention (SDPA, or eager
+    where the model has no SDPA path: gpt-oss's sinks, Mamba)."""
+    try:
+        model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError):
+        model.set_attn_implementation("eager")
     with torch.no_grad():
         ref = model(input_ids=ids).logits
     return ref[:, prompt - 1:-1]
 
 
-@pytest.mark.parametrize("arch, prompt", [("llama-gqa", 40), ("gemma3-local-global", 40), ("gpt2-mha", 40),
-                                          ("mistral-window", 40), ("qwen2-bias", 30)])
-def test_full_cache_logits_match_transformers(arch, prompt):
-    model = tiny(arch)
-    ids = torch.randint(0, 128, (2, prompt + 12))
-    ref = _teacher_forced(model, ids, prompt)
-    s = Session(model, parse_composition([]))
+def decode_logits(model, ids, prompt, policy=()):
+    """Logits of the harness's loop: prefill ids[:, :prompt], then one teacher-forced token per step; and the cache."""
+    s = Session(model, parse_composition(list(policy)))
     with torch.no_grad():
         got = [s.prefill(ids[:, :prompt])]
         for i in range(prompt, ids.shape[1] - 1):
             got.append(s.step(ids[:, i]))
-    got = torch.stack(got, 1)
+    return torch.stack(got, 1), s.cache
+
+
+# every architecture the harness runs; MLA in both cache forms; Mamba-2's prompt spans several scan chunks
+ARCH_PROMPTS = [("llama-gqa", 40), ("gemma3-local-global", 40), ("gpt2-mha", 40), ("mistral-window", 40),
+                ("qwen2-bias", 30), ("mixtral-moe", 30), ("deepseek-v2-mla", 30), ("deepseek-v2-decompressed", 30),
+                ("deepseek-v3-mla", 24), ("deepseek-v3-decompressed", 24), ("mamba", 30), ("mamba2", 40),
+                ("jamba-hybrid", 30), ("gpt-oss-sinks", 30), ("qwen3-next-deltanet", 30)]
+
+
+def test_every_architecture_is_checked():
+    from measured.validate import ARCHS
+    assert {a for a, _ in ARCH_PROMPTS} == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch, prompt", ARCH_PROMPTS)
+def test_full_cache_logits_match_transformers(arch, prompt):
+    model = tiny(arch)
+    ids = torch.randint(0, 128, (2, prompt + 12))
+    ref = teacher_forced(model, ids, prompt)
+    got, _ = decode_logits(model, ids, prompt)
     assert (got - ref).abs().max() < 1e-4
 
 

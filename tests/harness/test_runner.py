@@ -69,7 +69,7 @@ def test_out_of_memory_is_a_row(tmp_path, monkeypatch, error, words):
 
 @pytest.mark.parametrize("args, message", [
     (["measure", "--model", "nope", "--out", "x.csv"], "unknown model"),
-    (["measure", "--model", "mamba-2.8b", "--out", "x.csv"], "not supported by the harness"),
+    (["measure", "--model", "phi-3-mini", "--out", "x.csv"], "not supported by the harness"),
     (["measure", "--model", "gpt2", "--policy", "offload", "--out", "x.csv"], "cannot run on cpu"),
     (["measure", "--model", "gpt2", "--weights", "real", "--out", "x.csv"], "real weights exist only"),
     (["measure", "--model", "gpt2", "--device", "tpu", "--out", "x.csv"], "not available"),
@@ -83,5 +83,34 @@ def test_harness_errors_are_one_line(args, message, tmp_path):
 
 
 def test_validate_command_passes():
-    r = kvsim("validate", "--arch", "gemma3-local-global")
-    assert r.returncode == 0 and "0 differences" in r.stdout
+    r = kvsim("validate", "--arch", "gemma3-local-global,mamba")
+    lines = r.stdout.strip().splitlines()[-3:]
+    assert r.returncode == 0
+    assert [line.split()[0] for line in lines] == ["gemma3-local-global", "mamba", "total"]
+    assert all(line.split()[2:] == ["checks", "0", "differences"] for line in lines), lines
+
+
+def test_recurrent_state_columns_and_older_files(tmp_path):
+    """Rows carry measured and predicted recurrent state; a CSV from before those columns still resumes for a model
+    without recurrent layers, and is refused, untouched, for one with them."""
+    import json
+    from measured.validate import ARCHS
+    cfg = tmp_path / "mamba.json"
+    cfg.write_text(json.dumps(ARCHS["mamba"]))
+    out = tmp_path / "m.csv"
+    r = kvsim("measure", "--model", str(cfg), "--policy", "full;int8:state=true", "--seq", "12", "--gen", "3",
+              "--repeats", "1", "--warmup", "0", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    got = rows(out)
+    assert all(x["state_bytes"] == x["state_bytes_predicted"] != "0" for x in got)
+    assert int(got[1]["state_bytes"]) < int(got[0]["state_bytes"])
+    old = tmp_path / "old.csv"
+    old.write_text(",".join(runner.LEGACY_COLUMNS) + "\n")
+    before = old.read_bytes()
+    r = kvsim("measure", "--model", str(cfg), "--seq", "12", "--gen", "2", "--repeats", "1", "--out", str(old),
+              "--resume")
+    assert r.returncode == 2 and "state columns" in r.stderr and old.read_bytes() == before
+    r = kvsim("measure", "--model", "gpt2", "--seq", "12", "--gen", "2", "--repeats", "1", "--warmup", "0",
+              "--out", str(old), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert len(rows(old)) == 1 and "state_bytes" not in rows(old)[0]

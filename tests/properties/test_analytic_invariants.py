@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from kvsim import Workload, load_hardware, parse_composition, predict
 from kvsim.cost import layer_contexts
-from kvsim.model import MLP, Attention, Layer, Mamba, ModelSpec
+from kvsim.model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
 from kvsim.policies import parse_policy
 
 from ..policy_matrix import POLICIES
@@ -15,14 +15,39 @@ HW = load_hardware("h100-sxm")
 
 
 @st.composite
-def models(draw, kv_heads=None):
-    kv = kv_heads or draw(st.sampled_from([1, 2, 4]))
+def mixers(draw, kv, group, d):
+    """One token mixer of any kind kvsim models: attention (full or windowed, with sinks or an output gate), MLA
+    in either cache form, Mamba-1/2, linear attention (plain or a gated delta rule with a conv)."""
+    kind = draw(st.sampled_from(["attention", "attention", "mla", "mamba", "mamba2", "linear"]))
+    if kind == "attention":
+        return Attention(kv * group, kv, d, window=draw(st.sampled_from([0, 0, 12, 40])),
+                         sinks=draw(st.booleans()), out_gate=draw(st.booleans()), qk_norm=draw(st.booleans()))
+    if kind == "mla":
+        return MLA(kv * group, draw(st.sampled_from([16, 32])), 8, d, d, q_lora_rank=draw(st.sampled_from([0, 24])),
+                   cache=draw(st.sampled_from(["latent", "decompressed"])))
+    if kind == "mamba":
+        return Mamba(128, draw(st.sampled_from([8, 16])), dt_rank=4, bc_norms=draw(st.booleans()))
+    if kind == "mamba2":
+        return Mamba(128, 32, version=2, n_heads=draw(st.sampled_from([4, 8])), n_groups=draw(st.sampled_from([1, 2])))
+    delta = draw(st.booleans())
+    return LinearAttention(4, d, d, n_key_heads=draw(st.sampled_from([2, 4])), conv=4 if delta else 0,
+                           head_gates=2 if delta else 0, head_params=2 if delta else 0, out_norm=delta,
+                           delta_rule=delta, shift_states=0 if delta else draw(st.sampled_from([0, 2])))
+
+
+@st.composite
+def models(draw):
+    """Random small models drawing from every layer type (and hybrids of them), dense or MoE MLPs."""
+    kv = draw(st.sampled_from([1, 2, 4]))
     group = draw(st.sampled_from([1, 2, 3]))
     d = draw(st.sampled_from([8, 16, 32]))
     n_layers = draw(st.integers(2, 6))
-    windows = draw(st.lists(st.sampled_from([0, 0, 12, 40]), min_size=n_layers, max_size=n_layers))
-    layers = tuple(Layer(Attention(kv * group, kv, d, window=w), MLP(64)) for w in windows)
-    return ModelSpec("h", 64, 50, layers)
+    layers = []
+    for _ in range(n_layers):
+        moe = draw(st.booleans())
+        mlp = MoE(8, 2, 32, n_shared=draw(st.sampled_from([0, 1])), shared_gate=draw(st.booleans())) if moe else MLP(64)
+        layers.append(Layer(draw(mixers(kv, group, d)), mlp))
+    return ModelSpec("h", 64, 50, tuple(layers))
 
 
 policy_names = st.sampled_from(sorted(POLICIES))
@@ -78,19 +103,28 @@ def test_token_quantization_is_bits_over_16_plus_metadata(model, bits, group, p)
     tokens_heads = 0
     meta = 0
     for ctx in layer_contexts(model, 16):
+        if ctx is None:  # a recurrent layer: no per-token cache
+            continue
         n = min(p, ctx.layout.keep_cap) if ctx.layout.keep_cap else p
         tokens_heads += n * ctx.heads
-        d = ctx.layout.k_dim
-        meta += n * ctx.heads * 2 * (-(-d // (group or d))) * 4  # K and V rows, fp16 scale + zero
+        rows = sum(-(-d // (group or d)) for d in (ctx.layout.k_dim, ctx.layout.v_dim) if d)  # MLA latent: no V row
+        meta += n * ctx.heads * rows * 4  # fp16 scale + zero per group
     assert q == fp16 * bits // 16 + meta
 
 
-@given(st.integers(1, 100_000), st.integers(1, 100_000))
-def test_ssm_state_constant_in_length(p1, p2):
-    m = ModelSpec("ssm", 64, 50, (Layer(Mamba(128, 16, dt_rank=4), None, norms=1),) * 3)
-    a = predict(m, HW, None, Workload(prompt=p1)).state_bytes
-    b = predict(m, HW, None, Workload(prompt=p2)).state_bytes
-    assert int(a) == int(b) > 0
+@given(models(), st.integers(1, 100_000), st.integers(1, 100_000), policy_names)
+def test_recurrent_state_constant_in_length(model, p1, p2, name):
+    """Whatever the layer mix and the policy, recurrent state does not grow with the sequence; a quantization
+    that takes the state stores less of it than full precision."""
+    pol = parse_composition([POLICIES[name]])
+    a = predict(model, HW, pol, Workload(prompt=p1)).state_bytes
+    b = predict(model, HW, pol, Workload(prompt=p2, gen=3)).state_bytes
+    assert int(a) == int(b)
+    recurrent = any(isinstance(layer.mixer, (Mamba, LinearAttention)) for layer in model.layers)
+    assert (int(a) > 0) == recurrent
+    full = predict(model, HW, None, Workload(prompt=p1)).state_bytes
+    quantized = predict(model, HW, parse_composition(["int4:state=true"]), Workload(prompt=p1)).state_bytes
+    assert int(quantized) < int(full) or not recurrent
 
 
 @given(models(), policy_names, prompts, gens, st.integers(1, 8))

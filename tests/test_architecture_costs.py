@@ -1,0 +1,84 @@
+"""Cost-model accounting for MLA's two cache forms, recurrent state and the unfused Mamba-1 scan."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from kvsim import Profile, Workload, load_hardware, load_model, parse_composition, predict
+from kvsim.model import MLA, MLP, Attention, Layer, Mamba, ModelSpec
+
+HW = load_hardware("h100-sxm")
+
+
+def test_mla_forms_cost_the_same_prefill_and_differ_in_decode():
+    """Engines decompress the prompt's K and V at the prefill whatever they cache, so both forms do the same
+    prefill arithmetic; a decode step reads (latent + rope) per token against heads x (nope + rope + v), and the
+    absorbed step's attention runs over the latent widths."""
+    latent = load_model("deepseek-v2-lite")
+    dec = latent.with_mla_cache("decompressed")
+    wl = Workload(prompt=4096, gen=8)
+    a, b = predict(latent, HW, None, wl), predict(dec, HW, None, wl)
+    assert float(a.prefill_flops) == float(b.prefill_flops)
+    m = latent.layers[0].mixer
+    per_token = {"latent": (m.kv_lora_rank + m.qk_rope_head_dim),
+                 "decompressed": m.n_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)}
+    assert int(a.kv_cache_bytes) == 27 * (4096 + 7) * per_token["latent"] * 2
+    assert int(b.kv_cache_bytes) == 27 * (4096 + 7) * per_token["decompressed"] * 2
+    assert float(a.decode_bytes) < float(b.decode_bytes)
+    assert float(a.decode_flops) > float(b.decode_flops)  # absorbed scores over 576 dims, values over 512
+
+
+def test_mla_cache_form_is_a_model_option():
+    m = load_model("deepseek-v3")
+    assert {l.mixer.cache for l in m.layers} == {"latent"}
+    assert {l.mixer.cache for l in m.with_mla_cache("decompressed").layers} == {"decompressed"}
+    with pytest.raises(Exception, match="no MLA layers"):
+        load_model("llama-3-8b").with_mla_cache("latent")
+
+
+def test_state_dtype_and_state_quantization():
+    """State matrices default to float32 (what transformers keeps), conv windows to the activation dtype;
+    --state-dtype changes the former, quant:state=true stores both quantized."""
+    m = load_model("mamba-2.8b")
+    mixer, n = m.layers[0].mixer, m.n_layers
+    conv, ssm = mixer.conv_channels * mixer.d_conv, mixer.d_inner * mixer.d_state
+    bf16 = Workload(prompt=100, weight_dtype="bf16")
+    assert int(predict(m, HW, None, bf16).state_bytes) == n * (conv * 2 + ssm * 4)
+    assert int(predict(m, HW, None, dataclasses.replace(bf16, state_dtype="bf16")).state_bytes) == n * (conv + ssm) * 2
+    q = predict(m, HW, parse_composition(["int8:state=true"]), bf16)
+    # one int8 row per conv tap over the channels, one per state row over d_state; an fp16 scale and zero each
+    assert int(q.state_bytes) == n * (mixer.d_conv * (mixer.conv_channels + 4) + mixer.d_inner * (mixer.d_state + 4))
+    assert int(predict(m, HW, parse_composition(["int8"]), bf16).state_bytes) == n * (conv * 2 + ssm * 4)
+
+
+def _mamba(version: int) -> ModelSpec:
+    mixer = Mamba(256, 16, dt_rank=8) if version == 1 else Mamba(256, 16, version=2, n_heads=8)
+    return ModelSpec(f"m{version}", 128, 100, (Layer(mixer, None, norms=1),) * 3)
+
+
+def test_unfused_scan_term_is_exact_and_neutral_by_default():
+    base = Profile(name="t", kernel_overhead_s=1e-5, mem_efficiency=0.5)
+    on = dataclasses.replace(base, unfused_scan_s=2e-10)
+    p, b = np.array([64, 512]), 2
+    wl = Workload(prompt=p, gen=4, batch=b)
+    m1 = _mamba(1)
+    extra = predict(m1, HW, None, wl, on).ttft_s - predict(m1, HW, None, wl, base).ttft_s
+    mixer = m1.layers[0].mixer
+    expect = 3 * (2e-10 * mixer.d_inner * mixer.d_state * p * b + 3 * p * 1e-5)  # 3 layers
+    assert np.allclose(extra, expect, rtol=1e-9)
+    assert np.array_equal(predict(m1, HW, None, wl, on).tpot_s, predict(m1, HW, None, wl, base).tpot_s)
+    for other in (_mamba(2), ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)):
+        assert np.array_equal(predict(other, HW, None, wl, on).ttft_s, predict(other, HW, None, wl, base).ttft_s)
+
+
+def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
+    from calibrate.fit import free_params
+
+    class Problem:
+        def __init__(self, specs):
+            self.groups = [type("G", (), {"spec": s})() for s in specs]
+
+    assert "unfused_scan_s" not in free_params(None, Problem([load_model("gpt2")]))
+    assert "unfused_scan_s" in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
+    assert "unfused_scan_s" not in free_params(None, Problem([_mamba(2)]))
