@@ -38,7 +38,7 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
         raise KvsimError(f"{aic.PACKAGE} has no GEMM or decode-attention table for {system}/{framework}")
     fams = families.for_system(tables, aic.L2_BYTES.get(system, 0))
     name = profile_name(system, framework)
-    prof = Profile(name=name, device=tables["gemm"].device)
+    prof = Profile(name=name, device=tables["gemm"].device, tiled=True)
     heldout, train = {}, {}
     steps = [(f, stage) for f in fams for stage in ("fit", "held-out")]
     bar = progress(steps) if progress else steps
