@@ -45,6 +45,9 @@ from .profile import Profile
 # shapes for 16- and 8-bit operands: 64x64 for skinny problems, 128x128, and 128x256 for large ones).
 TILES = ((64, 64), (128, 128), (128, 256))
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)  # split-K factors
+# (tile rows, tile columns, splits) of every configuration; scaled (W8A8) kernels do not split k
+_CONFIGS = tuple(np.array(v, dtype=np.float64) for v in zip(*[(tm, tn, s) for tm, tn in TILES for s in SPLITS]))
+_CONFIGS_W8A8 = tuple(np.array(v, dtype=np.float64) for v in zip(*[(tm, tn, 1) for tm, tn in TILES]))
 ACC_BYTES = 4  # fp32 partial outputs of split-K
 OUT_BYTES = 2  # matmul outputs and attention queries stay 16-bit
 HEAD_DIM_REF = 128.0  # attention_seq_overhead_s is quoted for a head this wide
@@ -74,28 +77,21 @@ def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, 
         return comp, mem, np.maximum(comp, moved / membw) + quant
     sms = sm_count(hw)
     eff = prof.matmul_dtype_efficiency.get(dtype, prof.compute_efficiency) * efficiency
-    per_sm = peak * eff / sms
     operand = prof.matmul_operand_efficiency.get(dtype, 0.0)
-    best = comp = mem = None
-    for tm, tn in TILES:
-        tiles = groups * np.ceil(m / tm) * np.ceil(n / tn)
-        for s in ((1,) if quantised else SPLITS):  # scaled (W8A8) kernels do not split k
-            ks = np.ceil(k / s)
-            c = np.ceil(tiles * s / sms) * (2.0 * tm * tn * (ks + prof.matmul_tile_fixed_k)) / per_sm
-            ctas = tiles * s
-            occ = ctas / np.sqrt(ctas * ctas + prof.matmul_half_ctas ** 2) if prof.matmul_half_ctas else 1.0
-            b = moved / (membw * occ)
-            if s > 1:  # partial outputs written and read back
-                b = b + groups * m * n * ACC_BYTES * 2 * s / membw
-            if operand:
-                b = np.maximum(b, tiles * s * (tm * abytes + tn * wbytes) * ks / (bw * operand))
-            t = np.maximum(c, b)
-            if best is None:
-                best, comp, mem = t, c, b
-            else:
-                better = t < best
-                best, comp, mem = np.where(better, t, best), np.where(better, c, comp), np.where(better, b, mem)
-    return comp, mem + quant, best + quant
+    # every (tile, split) configuration along a leading axis: one numpy pass, then the fastest per shape
+    tm, tn, s = (a.reshape((-1,) + (1,) * m.ndim) for a in (_CONFIGS_W8A8 if quantised else _CONFIGS))
+    tiles = groups * np.ceil(m / tm) * np.ceil(n / tn)
+    ks = np.ceil(k / s)
+    ctas = tiles * s
+    c = np.ceil(ctas / sms) * (2.0 * tm * tn * (ks + prof.matmul_tile_fixed_k)) / (peak * eff / sms)
+    occ = ctas / np.sqrt(ctas * ctas + prof.matmul_half_ctas ** 2) if prof.matmul_half_ctas else 1.0
+    b = moved / (membw * occ) + np.where(s > 1, groups * m * n * ACC_BYTES * 2 * s / membw, 0.0)  # partials
+    if operand:
+        b = np.maximum(b, ctas * (tm * abytes + tn * wbytes) * ks / (bw * operand))
+    t = np.maximum(c, b)
+    best = t.min(axis=0)
+    at_best = t == best  # the two sides of the fastest configuration
+    return np.where(at_best, c, np.inf).min(axis=0), np.where(at_best, b, np.inf).min(axis=0) + quant, best + quant
 
 
 def decode_occupancy(prof: Profile, units, tokens, sms: int = 0):

@@ -266,10 +266,12 @@ def describe(prof: Profile) -> str:
         return "datasheet roofline (a lower bound on time)"
     if meta.get("kind") == "kernel-database":
         src = meta.get("source", {})
-        errs = ", ".join(f"{k.replace('_', ' ')} {v['mape']:.0%}" for k, v in meta.get("heldout_summary", {}).items())
+        errs = ", ".join(f"{k.replace('_', ' ')} {v['mape']:.0%} (worst {v.get('worst_mape', v['mape']):.0%})"
+                         for k, v in meta.get("heldout_summary", {}).items())
         fw = src.get("framework_versions", {}).get("gemm", "")
         return (f"{prof.name}: {src.get('package', '')} {src.get('package_version', '')} kernel tables, "
-                f"{src.get('system', '')} {src.get('framework', '')} {fw}; held-out op MAPE {errs}; "
+                f"{src.get('system', '')} {src.get('framework', '')} {fw}; held-out op MAPE (mean over hold-out "
+                f"schemes) {errs}; "
                 "single ops timed alone, so times are a lower bound on an engine's step")
     held = meta.get("heldout", {})
     if "tpot_mape" in held:

@@ -158,8 +158,7 @@ def test_a_kernel_profile_prices_tiles_and_waves(monkeypatch):
     """With one tile shape and no split-K: one more row than the SMs' tiles hold runs a second wave (twice the
     time of a compute-bound GEMM), and a one-row GEMM computes a whole tile."""
     from kvsim import kernels
-    monkeypatch.setattr(kernels, "TILES", ((128, 128),))
-    monkeypatch.setattr(kernels, "SPLITS", (1,))
+    monkeypatch.setattr(kernels, "_CONFIGS", (np.array([128.0]), np.array([128.0]), np.array([1.0])))
     prof = Profile(tiled=True, compute_efficiency=0.01)  # compute-bound everywhere
     t = lambda m, n, k: float(kernels.matmul(prof, H100, m, n, k, peak=1e15, bw=3e12, wbytes=2, abytes=2,  # noqa: E731
                                              dtype="bf16")[2])

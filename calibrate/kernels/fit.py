@@ -21,7 +21,7 @@ from kvsim.profile import Profile
 # (lower, upper, start); "table.key" names an entry of a dict-valued Profile field
 GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.8), "mem_efficiency": (0.05, 1.2, 0.8),
                "matmul_overhead_s": (1e-8, 1e-3, 4e-6), "matmul_tile_fixed_k": (1.0, 1e5, 128.0),
-               "matmul_half_ctas": (0.1, 1e4, 50.0),
+               "matmul_half_ctas": (1e-3, 1e4, 50.0),
                "matmul_dtype_efficiency.fp8": (0.05, 1.2, 0.6), "matmul_operand_efficiency.fp8": (0.05, 10.0, 1.0),
                "quant_row_overhead_s": (1e-13, 1e-6, 1e-9)}
 # Decode and prefill attention are different kernels (split-KV decoding, a causal pass): prefill is fitted
@@ -70,10 +70,12 @@ def _absent_default(name: str, bounds) -> bool:
     """Whether the lower end of the parameter's range is the term vanishing, so that leaving it out (a dict
     entry, or a field whose default is 0) is what the fit asked for."""
     lower, _, start = bounds
+    if name.startswith("meta."):  # a table-only speed-up at its lower bound of 1 is no speed-up
+        return lower == 1.0
     if lower > 1e-2 * start:
         return False
     if "." in name:
-        return not name.startswith("meta.")
+        return True
     return {f.name: f.default for f in dataclasses.fields(Profile)}.get(name) == 0.0
 
 
@@ -115,7 +117,7 @@ def _least_squares(fam: Family, hw: HardwareSpec, base: Profile, df, names: list
         res = least_squares(residuals, start, bounds=(lo, hi), x_scale=1.0, diff_step=1e-4, max_nfev=300)
         if best is None or res.cost < best.cost:
             best = res
-    at_floor = [k for k, x, l in zip(names, best.x, lo) if x - l < 1e-3]
+    at_floor = [k for k, x, l in zip(names, best.x, lo) if x - l < 0.25]  # within 25% of the lower bound
     return dict(zip(names, np.exp(best.x))), at_floor
 
 
