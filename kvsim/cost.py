@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import KvsimError
 from .hardware import HardwareSpec
-from .model import MLA, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from . import kernels
+from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
 from .parallel import check_model as check_tensor_parallel
 from .parallel import kv_heads_per_device
 from .policies.base import LayerCtx
@@ -199,6 +200,29 @@ class Roofline:
         return t + self.serial * np.minimum(c, m) if self.serial else t
 
 
+def _weight_matmuls(layer: Layer, hidden: int, tp: int, kv_heads: int) -> list[tuple[float, float]]:
+    """(n, k) of each weight matmul one tensor-parallel device runs in a layer, routed experts aside: fused QKV
+    (its `kv_heads` KV heads) and output projections, gate-up and down projections (an MoE's router and shared
+    experts). Mixers whose projections kvsim does not list (MLA, Mamba, linear attention) run as one matmul of
+    their parameters over the hidden width."""
+    mixer, mlp, h = layer.mixer, layer.mlp, hidden
+    if isinstance(mixer, Attention):
+        q = mixer.n_heads // tp
+        kv = 0 if mixer.shares_kv_with >= 0 else kv_heads * (mixer.head_dim + mixer.dv)
+        out = [(q * mixer.head_dim + kv, h), (h, q * mixer.dv)]
+    else:
+        out = [(mixer.params(h) / (h * tp), h)]
+    if isinstance(mlp, MoE):
+        out.append((mlp.n_experts, h))
+        if mlp.n_shared:
+            inter = mlp.n_shared * (mlp.shared_intermediate or mlp.expert_intermediate)
+            out += [((2 if mlp.gated else 1) * inter / tp, h), (h, inter / tp)]
+    elif isinstance(mlp, MLP):
+        out += [((2 if mlp.gated else 1) * mlp.intermediate / tp, h), (h, mlp.intermediate / tp)]
+    return out
+
+
+
 @dataclass
 class Phase:
     """Sums over layers for one forward pass of the whole batch, on one device. Fields start as scalar 0
@@ -221,6 +245,11 @@ class Phase:
         """Add `n` layers' worth of one operation class; `timer(flops, bytes)` gives its two times."""
         c, m = timer(flops, bytes_)
         t = timer.time(c, m)
+        self.add_times(n, flops, bytes_, c, m, t, totals, label)
+
+    def add_times(self, n: int, flops, bytes_, c, m, t, totals: bool = True, label: str = "other") -> None:
+        """Add `n` layers' worth of one operation class that takes `t`, its roofline sides being `c` and `m`
+        (a kernel's time from kvsim/kernels.py need not be their max)."""
         self.time_s = self.time_s + n * t
         if totals:
             row = self.parts.setdefault(label, [0.0] * 5)
@@ -418,7 +447,8 @@ class CostModel:
         heads = self.heads_on_device(ctx)
         if prefill:
             span = ctx.layout.span
-            pairs = causal_pairs(p, span + self.profile.window_edge_tokens if span else 0)
+            edge = (self.profile.for_prefill() if self.profile.tiled else self.profile).window_edge_tokens
+            pairs = causal_pairs(p, span + edge if span else 0)
             sd, vd = prefill_dims(grp.layer, ctx)
             flops = pairs * ctx.layout.n_q_heads * (2 * sd + 2 * vd + 5)
             written = pol.device_bytes(grp.ctx, p, 0, heads) if grp.ctx is not None else 0
@@ -442,10 +472,11 @@ class CostModel:
     def pass_phase(self, tokens, b) -> Phase:
         """fixed_phase of one forward pass over `tokens` rows from `b` sequences (one logit row each): a
         serving step mixing prefill chunks and decode tokens is one such pass."""
+        if self.profile.tiled:
+            return self._kernel_pass_phase(tokens, b)
         model, tp, h = self.model, self.tp, self.model.hidden
         tokens = np.asarray(tokens, dtype=np.float64)
         ph = Phase()
-        link = self.hw.interconnect_bandwidth
         matrix = self._timer(tokens)
         weight_matmul = self._timer(tokens, gemm=True)
         for grp in self.groups:
@@ -463,16 +494,81 @@ class CostModel:
             if self.elementwise:
                 written, _ = _activation_width(model, layer)
                 ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix, label="activations")
-            if tp > 1:
-                if not link:
-                    raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
-                volume = 2 * tokens * h * self.abytes * 2 * (tp - 1) / tp  # two all-reduces per layer
-                prof = self.profile
-                ph.comm_s = ph.comm_s + n * (volume / (link * prof.comm_efficiency) + 2 * prof.allreduce_overhead_s)
+            self._comm(ph, n, tokens)
         head_flops = 2.0 * model.vocab * h * b / tp  # logits for the last position of each sequence
         head_bytes = (model.vocab * h * self.head_wbytes + tokens * h * self.abytes * 3) / tp
         ph.add(1, head_flops, head_bytes, self._timer(b), label="LM head")
         return ph
+
+    def _matmul(self, m, n, k, gemm: bool = True, **kw):
+        """kernels.matmul of one weight matmul: the weight format's (gemm) or the activations' peak."""
+        w8a8 = gemm and self.gemm_dtype != self.act_dtype
+        return kernels.matmul(self.profile, self.hw, m, n, k, peak=self.raw_gemm_peak if gemm else self.raw_peak,
+                              bw=self.raw_bw, wbytes=self.wbytes if gemm else self.head_wbytes,
+                              abytes=DTYPE_BITS[self.gemm_dtype] / 8 if w8a8 else self.abytes,
+                              dtype=self.gemm_dtype if gemm else self.act_dtype, quantised=w8a8, **kw)
+
+    def _comm(self, ph: Phase, n: int, tokens) -> None:
+        if self.tp > 1:
+            if not self.hw.interconnect_bandwidth:
+                raise KvsimError(f"{self.hw.name} has no interconnect for tensor parallelism")
+            tp, prof = self.tp, self.profile
+            volume = 2 * tokens * self.model.hidden * self.abytes * 2 * (tp - 1) / tp  # two all-reduces per layer
+            ph.comm_s = ph.comm_s + n * (volume / (self.hw.interconnect_bandwidth * prof.comm_efficiency)
+                                         + 2 * prof.allreduce_overhead_s)
+
+    def _kernel_pass_phase(self, tokens, b) -> Phase:
+        """pass_phase with every weight matmul priced as one kernel (kernels.matmul): the same FLOP and bytes,
+        each matmul's own tiles, waves and split-K."""
+        model, tp, h = self.model, self.tp, self.model.hidden
+        tokens = np.asarray(tokens, dtype=np.float64)
+        ph = Phase()
+        matrix = self._timer(tokens)
+        for grp in self.groups:
+            layer, n = grp.layer, grp.count
+            kv_heads = self.heads_on_device(grp.ctx or grp.source) if isinstance(layer.mixer, Attention) else 0
+            for mm_n, mm_k in _weight_matmuls(layer, h, tp, kv_heads):
+                c, m, t = self._matmul(tokens, mm_n, mm_k)
+                ph.add_times(n, 2.0 * tokens * mm_n * mm_k, mm_n * mm_k * self.wbytes, c, m, t,
+                             label="weight matmuls")
+            if isinstance(layer.mlp, MoE):  # routed experts: one grouped GEMM each for gate-up and down
+                moe = layer.mlp
+                touched = expected_experts(moe, tokens)
+                rows = tokens * moe.top_k / touched
+                inter = moe.expert_intermediate / tp
+                for mm_n, mm_k in (((2 if moe.gated else 1) * inter, h), (h, inter)):
+                    c, m, t = self._matmul(rows, mm_n, mm_k, groups=touched, efficiency=self.profile.moe_efficiency)
+                    ph.add_times(n, 2.0 * tokens * moe.top_k * mm_n * mm_k, touched * mm_n * mm_k * self.wbytes,
+                                 c, m, t, label="MoE experts")
+            if self.elementwise:
+                written, _ = _activation_width(model, layer)
+                ph.add(n, 0.0, 2.0 * tokens * written * self.abytes / tp, matrix, label="activations")
+            self._comm(ph, n, tokens)
+        c, m, t = self._matmul(b, model.vocab / tp, h, gemm=False)  # logits for the last position of each sequence
+        ph.add_times(1, 2.0 * model.vocab * h * b / tp, model.vocab * h * self.head_wbytes / tp, c, m, t,
+                     label="LM head")
+        if self.elementwise:  # the final norm over every row
+            ph.add(1, 0.0, tokens * h * self.abytes * 3 / tp, matrix, label="activations")
+        return ph
+
+    def _kernel_attention(self, ph: Phase, grp: Group, n: int, a_flops, a_bytes, p, s, b, prefill: bool,
+                          totals: bool) -> None:
+        """One layer group's attention kernels priced by kernels.attention (per batch, busiest device)."""
+        kv_ctx = grp.ctx or grp.source
+        heads = self.heads_on_device(kv_ctx)
+        units = b * heads
+        if prefill:
+            seq = np.asarray(p, dtype=np.float64)
+            tokens = None
+        else:  # tokens each (sequence, KV head) reads
+            seq = np.maximum(np.asarray(self.policy.device_read(kv_ctx, p, s, heads)[1], dtype=np.float64) / heads,
+                             1.0)
+            tokens = seq
+        c, m, t = kernels.attention(self.profile, self.hw, flops=a_flops * b, kv_bytes=a_bytes * b,
+                                    kv_dtype=self.kv_dtype, seq_tokens=seq, units=units,
+                                    head_dim=kv_ctx.layout.k_dim, decode=not prefill, tokens=tokens,
+                                    peak=self.raw_peak, bw=self.raw_bw)
+        ph.add_times(n, a_flops * b, a_bytes * b, c, m, t, totals=totals, label="attention (KV read/write)")
 
     def cache_phase(self, p, b, s, prefill: bool, totals: bool = True) -> Phase:
         """The part that depends on the cache: attention (or SSM state) and the KV policy's own work, for
@@ -491,13 +587,16 @@ class CostModel:
             a_flops, a_bytes, a_host = self._attention(grp, p, s, prefill)  # a_bytes: the busiest device's
             a_flops, a_bytes = a_flops / tp, np.asarray(a_bytes, dtype=np.float64)
             kv_ctx = grp.ctx or grp.source
-            timer = attention
-            if not prefill and self.profile.kv_half_units and kv_ctx is not None:
-                units = self.profile.decode_units(b * self.heads_on_device(kv_ctx), p + s + 1)
-                timer = self._timer(b, kv=True, seq_tokens=p, units=units)
-            ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals, label="attention (KV read/write)")
-            if per_seq_s and kv_ctx is not None:
-                ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s
+            if self.profile.tiled and kv_ctx is not None:
+                self._kernel_attention(ph, grp, n, a_flops, a_bytes, p, s, b, prefill, totals)
+            else:
+                timer = attention
+                if not prefill and self.profile.kv_half_units and kv_ctx is not None:
+                    units = self.profile.decode_units(b * self.heads_on_device(kv_ctx), p + s + 1)
+                    timer = self._timer(b, kv=True, seq_tokens=p, units=units)
+                ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals, label="attention (KV read/write)")
+                if per_seq_s and kv_ctx is not None:
+                    ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)
@@ -568,9 +667,12 @@ class CostModel:
         """Time of one forward pass: `ph` plus the profile's fixed overheads, with `prompt_tokens` prompt
         tokens in the pass and a KV policy working in `policy_layers` layers of its decode tokens."""
         prof = self.profile
+        attn_floor = prof.attention_overhead_s
+        if prof.tiled and prof.prefill_attention:  # a pass with prompt tokens runs the prefill kernels
+            attn_floor = np.where(np.asarray(prompt_tokens) > 0, prof.for_prefill().attention_overhead_s, attn_floor)
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
                   + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
-                  + prof.attention_overhead_s * self.attention_kernels)
+                  + attn_floor * self.attention_kernels)
         device = device + prof.prefill_token_overhead_s * prompt_tokens + prof.policy_layer_overhead_s * policy_layers
         overlap = self.policy.place is not None and self.policy.place.overlap
         return np.maximum(device, ph.host_s) if overlap else device + ph.host_s

@@ -20,10 +20,15 @@ class HardwareSpec:
     host_bandwidth: float = 0.0  # bytes/s per direction to host memory (PCIe), for offload
     source: str = ""
     notes: str = ""
+    # Streaming multiprocessors: kernels run their tiles in waves over them (calibrated kernel profiles, profile.py).
+    sm_count: int = 0  # 0: not listed
+    sm_source: str = ""
 
     def __post_init__(self):
         if self.memory_bytes <= 0 or self.memory_bandwidth <= 0:
             raise KvsimError(f"hardware {self.name}: memory size and bandwidth must be positive")
+        if isinstance(self.sm_count, bool) or not isinstance(self.sm_count, int) or self.sm_count < 0:
+            raise KvsimError(f"hardware {self.name}: sm_count must be a whole number of SMs")
         if not self.flops or any(v <= 0 for v in self.flops.values()):
             raise KvsimError(f"hardware {self.name}: needs a positive FLOP/s figure for at least one dtype")
         object.__setattr__(self, "flops", {canonical_dtype(k): float(v) for k, v in self.flops.items()})

@@ -19,38 +19,49 @@ rises with every sequence from batch 1 on instead of staying at the weight strea
 
 Kernel-level terms, fitted from per-op GPU measurements (calibrate/kernels), each 0 or empty by default so
 the roofline is unchanged:
-- attention compute has its own ramp, indexed by tokens per sequence (a FlashAttention tile is filled by
-  one sequence's queries and keys, not by the batch): attn_small_efficiency -> attn_efficiency, half way at
-  attn_half_tokens;
+- attention compute has its own ramp, indexed by tokens per sequence (a FlashAttention query tile is filled
+  by one sequence's queries and pays a fixed cost that its keys amortise): attn_small_efficiency ->
+  attn_efficiency, half way at attn_half_tokens (attn_small_efficiency 0: that fixed cost alone);
 - KV reads reach kv_dtype_efficiency[kv dtype] of the bandwidth where given (fp8 KV is dequantisation-bound
   on FlashAttention-3), kv_efficiency otherwise;
 - matrix work in a dtype listed in matmul_dtype_efficiency reaches that fraction of its own dense peak at
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
-  kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"): with few such units the kernel cannot
-  keep enough loads in flight, and reaches units / (units + kv_half_units) of the KV bandwidth;
+  kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"): with few such pieces the kernel cannot
+  keep enough loads in flight (kv_half_units sets how many it takes);
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
   tiles or splits and its epilogue in varlen and paged kernels);
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
   per weight matmul and attention_overhead_s per attention kernel;
 - sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge);
-- routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency at the rows each
-  expert sees (tokens x top-k / experts);
+- routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency;
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
 unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token).
+
+With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
+one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
+(matmul_tile_fixed_k), W8A8 activation quantisation (quant_row_overhead_s per row), operand streams without
+L2 reuse (matmul_operand_efficiency), fp8 attention kernels (attn_dtype_efficiency), per-unit costs that grow
+with the head dim (attn_head_exponent) and run in waves, and the imperfect overlap of attention's compute,
+memory and per-unit work (attention_overlap). Without it the cost model is the per-layer roofline above.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import KvsimError
 from .jsonio import read_object
 from .units import canonical_dtype
+
+
+# attention fields a profile's prefill_attention may set for prefill kernels
+PREFILL_FIELDS = frozenset({"kv_efficiency", "attention_overhead_s", "attention_seq_overhead_s", "window_edge_tokens",
+                            "attn_head_exponent"})
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,18 @@ class Profile:
     moe_efficiency: float = 1.0  # routed-expert matmuls' fraction of the matrix efficiency at their rows
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
     allreduce_overhead_s: float = 0.0  # per all-reduce
+    # Kernel-level model (kvsim/kernels.py), for profiles fitted to single-kernel tables.
+    tiled: bool = False  # price each weight matmul and attention kernel as one GPU kernel
+    matmul_tile_fixed_k: float = 0.0  # a GEMM tile's prologue and epilogue, in steps of its k loop
+    matmul_half_ctas: float = 0.0  # thread blocks (tiles x splits) at which a GEMM's memory streams are sqrt(1/2) busy
+    quant_row_overhead_s: float = 0.0  # per row of a W8A8 matmul's activation-quantisation kernel
+    matmul_operand_efficiency: dict = field(default_factory=dict)  # matmul dtype -> tile operand streams / bandwidth
+    attn_dtype_efficiency: dict = field(default_factory=dict)  # KV dtype -> attention compute fraction of the ramp
+    attn_head_exponent: float = 0.0  # attention_seq_overhead_s scales as (head dim / 128) ** this
+    # Prefill attention runs other kernels than decode (a causal FlashAttention pass, not split-KV decoding):
+    # its values of the attention fields below where they differ (PREFILL_FIELDS).
+    prefill_attention: dict = field(default_factory=dict)
+    attention_overlap: float = 0.0  # q of (compute^q + memory^q + units^q)^(1/q) in attention (0: max + units)
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
     # Serving engines' reservations (kvsim/serving.py), taken from the engine's memory share before the KV pool.
     runtime_bytes: float = 0.0  # CUDA context, NCCL buffers and other memory outside the allocator, per device
@@ -102,6 +125,14 @@ class Profile:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
+        if not isinstance(self.prefill_attention, dict) or set(self.prefill_attention) - PREFILL_FIELDS:
+            raise KvsimError(f"profile {self.name}: prefill_attention may only set {', '.join(sorted(PREFILL_FIELDS))}")
+        if self.prefill_attention:
+            object.__setattr__(self, "prefill_attention", {k: float(v) if not isinstance(v, bool) else v
+                                                          for k, v in self.prefill_attention.items()})
+            self.for_prefill()  # validates the values
+        if not isinstance(self.tiled, bool):
+            raise KvsimError(f"profile {self.name}: tiled must be true or false, got {self.tiled!r}")
         for f in fields(self):
             if f.type == "float" and isinstance(getattr(self, f.name), bool):
                 raise KvsimError(f"profile {self.name}: {f.name} must be a number, got {getattr(self, f.name)!r}")
@@ -121,7 +152,12 @@ class Profile:
             raise KvsimError(f"profile {self.name}: moe_efficiency must be in (0, 1.5]")
         if not 0 < self.comm_efficiency <= 1.5:
             raise KvsimError(f"profile {self.name}: comm_efficiency must be in (0, 1.5]")
-        for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency"):
+        if self.attention_overlap and not 1 <= self.attention_overlap <= 64:
+            raise KvsimError(f"profile {self.name}: attention_overlap must be 0 or in [1, 64]")
+        if self.attn_head_exponent > 4:
+            raise KvsimError(f"profile {self.name}: attn_head_exponent must be at most 4")
+        for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
+                     "attn_dtype_efficiency"):
             table = getattr(self, name)
             if not isinstance(table, dict):
                 raise KvsimError(f"profile {self.name}: {name} must map dtypes to fractions")
@@ -131,10 +167,18 @@ class Profile:
                     dt = canonical_dtype(k)
                 except ValueError as e:
                     raise KvsimError(f"profile {self.name}: {name}: {e}") from None
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5:
-                    raise KvsimError(f"profile {self.name}: {name}[{k}] must be in (0, 1.5], got {v!r}")
+                # operand streams come from L2 as well as memory: their rate may pass the memory bandwidth
+                top = 10.0 if name == "matmul_operand_efficiency" else 1.5
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= top:
+                    raise KvsimError(f"profile {self.name}: {name}[{k}] must be in (0, {top:g}], got {v!r}")
                 clean[dt] = float(v)
             object.__setattr__(self, name, clean)
+
+    def for_prefill(self) -> "Profile":
+        """The profile prefill attention kernels run with: prefill_attention's values over these."""
+        if not self.prefill_attention:
+            return self
+        return replace(self, prefill_attention={}, **self.prefill_attention)
 
     # ----- achieved fractions of the datasheet, shared by the cost model and the kernel fits -----
     def matmul_fraction(self, tokens, dtype: str = ""):
@@ -150,17 +194,22 @@ class Profile:
         whole pass, for profiles without an attention ramp of their own)."""
         if not self.attn_efficiency:
             return self.matmul_fraction(tokens)
-        if self.attn_half_tokens and self.attn_small_efficiency:
+        if self.attn_half_tokens:
             h = self.attn_half_tokens
             return (self.attn_small_efficiency * h + self.attn_efficiency * seq_tokens) / (h + seq_tokens)
         return self.attn_efficiency + 0.0 * seq_tokens
 
-    def decode_units(self, pairs, tokens):
-        """Parallel units of a decode step: (sequence, KV head) pairs, each split along its `tokens`."""
+    def decode_units(self, pairs, tokens, sms: int = 0):
+        """Parallel units of a decode step: (sequence, KV head) pairs, each split along its `tokens`. With the
+        device's SM count (kernel-level profiles), splits are chosen as FlashAttention's heuristic does: enough
+        to fill the SMs, each at least kv_split_tokens long, at most kv_max_splits."""
         if not self.kv_split_tokens:
             return pairs
-        return pairs * np.minimum(1.0 + np.asarray(tokens, dtype=np.float64) / self.kv_split_tokens,
-                                  max(self.kv_max_splits, 1.0))
+        tokens = np.asarray(tokens, dtype=np.float64)
+        cap = max(self.kv_max_splits, 1.0)
+        if sms:
+            return pairs * np.clip(np.minimum(sms / np.maximum(pairs, 1e-9), tokens / self.kv_split_tokens), 1.0, cap)
+        return pairs * np.minimum(1.0 + tokens / self.kv_split_tokens, cap)
 
     def kv_fraction(self, kv_dtype: str, units=None):
         """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`
@@ -170,9 +219,11 @@ class Profile:
 
     def kv_occupancy(self, units):
         """Share of a decode step's KV bandwidth that `units` parallel units keep busy (1: enough of them)."""
+        units = np.asarray(units, dtype=np.float64)
         if not self.kv_half_units:
-            return 1.0 + 0.0 * np.asarray(units, dtype=np.float64)
-        return units / (units + self.kv_half_units)
+            return 1.0 + 0.0 * units
+        # loads in flight saturate the memory system sharply: C / sqrt(C^2 + h^2), not C / (C + h)
+        return units / np.sqrt(units * units + self.kv_half_units ** 2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,10 +281,12 @@ def describe(prof: Profile) -> str:
         return "datasheet roofline (a lower bound on time)"
     if meta.get("kind") == "kernel-database":
         src = meta.get("source", {})
-        errs = ", ".join(f"{k.replace('_', ' ')} {v['mape']:.0%}" for k, v in meta.get("heldout_summary", {}).items())
+        errs = ", ".join(f"{k.replace('_', ' ')} {v['mape']:.0%} (worst {v.get('worst_mape', v['mape']):.0%})"
+                         for k, v in meta.get("heldout_summary", {}).items())
         fw = src.get("framework_versions", {}).get("gemm", "")
         return (f"{prof.name}: {src.get('package', '')} {src.get('package_version', '')} kernel tables, "
-                f"{src.get('system', '')} {src.get('framework', '')} {fw}; held-out op MAPE {errs}; "
+                f"{src.get('system', '')} {src.get('framework', '')} {fw}; held-out op MAPE (mean over hold-out "
+                f"schemes) {errs}; "
                 "single ops timed alone, so times are a lower bound on an engine's step")
     held = meta.get("heldout", {})
     if "tpot_mape" in held:

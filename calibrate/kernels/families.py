@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .fit import ALLREDUCE_PARAMS, ATTENTION_PARAMS, GEMM_PARAMS, MOE_PARAMS, Family
+from .fit import ALLREDUCE_PARAMS, DECODE_PARAMS, GEMM_PARAMS, MOE_PARAMS, PREFILL_PARAMS, Family
 
 SELECTION = """\
 - GEMMs: bf16 and per-tensor fp8 with n and k of at least 512;
@@ -86,35 +86,39 @@ def _attn_args(d, length):
             d["window_size"].to_numpy())
 
 
-def attention(decode, prefill, l2_bytes: float = 0.0) -> Family:
-    """Decode and prefill attention in one fit: the same kernels' floors, per-sequence cost and window edge.
-    `length` is the cached history (decode) or the prompt (prefill)."""
-    parts = []
-    for phase, df, length in (("decode", decode, "step"), ("prefill", prefill, "isl")):
-        if df is not None:
-            parts.append(_attention_rows(df).assign(phase=phase, length=lambda d, c=length: d[c]))
-    import pandas as pd
-    df = pd.concat(parts, ignore_index=True)
+def _attention_splits(d, long_from: int, big_from: int):
+    return [("unseen head dim", _label(d["head_dim"])),
+            ("unseen KV-head count", _label(d["num_key_value_heads"])),
+            (f"contexts >= {(long_from + 1) // 1024}K fitted from shorter", _two_way(d["length"] >= long_from)),
+            (f"batches >= {big_from} fitted from smaller", _two_way(d["batch_size"] >= big_from))]
+
+
+# Most KV splits a framework lets its decode kernel use, where its source fixes it: vLLM captures FlashAttention
+# decode in CUDA graphs with at most VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH splits (vllm/envs.py, default 32).
+# Only contexts beyond the tables' shorter ones reach the cap, so the fit could not tell it from them.
+MAX_KV_SPLITS = {"vllm": (32.0, "vllm/envs.py: VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH = 32")}
+
+
+def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
+    """Decode steps: `length` is the cached history (a step reads length + 1 tokens)."""
+    df = _attention_rows(df).assign(length=lambda d: d["step"])
 
     def predict(prof, hw, d):
-        out = np.empty(len(d))
-        dec = (d["phase"] == "decode").to_numpy()
-        for sel, fn in ((dec, ops.decode_attention), (~dec, ops.prefill_attention)):
-            if sel.any():
-                extra = (l2_bytes,) if fn is ops.decode_attention else ()
-                out[sel] = fn(prof, hw, *_attn_args(d[sel], "length"), *extra)
-        return out
+        return ops.decode_attention(prof, hw, *_attn_args(d, "length"), l2_bytes)
 
-    def splits(d):
-        dec = d["phase"] == "decode"
-        long = np.where(dec, d["length"] >= 8191, d["length"] >= 8192)
-        big = np.where(dec, d["batch_size"] >= 128, d["batch_size"] >= 64)
-        return [("unseen head dim", _label(d["head_dim"])),
-                ("unseen KV-head count", _label(d["num_key_value_heads"])),
-                ("contexts >= 8K fitted from shorter", _two_way(long)),
-                ("batches >= 128 (decode) / 64 (prefill) fitted from smaller", _two_way(big))]
-    params = {**ATTENTION_PARAMS, "meta.l2_speedup": (1.0, 20.0, 1.5)} if l2_bytes else ATTENTION_PARAMS
-    return Family("attention", params, predict, splits, df, by="phase")
+    params = {**DECODE_PARAMS, "meta.l2_speedup": (1.0, 20.0, 1.5)} if l2_bytes else DECODE_PARAMS
+    fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
+    return Family("decode_attention", params, predict, lambda d: _attention_splits(d, 8191, 128), df, fixed=fixed)
+
+
+def prefill_attention(df) -> Family:
+    """Prefills: `length` is the prompt."""
+    df = _attention_rows(df).assign(length=lambda d: d["isl"])
+
+    def predict(prof, hw, d):
+        return ops.prefill_attention(prof, hw, *_attn_args(d, "length"))
+
+    return Family("prefill_attention", PREFILL_PARAMS, predict, lambda d: _attention_splits(d, 8192, 64), df)
 
 
 def allreduce(df) -> Family:
@@ -155,10 +159,11 @@ def moe(df) -> Family:
 
 def for_system(tables: dict, l2_bytes: float = 0.0) -> list[Family]:
     """The families one system's tables support, in fitting order (GEMM terms before the MoE that shares
-    them): `tables` maps aiconfigurator.TABLES keys to Table or None."""
-    out = [gemm(tables["gemm"].rows),
-           attention(tables["decode_attention"].rows,
-                     tables["prefill_attention"].rows if tables["prefill_attention"] else None, l2_bytes)]
+    them, prefill attention before decode): `tables` maps aiconfigurator.TABLES keys to Table or None."""
+    out = [gemm(tables["gemm"].rows)]
+    if tables["prefill_attention"] is not None:  # before decode: decode holds its attention ramp
+        out.append(prefill_attention(tables["prefill_attention"].rows))
+    out.append(decode_attention(tables["decode_attention"].rows, l2_bytes, tables["decode_attention"].framework))
     if tables["moe"] is not None:
         fam = moe(tables["moe"].rows)
         if len(fam.rows):

@@ -19,16 +19,26 @@ from kvsim.hardware import HardwareSpec
 from kvsim.profile import Profile
 
 # (lower, upper, start); "table.key" names an entry of a dict-valued Profile field
-GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.7), "compute_small_efficiency": (1e-4, 1.2, 0.02),
-               "compute_half_tokens": (1.0, 1e5, 256.0), "mem_efficiency": (0.05, 1.2, 0.8),
-               "matmul_overhead_s": (1e-8, 1e-3, 4e-6), "matmul_dtype_efficiency.fp8": (0.05, 1.2, 0.6)}
-# decode and prefill attention share their kernels' floors, per-sequence cost and window edge: one fit
-ATTENTION_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.8), "kv_dtype_efficiency.fp8": (0.05, 1.0, 0.6),
-                    "attention_seq_overhead_s": (1e-11, 1e-4, 1e-8), "attention_overhead_s": (1e-8, 1e-3, 5e-6),
-                    "window_edge_tokens": (1e-2, 1e4, 64.0), "attn_efficiency": (0.01, 1.2, 0.6),
-                    "attn_small_efficiency": (1e-4, 1.2, 0.05), "attn_half_tokens": (1.0, 1e6, 1024.0),
-                    "kv_half_units": (1e-2, 1e5, 30.0), "kv_split_tokens": (1.0, 1e6, 256.0),
-                    "kv_max_splits": (1.0, 1e4, 16.0)}
+GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.8), "mem_efficiency": (0.05, 1.2, 0.8),
+               "matmul_overhead_s": (1e-8, 1e-3, 4e-6), "matmul_tile_fixed_k": (1.0, 1e5, 128.0),
+               "matmul_half_ctas": (1e-3, 1e4, 50.0),
+               "matmul_dtype_efficiency.fp8": (0.05, 1.2, 0.6), "matmul_operand_efficiency.fp8": (0.05, 10.0, 1.0),
+               "quant_row_overhead_s": (1e-13, 1e-6, 1e-9)}
+# Decode and prefill attention are different kernels (split-KV decoding, a causal pass): prefill is fitted
+# first, with the attention compute ramp (decode spends next to nothing on compute) and its own values of the
+# kernel terms (Profile.prefill_attention); decode then fits its own, the ramp held.
+PREFILL_PARAMS = {"attn_efficiency": (0.01, 1.2, 0.6), "attn_half_tokens": (1.0, 1e6, 1024.0),
+                  "attn_dtype_efficiency.fp8": (0.05, 1.5, 0.8),
+                  "prefill_attention.kv_efficiency": (0.01, 1.0, 0.3),
+                  "prefill_attention.attention_overhead_s": (1e-8, 1e-3, 1e-5),
+                  "prefill_attention.attention_seq_overhead_s": (1e-11, 1e-4, 2e-8),
+                  "prefill_attention.window_edge_tokens": (1e-2, 1e4, 256.0),
+                  "prefill_attention.attn_head_exponent": (1e-3, 3.0, 0.3)}
+DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (0.05, 1.0, 0.6),
+                 "attention_seq_overhead_s": (1e-11, 1e-4, 2e-8), "attention_overhead_s": (1e-8, 1e-3, 1e-5),
+                 "window_edge_tokens": (1e-2, 1e4, 128.0), "kv_half_units": (1e-2, 1e5, 100.0),
+                 "kv_split_tokens": (1.0, 1e6, 256.0), "kv_max_splits": (1.0, 1e4, 16.0),
+                 "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5)}
 FIT_ROWS = 4000
 MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6)}
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
@@ -42,6 +52,7 @@ class Family:
     splits: object  # rows -> list of (split name, group labels per row)
     rows: object = None  # pandas DataFrame
     by: str = ""  # column whose values are reported as op families of their own
+    fixed: dict = dataclasses.field(default_factory=dict)  # known values (not fitted) the family sets, with why
 
 
 
@@ -55,16 +66,41 @@ def _set(profile: Profile, values: dict) -> Profile:
     return dataclasses.replace(profile, **plain, **tables)
 
 
-def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | None = None) -> Profile:
-    """`base` with the family's parameters fitted to `rows` (all when None)."""
-    from scipy.optimize import least_squares
+def _absent_default(name: str, bounds) -> bool:
+    """Whether the lower end of the parameter's range is the term vanishing, so that leaving it out (a dict
+    entry, or a field whose default is 0) is what the fit asked for."""
+    lower, _, start = bounds
+    if name.startswith("meta."):  # a table-only speed-up at its lower bound of 1 is no speed-up
+        return lower == 1.0
+    if lower > 1e-2 * start:
+        return False
+    if "." in name:
+        return True
+    return {f.name: f.default for f in dataclasses.fields(Profile)}.get(name) == 0.0
 
+
+def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | None = None) -> Profile:
+    """`base` with the family's parameters fitted to `rows` (all when None). A term the rows drive to the
+    lower bound of its range is one they cannot identify: it is dropped (left at zero) and the rest refitted."""
     rows = np.arange(len(fam.rows)) if rows is None else np.asarray(rows)
     if rows.size > FIT_ROWS:  # the fit converges on a seeded sample; errors are measured on every row
         rows = np.sort(np.random.default_rng(0).choice(rows, FIT_ROWS, replace=False))
     df = fam.rows.iloc[rows]
+    base = _set(base, {k: v for k, (v, _) in fam.fixed.items()})
+    names = [k for k in fam.params if _exercised(k, df) and k not in fam.fixed]
+    while True:
+        values, at_floor = _least_squares(fam, hw, base, df, names)
+        dropped = [k for k in at_floor if _absent_default(k, fam.params[k])]
+        if not dropped:
+            return _set(base, values)
+        names = [k for k in names if k not in dropped]
+
+
+def _least_squares(fam: Family, hw: HardwareSpec, base: Profile, df, names: list[str]):
+    """Fitted values of `names` and those of them at the lower bound of their range."""
+    from scipy.optimize import least_squares
+
     meas = df["seconds"].to_numpy(float)
-    names = [k for k in fam.params if _exercised(k, df)]
     lo = np.log([fam.params[k][0] for k in names])
     hi = np.log([fam.params[k][1] for k in names])
     x0 = np.clip(np.log([fam.params[k][2] for k in names]), lo + 1e-6, hi - 1e-6)
@@ -74,22 +110,24 @@ def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | 
         return np.log(pred / meas)
 
     best = None
-    for shift in (0.0, -1.0, 1.0):  # floors and bandwidths trade off: start from three corners
-        start = np.clip(x0 + shift * np.array([1.0 if k.endswith("_s") else 0.0 for k in names]), lo + 1e-6,
-                        hi - 1e-6)
+    floors = np.array([1.0 if k.endswith("_s") else 0.0 for k in names])
+    # floors and bandwidths trade off, and so do a kernel's rooflines: start from four corners
+    for shift in (0.0 * floors, -floors, floors, 1.5 * (1.0 - floors)):
+        start = np.clip(x0 + shift, lo + 1e-6, hi - 1e-6)
         res = least_squares(residuals, start, bounds=(lo, hi), x_scale=1.0, diff_step=1e-4, max_nfev=300)
         if best is None or res.cost < best.cost:
             best = res
-    return _set(base, dict(zip(names, np.exp(best.x))))
+    at_floor = [k for k, x, l in zip(names, best.x, lo) if x - l < 0.25]  # within 25% of the lower bound
+    return dict(zip(names, np.exp(best.x))), at_floor
 
 
 def _exercised(name: str, df) -> bool:
     """A parameter the rows cannot inform is left at its default (fp8 entries without fp8 rows, ...)."""
-    if name == "matmul_dtype_efficiency.fp8":
+    if name in ("matmul_dtype_efficiency.fp8", "matmul_operand_efficiency.fp8", "quant_row_overhead_s"):
         return bool(df["gemm_dtype"].isin(["fp8", "fp8_block"]).any())
-    if name == "kv_dtype_efficiency.fp8":
+    if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8"):
         return bool((df["kv_cache_dtype"] == "fp8").any())
-    if name == "window_edge_tokens":
+    if name.endswith("window_edge_tokens"):
         return bool((df["window_size"] > 0).any())
     return True
 

@@ -1,15 +1,16 @@
 """Each measured op's time as kvsim's cost model charges it, from a Profile and a HardwareSpec.
 
-These are the cost model's own formulas (kvsim/cost.py) at the granularity of one kernel, so the parameters
-fitted here mean the same thing inside `kvsim predict`: the matrix ramp by rows, the attention ramp by
-tokens per sequence, KV bandwidth per KV dtype, the per-sequence decode cost, the per-kernel floors, the
-sliding-window penalty and the all-reduce bandwidth. Every function is vectorised over a table's columns.
+Each op is one call of kvsim/kernels.py, the functions the cost model (kvsim/cost.py) prices its kernels
+with, so the parameters fitted here mean the same thing inside `kvsim predict`; this module only turns a
+table's columns into those calls (and adds each kernel's floor, as the cost model's step time does). Every
+function is vectorised over a table's columns.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kvsim import kernels
 from kvsim.cost import causal_pairs, touched_experts
 from kvsim.hardware import HardwareSpec
 from kvsim.profile import Profile
@@ -26,35 +27,32 @@ def _bw(prof: Profile, hw: HardwareSpec) -> float:
     return prof.memory_bandwidth or hw.memory_bandwidth
 
 
+def _peak(prof: Profile, hw: HardwareSpec, dtype: str) -> float:
+    return prof.peak_flops or hw.peak_flops(dtype)
+
+
+def _by_name(names) -> list[tuple[str, np.ndarray]]:
+    names = np.asarray(names).astype(str)
+    return [(str(n), names == n) for n in np.unique(names)]
+
+
 def gemm(prof: Profile, hw: HardwareSpec, m, n, k, dtype) -> np.ndarray:
-    """y[m, n] = x[m, k] @ W[k, n]: 2mnk FLOP at the dtype's peak, weights + input + output once."""
+    """y[m, n] = x[m, k] @ W[k, n] as one kernel (kvsim.kernels.matmul), plus its floor; W8A8 dtypes add the
+    activation-quantisation kernel and its floor."""
     m, n, k = (np.asarray(a, dtype=np.float64) for a in (m, n, k))
-    dtype = np.asarray(dtype)
     out = np.empty(m.shape)
-    for name in np.unique(dtype):
-        sel = dtype == name
-        kv_dt, wbytes = MATMUL_DTYPES[str(name)]
-        peak = (prof.peak_flops or hw.peak_flops(kv_dt)) * prof.matmul_fraction(m[sel], kv_dt)
-        flops = 2.0 * m[sel] * n[sel] * k[sel]
-        abytes = wbytes if kv_dt == "fp8" else ACT_BYTES
-        moved = n[sel] * k[sel] * wbytes + m[sel] * k[sel] * abytes + m[sel] * n[sel] * ACT_BYTES
-        bw = _bw(prof, hw) * prof.mem_efficiency
-        out[sel] = np.maximum(flops / peak, moved / bw) + prof.matmul_overhead_s
-        if kv_dt in W8A8:  # a kernel of its own quantises the activations first: read 16-bit, write 8-bit
-            out[sel] += m[sel] * k[sel] * (ACT_BYTES + abytes) / bw + prof.matmul_overhead_s
+    for name, sel in _by_name(dtype):
+        mm_dt, wbytes = MATMUL_DTYPES[name]
+        abytes = wbytes if mm_dt in W8A8 else ACT_BYTES
+        _, _, t = kernels.matmul(prof, hw, m[sel], n[sel], k[sel], peak=_peak(prof, hw, mm_dt), bw=_bw(prof, hw),
+                                 wbytes=wbytes, abytes=abytes, dtype=mm_dt, quantised=mm_dt in W8A8)
+        out[sel] = t + prof.matmul_overhead_s * (2 if mm_dt in W8A8 else 1)
     return out
 
 
-def _kv(prof: Profile, kv_dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes per element and achieved fraction of bandwidth for each row's KV dtype."""
-    names, inverse = np.unique(np.asarray(kv_dtype).astype(str), return_inverse=True)
-    elem = np.array([KV_DTYPES[n][1] for n in names], dtype=np.float64)
-    frac = np.array([prof.kv_fraction(KV_DTYPES[n][0]) for n in names])
-    return elem[inverse], frac[inverse]
-
-
-def _attn_peak(prof: Profile, hw: HardwareSpec, seq, rows):
-    return (prof.peak_flops or hw.peak_flops("bf16")) * prof.attention_fraction(seq, rows)
+def _window_tokens(prof: Profile, tokens, window):
+    """Keys a kernel reads of `tokens` when a sliding window of `window` (0: none) binds, edge included."""
+    return np.where(window > 0, np.minimum(tokens, window + prof.window_edge_tokens), tokens)
 
 
 def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_heads, head_dim, kv_dtype,
@@ -63,51 +61,56 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
     step + 1 tokens are read (the last `window` of them when windowed)."""
     b, step, h, kvh, d, w = (np.asarray(a, dtype=np.float64) for a in (batch, step, heads, kv_heads, head_dim,
                                                                        window))
-    kv_dtype = np.asarray(kv_dtype)
-    tokens = np.where(w > 0, np.minimum(step + 1, w + prof.window_edge_tokens), step + 1)
-    elem, frac = _kv(prof, kv_dtype)
-    frac = frac * prof.kv_occupancy(prof.decode_units(b * kvh, step + 1))
-    per_token = kvh * 2 * d * elem
-    moved = b * (tokens * per_token + per_token)
-    flops = b * h * tokens * (4 * d + 5)
-    # The tables replay one op in a CUDA graph without flushing L2, so a cache that fits in L2 is read from
-    # it on every replay. In a real step the layers' weights flush L2 between attention calls: the fitted
-    # L2 speed-up lives in the profile's meta for these rows only, never in `kvsim predict`.
-    speedup = np.where(moved <= l2_bytes, prof.meta.get("l2_speedup", 1.0), 1.0)
-    t = np.maximum(flops / _attn_peak(prof, hw, step + 1, b), moved / (_bw(prof, hw) * frac * speedup))
-    return t + b * kvh * prof.attention_seq_overhead_s + prof.attention_overhead_s
+    out = np.empty(b.shape)
+    for name, sel in _by_name(kv_dtype):
+        kv_dt, elem = KV_DTYPES[name]
+        bs, ctx, kh, dd = b[sel], step[sel] + 1, kvh[sel], d[sel]
+        tokens = _window_tokens(prof, ctx, w[sel])
+        moved = bs * (tokens + 1) * kh * 2 * dd * elem
+        # The tables replay one op in a CUDA graph without flushing L2, so a cache that fits in L2 is read from
+        # it on every replay. In a real step the layers' weights flush L2 between attention calls: the fitted
+        # L2 speed-up lives in the profile's meta for these rows only, never in `kvsim predict`.
+        l2 = np.where(moved <= l2_bytes, prof.meta.get("l2_speedup", 1.0), 1.0)
+        _, _, t = kernels.attention(prof, hw, flops=bs * h[sel] * tokens * (4 * dd + 5), kv_bytes=moved,
+                                    kv_dtype=kv_dt, seq_tokens=tokens, units=bs * kh, head_dim=dd, decode=True,
+                                    tokens=tokens, peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw), l2_speedup=l2)
+        out[sel] = t + prof.attention_overhead_s
+    return out
 
 
 def prefill_attention(prof: Profile, hw: HardwareSpec, batch, isl, heads, kv_heads, head_dim, kv_dtype,
                       window) -> np.ndarray:
     """Causal attention over `isl` prompt tokens per sequence, writing their K/V."""
-    b, p, h, kvh, d = (np.asarray(a, dtype=np.float64) for a in (batch, isl, heads, kv_heads, head_dim))
-    kv_dtype = np.asarray(kv_dtype)
-    w = np.asarray(window, dtype=np.float64)
-    pairs = causal_pairs(p, np.where(w > 0, w + prof.window_edge_tokens, 0.0))
-    elem, frac = _kv(prof, kv_dtype)
-    flops = b * pairs * h * (4 * d + 5)
-    moved = b * p * kvh * 2 * d * elem
-    t = np.maximum(flops / _attn_peak(prof, hw, p, b * p), moved / (_bw(prof, hw) * frac))
-    return t + b * kvh * prof.attention_seq_overhead_s + prof.attention_overhead_s
+    b, p, h, kvh, d, w = (np.asarray(a, dtype=np.float64) for a in (batch, isl, heads, kv_heads, head_dim, window))
+    prof = prof.for_prefill()
+    out = np.empty(b.shape)
+    for name, sel in _by_name(kv_dtype):
+        kv_dt, elem = KV_DTYPES[name]
+        pairs = causal_pairs(p[sel], np.where(w[sel] > 0, w[sel] + prof.window_edge_tokens, 0.0))
+        _, _, t = kernels.attention(prof, hw, flops=b[sel] * pairs * h[sel] * (4 * d[sel] + 5),
+                                    kv_bytes=b[sel] * p[sel] * kvh[sel] * 2 * d[sel] * elem, kv_dtype=kv_dt,
+                                    seq_tokens=p[sel], units=b[sel] * kvh[sel], head_dim=d[sel], decode=False,
+                                    peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw))
+        out[sel] = t + prof.attention_overhead_s
+    return out
 
 
 def moe(prof: Profile, hw: HardwareSpec, tokens, hidden, inter, topk, experts, tp, ep, dtype) -> np.ndarray:
-    """A fused MoE block (gate-up and down for every routed token), experts split tp x ep ways."""
+    """A fused MoE block: gate-up and down grouped GEMMs over the experts the routed tokens touch (uniform
+    routing), each expert's matmuls over its share of the rows, experts split tp x ep ways."""
     t_, hd, it, k, e, tp, ep = (np.asarray(a, dtype=np.float64) for a in (tokens, hidden, inter, topk, experts,
                                                                           tp, ep))
-    dtype = np.asarray(dtype)
     out = np.empty(t_.shape)
-    for name in np.unique(dtype):
-        sel = dtype == name
-        kv_dt, wbytes = MATMUL_DTYPES[str(name)]
-        per_expert = 3.0 * hd[sel] * it[sel]
+    for name, sel in _by_name(dtype):
+        mm_dt, wbytes = MATMUL_DTYPES[name]
+        abytes = wbytes if mm_dt in W8A8 else ACT_BYTES
         touched = touched_experts(e[sel], k[sel], t_[sel])
-        flops = 2.0 * t_[sel] * k[sel] * per_expert / (tp[sel] * ep[sel])
-        rows = t_[sel] * k[sel] / touched  # tokens each touched expert's matmul sees
-        peak = (prof.peak_flops or hw.peak_flops(kv_dt)) * prof.matmul_fraction(rows, kv_dt) * prof.moe_efficiency
-        moved = touched * per_expert * wbytes / (tp[sel] * ep[sel]) + t_[sel] * k[sel] * hd[sel] * 2 * ACT_BYTES
-        out[sel] = np.maximum(flops / peak, moved / (_bw(prof, hw) * prof.mem_efficiency))
+        rows = t_[sel] * k[sel] / touched  # tokens each touched expert's matmuls see
+        kw = dict(peak=_peak(prof, hw, mm_dt), bw=_bw(prof, hw), wbytes=wbytes, abytes=abytes, dtype=mm_dt,
+                  quantised=mm_dt in W8A8, groups=touched / ep[sel], efficiency=prof.moe_efficiency)
+        up = kernels.matmul(prof, hw, rows, 2 * it[sel] / tp[sel], hd[sel], **kw)[2]
+        down = kernels.matmul(prof, hw, rows, hd[sel], it[sel] / tp[sel], **kw)[2]
+        out[sel] = up + down
     return out + 2 * prof.matmul_overhead_s
 
 

@@ -1,6 +1,8 @@
 """Markdown report of the shipped kernel-database profiles: held-out error per op family and hold-out
-scheme beside the datasheet roofline's, transfer to another device or framework, and where the model is
-weakest. `python -m calibrate.kernels.report` rewrites calibrate/profiles/kernels.md."""
+scheme beside the datasheet roofline's, transfer to another device or framework, fitted against measured
+(one log-log plot per profile, beside the report) and where the model is weakest (the groups of rows it
+misses most, computed from the rows). `python -m calibrate.kernels.report` rewrites
+calibrate/profiles/kernels.md and calibrate/profiles/kernels-<profile>.png."""
 
 from __future__ import annotations
 
@@ -16,61 +18,154 @@ from kvsim.profile import Profile, load_profile, shipped_profiles
 from . import aiconfigurator as aic
 from . import families, fit
 
-OUT = Path(__file__).resolve().parents[1] / "profiles" / "kernels.md"
+FOLDER = Path(__file__).resolve().parents[1] / "profiles"
+OUT = FOLDER / "kernels.md"
+FAMILIES = ("gemm", "decode_attention", "prefill_attention", "moe", "allreduce")
+PLOT_ROWS = 1500  # points per family in a plot (a seeded sample; errors use every row)
+# The columns a family's rows are grouped by to find where its model is weakest.
+WEAK_BY = {"gemm": ("gemm_dtype", "m_range"), "decode_attention": ("kv_cache_dtype", "head_dim"),
+           "prefill_attention": ("kv_cache_dtype", "head_dim"), "moe": ("tokens_range",),
+           "allreduce": ("num_gpus",)}
 
 
-def transfer(prof: Profile, system: str, framework: str) -> dict:
-    """MAPE of a profile's parameters on another system's or framework's rows (that device's datasheet)."""
+def _rows(system: str, framework: str):
+    tables = {f: aic.load(system, f, framework) for f in aic.TABLES}
+    return families.for_system(tables, aic.L2_BYTES.get(system, 0))
+
+
+def predictions(prof: Profile, system: str, framework: str) -> dict:
+    """{family: (rows with `measured` and `predicted` seconds)} on a system's tables (that device's datasheet)."""
     hw = load_hardware(aic.HARDWARE[system])
     out = {}
-    tables = {f: aic.load(system, f, framework) for f in aic.TABLES}
-    for fam in families.for_system(tables, aic.L2_BYTES.get(system, 0)):
-        meas = fam.rows["seconds"].to_numpy(float)
-        err = fit.ape(fam.predict(prof, hw, fam.rows), meas)
-        kinds = fam.rows[fam.by].to_numpy().astype(str) if fam.by else np.full(len(meas), fam.name)
-        for k in np.unique(kinds):
-            out[k if not fam.by else f"{k}_{fam.name}"] = float(np.mean(err[kinds == k]))
+    for fam in _rows(system, framework):
+        d = fam.rows.copy()
+        d["measured"] = d["seconds"].to_numpy(float)
+        d["predicted"] = fam.predict(prof, hw, fam.rows)
+        d["ape"] = fit.ape(d["predicted"], d["measured"])
+        out[fam.name] = d
     return out
 
 
-def render(transfers: list[tuple[str, str, str]]) -> str:
+def transfer(prof: Profile, system: str, framework: str) -> dict:
+    """MAPE of a profile's parameters on another system's or framework's rows."""
+    return {name: float(d["ape"].mean()) for name, d in predictions(prof, system, framework).items()}
+
+
+def weakest(name: str, d, top: int = 2) -> list[str]:
+    """The groups of rows (by WEAK_BY) the fitted model misses most, with their share of the rows."""
+    d = d.copy()
+    if "m" in d:
+        d["m_range"] = np.where(d["m"] <= 64, "m <= 64", np.where(d["m"] <= 1024, "m 65-1024", "m > 1024"))
+    if "num_tokens" in d:
+        d["tokens_range"] = np.where(d["num_tokens"] < 1024, "tokens < 1024", "tokens >= 1024")
+    keys = [k for k in WEAK_BY[name] if k in d]
+    g = d.groupby(keys)["ape"].agg(["mean", "size"]).sort_values("mean", ascending=False)
+    lines = []
+    for key, row in g.head(top).iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in zip(keys, key))
+        lines.append(f"{label}: MAPE {row['mean']:.1%} over {int(row['size']):,} rows ({row['size'] / len(d):.0%})")
+    return lines
+
+
+def plot(name: str, preds: dict, path: Path) -> None:
+    """Fitted against measured, log-log, one panel per op family, the identity line and +-20% beside it."""
+    import altair as alt
+    import pandas as pd
+    import vl_convert as vlc
+
+    colour = {"gemm": "gemm_dtype", "decode_attention": "kv_cache_dtype", "prefill_attention": "kv_cache_dtype",
+              "moe": "moe_dtype", "allreduce": "num_gpus"}
+    panels = []
+    for fam in FAMILIES:
+        if fam not in preds:
+            continue
+        d = preds[fam]
+        if len(d) > PLOT_ROWS:
+            d = d.sample(PLOT_ROWS, random_state=0)
+        df = pd.DataFrame({"measured (us)": d["measured"] * 1e6, "fitted (us)": d["predicted"] * 1e6,
+                           "group": d[colour[fam]].astype(str)})
+        lo, hi = float(df.min(numeric_only=True).min()), float(df.max(numeric_only=True).max())
+        line = pd.DataFrame({"x": [lo, hi]})
+        scale = alt.Scale(type="log", domain=[lo, hi])
+        x = dict(scale=scale, title="measured (us)")
+        y = dict(scale=scale, title="fitted (us)")
+        base = alt.Chart(df).mark_circle(size=9, opacity=0.45).encode(
+            x=alt.X("measured (us):Q", **x), y=alt.Y("fitted (us):Q", **y),
+            color=alt.Color("group:N", title=colour[fam].replace("_", " ")))
+        guides = [alt.Chart(line.assign(y=line["x"] * f)).mark_line(color="black" if f == 1 else "gray",
+                                                                      strokeDash=[] if f == 1 else [4, 4], clip=True)
+                  .encode(x=alt.X("x:Q", **x), y=alt.Y("y:Q", **y)) for f in (1.0, 0.8, 1.2)]
+        mape = float(preds[fam]["ape"].mean())
+        panels.append(alt.layer(base, *guides).properties(
+            width=260, height=260, title=f"{fam.replace('_', ' ')}: MAPE {mape:.1%} (fitted rows)")
+            .resolve_scale(color="independent"))
+    rows = [alt.hconcat(*panels[i:i + 3]).resolve_scale(color="independent") for i in range(0, len(panels), 3)]
+    chart = alt.vconcat(*rows).resolve_scale(color="independent").properties(
+        title=f"{name}: fitted against measured (dashed: +-20%)")
+    png = vlc.vegalite_to_png(chart.to_json(), scale=1.0)
+    with replacing(path, suffix=".png", what="plot") as tmp:
+        tmp.write_bytes(png)
+
+
+def render(transfers: list[tuple[str, str, str]], plots: bool = True) -> str:
     lines = ["# GPU profiles from NVIDIA's measured kernel tables", "",
              "Generated by `python -m calibrate.kernels.report` from the profiles that "
              "`kvsim calibrate --kernels aiconfigurator` writes. Source: NVIDIA's `aiconfigurator-core` package "
              "(Apache-2.0), read in place. Every op was timed alone in a CUDA graph, so a step composed from "
              "these profiles is a lower bound on a real engine's step (no norms, rotary embeddings, sampling, "
-             "scheduler or CPU time).", ""]
+             "scheduler or CPU time).", "",
+             "The profiles are kernel-level (`tiled`): kvsim/kernels.py prices every weight matmul and attention "
+             "kernel, in `kvsim predict` as in these fits, with tiles and waves over the device's SMs, split-K, "
+             "split-KV decoding and the other terms listed in kvsim/profile.py.", ""]
     docs = {n: load_profile(p) for n, p in shipped_profiles().items()}
     docs = {n: p for n, p in docs.items() if p.meta.get("kind") == "kernel-database"}
+    weak: dict = {}
     for name, prof in docs.items():
         m = prof.meta
         src = m["source"]
+        preds = predictions(prof, src["system"], src["framework"])
         lines += [f"## {name}", "", f"{m['device']}; {src['framework']} "
                   + ", ".join(f"{f} {v}" for f, v in src["framework_versions"].items())
                   + f"; {src['package']} {src['package_version']}; rows used: "
                   + ", ".join(f"{f} {n:,}" for f, n in src["rows_used"].items()) + ".", "",
-                  "| op family | held out by | rows | MAPE | median | p90 | datasheet MAPE |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "| op family | held out by | rows | MAPE | median | p90 | datasheet MAPE |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         for fam, splits in m["heldout"].items():
             for split, r in splits.items():
                 lines.append(f"| {fam} | {split} | {r['rows']:,} | {r['mape']:.1%} | {r['median_ape']:.1%} | "
                              f"{r['p90_ape']:.1%} | {r['datasheet_mape']:.1%} |")
-        params = {k: v for k, v in prof.to_dict().items() if k not in ("meta", "name", "device")
+        params = {k: v for k, v in prof.to_dict().items() if k not in ("meta", "name", "device", "tiled")
                   and v not in (0, 0.0, {}, 1.0)}
-        lines += ["", "Fitted: " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in params.items()) + ".",
-                  "Table-only (describes the measurement, not used by `kvsim predict`): "
+        lines += ["", "Fitted: " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in params.items()) + "."]
+        fixed = src.get("not_fitted", {})
+        if fixed:
+            lines.append("Not fitted (known from the framework's source): "
+                         + ", ".join(f"`{k}` = {v['value']:g} ({v['source']})" for k, v in fixed.items()) + ".")
+        lines += ["Table-only (describes the measurement, not used by `kvsim predict`): "
                   + ", ".join(f"`{k}` = {v:.3g}" for k, v in m.get("table_only", {}).items()) + ".", ""]
+        if plots:
+            png = FOLDER / f"kernels-{name}.png"
+            plot(name, preds, png)
+            lines += [f"![{name}: fitted against measured](kernels-{name}.png)", ""]
+        weak[name] = {fam: weakest(fam, d) for fam, d in preds.items()}
     if transfers:
         lines += ["## One device or framework predicted from another", "",
-                  "| profile | applied to | " + " | ".join(("gemm", "decode attention", "prefill attention", "allreduce", "moe")) + " |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| profile | applied to | " + " | ".join(f.replace("_", " ") for f in FAMILIES) + " |",
+                  "|---|---|" + "---:|" * len(FAMILIES)]
         for name, system, framework in transfers:
             if name not in docs:
                 continue
             r = transfer(docs[name], system, framework)
-            cells = [r.get(k) for k in ("gemm", "decode_attention", "prefill_attention", "allreduce", "moe")]
-            lines.append(f"| {name} | {system} {framework} | " + " | ".join("" if c is None else f"{c:.1%}" for c in cells) + " |")
+            lines.append(f"| {name} | {system} {framework} | "
+                         + " | ".join("" if r.get(k) is None else f"{r[k]:.1%}" for k in FAMILIES) + " |")
         lines.append("")
-    lines += ["## Where the model is weakest", "", WEAKEST, ""]
+    lines += ["## Where the model is weakest", "", WEAKEST, "",
+              "The groups of fitted rows each profile misses most (in-sample error of the shipped profile):", ""]
+    for name, fams in weak.items():
+        lines.append(f"- **{name}**: " + "; ".join(f"{fam.replace('_', ' ')}: {', '.join(g)}"
+                                                    for fam, g in fams.items() if g) + ".")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -81,19 +176,32 @@ def _fmt(v):
 
 
 WEAKEST = """\
-- Decode attention at small batch and long context: FlashAttention-3's split-KV decode reaches only about
-  0.7 of the bandwidth with one or two sequences; `kv_half_units` (a ramp in (sequence, KV head) pairs) takes
-  part of it, and contexts of 8K and more fitted from shorter ones are the worst hold-out.
+- Decode steps of one or a few sequences at short contexts (b = 1-8, 1-4K tokens): the model counts one full
+  wave of per-(sequence, KV head) work and a split-KV occupancy knee on top of the kernel floor, and predicts
+  these 13-38% slow on H100 vLLM (17 us against 12.6 us for a 1K-token step); at saturation `kv_efficiency`
+  sits at its ceiling of 1 (the datasheet bandwidth) on H100 and H200, the occupancy knee and the overlap
+  carrying the loss: the knee's shape, not the ceiling, is what the fit cannot settle.
+- fp8 KV caches: FlashAttention-3's fp8 decode kernels reach 0.73, 0.87 and 0.45 of the bandwidth at head dims
+  64, 128 and 256 on H100 (vLLM), and fp8 prefill is 1.0-1.7x slower than bf16 as the head dim grows. One
+  dequantisation fraction (`kv_dtype_efficiency`) and one fp8 compute fraction (`attn_dtype_efficiency`) per
+  profile average over head dims, so an unseen head dim is the worst attention hold-out.
+- Per-tensor fp8 GEMMs in vLLM and SGLang (CUTLASS scaled matmuls): a row count one past a multiple of 16
+  (129, 257, 1025, ...) runs 20-80% slower than its neighbours at large k, a kernel-dispatch effect no tile
+  model describes; and their per-row activation quantisation (`quant_row_overhead_s`) is fitted, not derived.
+- Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts; where the
+  framework's source gives it (vLLM: 32) it is taken from there, otherwise the fit extrapolates it.
+- Fused MoE blocks: vLLM's Triton kernels switch tile configurations with the token count (Mixtral's shape runs
+  2x slower at 256-512 tokens than the tile model predicts), and one `moe_efficiency` cannot follow that; MoE
+  blocks with 1,024 tokens or more fitted from fewer are the worst hold-out of all.
 - Rows whose KV fits in L2: the tables replay one op without flushing L2, so these read faster than HBM
   allows. A fitted L2 speed-up (table-only) describes them; a real step, whose weights flush L2 between
   layers, does not see it, so `kvsim predict` never uses it.
-- Per-tensor fp8 GEMMs carry an activation-quantisation kernel (a 4.6 us floor against 2.5 us for bf16) and
-  reach a lower fraction of the fp8 peak than bf16 does of its own; block-scaled fp8 GEMMs (55-150 us floors
-  in vLLM 0.24's table) are not modelled at all.
-- MoE blocks are not fitted: the GEMM terms predict them, with uniform routing, which leaves them far off
-  (the fused MoE kernels' efficiency is not a dense GEMM's).
-- Prefill attention with short sliding windows (128) is tile-bound: `window_edge_tokens` models the extra
-  keys at a window's edge as one fitted count for decode and prefill together.
+- Large all-reduce messages fitted from small ones: one bandwidth efficiency and a floor cannot follow the
+  switch from one-shot to two-shot all-reduce algorithms at large sizes.
+- TensorRT-LLM's attention kernels (XQA decode, its fused prefill) and SGLang's decode at long contexts: the
+  split-KV cap of these frameworks is not in their sources kvsim reads, so it is extrapolated from shorter
+  contexts (SGLang: 42% held out at 8K and more), and TensorRT-LLM's kernels differ by head dim more than one
+  set of terms follows.
 """
 
 

@@ -38,7 +38,7 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
         raise KvsimError(f"{aic.PACKAGE} has no GEMM or decode-attention table for {system}/{framework}")
     fams = families.for_system(tables, aic.L2_BYTES.get(system, 0))
     name = profile_name(system, framework)
-    prof = Profile(name=name, device=tables["gemm"].device)
+    prof = Profile(name=name, device=tables["gemm"].device, tiled=True)
     heldout, train = {}, {}
     steps = [(f, stage) for f in fams for stage in ("fit", "held-out")]
     bar = progress(steps) if progress else steps
@@ -79,6 +79,7 @@ def calibrate(system: str, framework: str, version: str | None = None, progress=
             "tables": {f: f"aiconfigurator_core/systems/data/{system}/{aic.TABLES[f][0]}/{framework}/{t.version}/"
                           f"{aic.TABLES[f][1]}" for f, t in tables.items() if t is not None},
             "rows_used": {fam.name: int(len(fam.rows)) for fam in fams},
+            "not_fitted": {k: {"value": v, "source": why} for fam in fams for k, (v, why) in fam.fixed.items()},
             "selection": families.SELECTION.strip(),
         },
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

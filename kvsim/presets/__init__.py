@@ -26,7 +26,7 @@ _ENGINE_KNOBS = {"memory_fraction", "fraction_of", "batching", "block_size", "ma
 _ENGINE_OPTIONAL = {"max_num_seqs", "admit_full_input", "reserved_blocks"}
 _ENGINE_KEYS = {"engine", "version", "display", "source", "notes", "sources"} | _ENGINE_KNOBS | _ENGINE_OPTIONAL
 _HW_KEYS = {"display", "source", "memory_gib", "bandwidth_gb_s", "interconnect_gb_s", "host_gb_s", "notes",
-            "dense_tflops"}
+            "dense_tflops", "sm_count", "sm_source"}
 
 
 def _names(kind: str) -> list[str]:
@@ -99,6 +99,8 @@ def load_hardware(name: str) -> HardwareSpec:
         host_bandwidth=float(d.get("host_gb_s", 0)) * GB,
         source=d["source"],
         notes=d.get("notes", ""),
+        sm_count=int(d.get("sm_count", 0)),
+        sm_source=d.get("sm_source", ""),
     )
 
 

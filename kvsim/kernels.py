@@ -1,0 +1,136 @@
+"""Time of one GPU kernel as a calibrated kernel profile (Profile.tiled) prices it: a weight matmul or an
+attention kernel, with what the datasheet roofline leaves out.
+
+The cost model (cost.py, one layer group at a time) and the kernel-table fits (calibrate/kernels/ops.py, one
+measured row at a time) both call these functions, so a parameter fitted to single kernels means the same thing
+inside `kvsim predict`. Every function is vectorised and returns (compute seconds, memory seconds, seconds):
+the first two are the roofline's two sides as the kernel meets them, the third what it takes.
+
+Matmuls. A GEMM kernel covers its m x n output with tiles and runs them in waves over the SMs: a partly
+filled tile computes in full, and a last wave with fewer tiles than SMs takes as long as a full one. With few
+tiles a kernel splits k into pieces run side by side (split-K) and adds their fp32 partial outputs. Libraries
+pick the tile and split that finish first (cuBLAS's heuristics, CUTLASS autotuning), so the time is the best
+over TILES x SPLITS. Each tile also pays a fixed prologue and epilogue, worth `matmul_tile_fixed_k` steps of
+its k loop. A kernel with few tiles cannot keep enough loads in flight: C thread blocks (tiles x splits) keep
+C / sqrt(C^2 + matmul_half_ctas^2) of the bandwidth busy. W8A8 formats quantise the activations first, in a
+kernel of their own: read 16-bit, write 8-bit, plus `quant_row_overhead_s` per row; their scaled-matmul
+kernels (CUTLASS's in vLLM and SGLang) have no split-K. A kernel whose tiles each stream their own operand rows and columns (no
+reuse through L2, as vLLM's CUTLASS fp8 kernels do) reads them at `matmul_operand_efficiency[dtype]` of the
+bandwidth.
+
+Attention. Compute runs at the attention ramp by tokens per sequence (Profile.attention_fraction: a query
+tile's fixed cost amortised over its keys), at `attn_dtype_efficiency[kv dtype]` when the KV dtype has an
+entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). A decode kernel spreads its
+KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
+`kv_split_tokens` or more; C such pieces keep C / sqrt(C^2 + kv_half_units^2) of the bandwidth busy. KV
+dtypes listed in `kv_dtype_efficiency` are also bound by their dequantisation at that fraction of the
+bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence, KV head) unit
+costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) ** attn_head_exponent, and
+the units run in waves: fewer than one per SM cost a full wave. In decode the three parts overlap imperfectly:
+time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0: max(compute, memory) + units).
+A prefill's KV traffic is the write of the prompt's keys and values into the paged cache, a kernel of its
+own that runs before attention, and its units' fixed work adds to its compute (the tables find no overlap):
+time = compute + units + memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import KvsimError
+from .hardware import HardwareSpec
+from .profile import Profile
+
+# Output tiles (rows x columns) that Hopper and Ampere GEMM kernels choose among (CUTLASS's default tile
+# shapes for 16- and 8-bit operands: 64x64 for skinny problems, 128x128, and 128x256 for large ones).
+TILES = ((64, 64), (128, 128), (128, 256))
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)  # split-K factors
+# (tile rows, tile columns, splits) of every configuration; scaled (W8A8) kernels do not split k
+_CONFIGS = tuple(np.array(v, dtype=np.float64) for v in zip(*[(tm, tn, s) for tm, tn in TILES for s in SPLITS]))
+_CONFIGS_W8A8 = tuple(np.array(v, dtype=np.float64) for v in zip(*[(tm, tn, 1) for tm, tn in TILES]))
+ACC_BYTES = 4  # fp32 partial outputs of split-K
+OUT_BYTES = 2  # matmul outputs and attention queries stay 16-bit
+HEAD_DIM_REF = 128.0  # attention_seq_overhead_s is quoted for a head this wide
+
+
+def sm_count(hw: HardwareSpec) -> int:
+    if not hw.sm_count:
+        raise KvsimError(f"hardware {hw.name} lists no SM count, which a kernel-level profile needs "
+                         "(give sm_count in its preset)")
+    return hw.sm_count
+
+
+def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, wbytes: float, abytes: float,
+           dtype: str, quantised: bool = False, groups=1.0, efficiency: float = 1.0):
+    """y[m, n] = x[m, k] @ W[k, n], `groups` independent ones in one kernel (a fused MoE block's experts).
+    `peak` and `bw` are the raw (datasheet or probed) dense peak of the matmul dtype and memory bandwidth;
+    `abytes` the bytes of each activation element the matmul reads; `efficiency` scales the compute."""
+    m, n, k, groups = (np.asarray(a, dtype=np.float64) for a in (m, n, k, groups))
+    membw = bw * prof.mem_efficiency
+    moved = groups * (n * k * wbytes + m * k * abytes + m * n * OUT_BYTES)
+    quant = 0.0
+    if quantised:  # the activation-quantisation kernel before the matmul
+        quant = groups * m * k * (OUT_BYTES + abytes) / membw + groups * m * prof.quant_row_overhead_s
+    if not prof.tiled:  # the roofline of this one matmul
+        comp = 2.0 * groups * m * n * k / (peak * prof.matmul_fraction(m, dtype) * efficiency)
+        mem = moved / membw + quant
+        return comp, mem, np.maximum(comp, moved / membw) + quant
+    sms = sm_count(hw)
+    eff = prof.matmul_dtype_efficiency.get(dtype, prof.compute_efficiency) * efficiency
+    operand = prof.matmul_operand_efficiency.get(dtype, 0.0)
+    # every (tile, split) configuration along a leading axis: one numpy pass, then the fastest per shape
+    tm, tn, s = (a.reshape((-1,) + (1,) * m.ndim) for a in (_CONFIGS_W8A8 if quantised else _CONFIGS))
+    tiles = groups * np.ceil(m / tm) * np.ceil(n / tn)
+    ks = np.ceil(k / s)
+    ctas = tiles * s
+    c = np.ceil(ctas / sms) * (2.0 * tm * tn * (ks + prof.matmul_tile_fixed_k)) / (peak * eff / sms)
+    occ = ctas / np.sqrt(ctas * ctas + prof.matmul_half_ctas ** 2) if prof.matmul_half_ctas else 1.0
+    b = moved / (membw * occ) + np.where(s > 1, groups * m * n * ACC_BYTES * 2 * s / membw, 0.0)  # partials
+    if operand:
+        b = np.maximum(b, ctas * (tm * abytes + tn * wbytes) * ks / (bw * operand))
+    t = np.maximum(c, b)
+    best = t.min(axis=0)
+    at_best = t == best  # the two sides of the fastest configuration
+    return np.where(at_best, c, np.inf).min(axis=0), np.where(at_best, b, np.inf).min(axis=0) + quant, best + quant
+
+
+def decode_occupancy(prof: Profile, units, tokens, sms: int = 0):
+    """Share of a decode kernel's KV bandwidth its split (sequence, KV head) units keep busy."""
+    return prof.kv_occupancy(prof.decode_units(units, tokens, sms))
+
+
+def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str, seq_tokens, units, head_dim,
+              decode: bool, tokens=None, peak: float, bw: float, l2_speedup=1.0):
+    """One attention kernel: `flops` of scores and weighted values over `seq_tokens` keys per sequence,
+    `kv_bytes` of KV read and written, `units` (sequence, KV head) pairs; in decode `tokens` is each
+    sequence's cached context (the split-KV length). `l2_speedup` (table fits only) speeds up reads that a
+    replayed kernel finds in L2."""
+    kv_bytes = np.asarray(kv_bytes, dtype=np.float64)
+    units = np.asarray(units, dtype=np.float64)
+    tokens = tokens if tokens is not None else seq_tokens
+    if not prof.tiled:  # the per-layer roofline's attention (cost.py without `tiled`)
+        occ = decode_occupancy(prof, units, tokens) if decode else 1.0
+        comp = np.asarray(flops, dtype=np.float64) / (peak * prof.attention_fraction(seq_tokens, units))
+        mem = kv_bytes / (bw * prof.kv_fraction(kv_dtype) * occ * l2_speedup)
+        return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s
+    if not decode:
+        prof = prof.for_prefill()
+    sms = sm_count(hw)
+    occ = decode_occupancy(prof, units, tokens, sms) if decode else 1.0
+    frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
+    comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
+    mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)
+    dq = prof.kv_dtype_efficiency.get(kv_dtype)
+    if dq:
+        mem = np.maximum(mem, kv_bytes / (bw * dq * occ))
+    per_unit = prof.attention_seq_overhead_s * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) \
+        ** prof.attn_head_exponent
+    unit_s = np.maximum(units, sms) * per_unit
+    q = prof.attention_overlap
+    if not decode:  # the cache write, then a causal pass whose units' fixed work adds to its compute
+        t = comp + unit_s + mem
+    elif q:
+        t = (comp ** q + mem ** q + unit_s ** q) ** (1.0 / q)
+    else:
+        t = np.maximum(comp, mem) + unit_s
+    return comp, mem, t
