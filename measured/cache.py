@@ -9,6 +9,7 @@ insert and evict. `physical_bytes()` counts the unique storages the layers hold.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -22,7 +23,8 @@ from kvsim.policies.learned import Learned
 from kvsim.policies.pyramid import DynamicKV
 from kvsim.units import DTYPE_BITS
 
-from .attention import decode_attention, prefill_attention
+from .attention import decode_step, prefill_attention
+from .decode import Page
 from .encoding import Encoder, quant_store
 from .executors import Group, Pages, Prompt, Rule, gather, plan, split_layer_budgets, top_sorted
 from .stores import physical_bytes
@@ -69,11 +71,16 @@ class Merged:
     def __init__(self, store, mags: torch.Tensor):
         self.store, self.mags = store, mags  # mags [B, H, m, 4]: |K_a|, |V_a|, |K_b|, |V_b|
 
-    def reconstruct(self, which: int):
-        dk, dv = self.store.kv()
-        m = self.mags
-        return (dk * m[..., 2 * which:2 * which + 1].to(dk.dtype),
-                dv * m[..., 2 * which + 1:2 * which + 2].to(dv.dtype))
+    def pages(self, which: int) -> list[Page]:
+        """The shared directions as layer `which` of the pair reads them: each token's row times its magnitude."""
+        out, offset = [], 0
+        for p in self.store.pages():
+            n = p.k.n
+            m = self.mags[:, :, offset:offset + n]
+            out.append(Page(dataclasses.replace(p.k, rowscale=m[..., 2 * which]),
+                            dataclasses.replace(p.v, rowscale=m[..., 2 * which + 1])))
+            offset += n
+        return out
 
 
 class KvsimLayer(CacheLayerMixin):
@@ -154,27 +161,34 @@ class KvsimLayer(CacheLayerMixin):
         if t != 1:
             raise RuntimeError("the harness feeds one token per decode step (no chunked prefill)")
         pos = self.seen
-        qg = q.view(b, hkv, h // hkv, 1, d)
+        qg = q.view(b, hkv, h // hkv, d)  # the query heads of each KV head as rows: KV heads are never expanded
         out = None
         for grp in self.groups:
             sel = grp.heads
             qh = qg if sel is None else qg[:, sel]
             kn = k if sel is None else k[:, sel]
             vn = v if sel is None else v[:, sel]
+            want = grp.rule.needs_probs
             with clock:
-                kk, vv = grp.kv()
-                if self.host is not None and kk is not None:
-                    kk, vv = kk.to(q.device, non_blocking=True), vv.to(q.device, non_blocking=True)
-                idx = grp.pages.select(qh, kk.shape[2]) if grp.pages is not None and kk is not None else None
+                sources = grp.sources()
+                if self.host is not None:  # offloaded: this step streams the layer's pages in
+                    sources = [(st, [p.to(q.device) for p in pages]) for st, pages in sources]
+                held = len(grp.store)
+                sel_idx = grp.pages.select(qh, held) if grp.pages is not None and held else None
                 bias = grp.rule.bias(grp)
-                if idx is not None:
-                    kk, vv = gather(kk, idx), gather(vv, idx)
-                    bias = None if bias is None else torch.gather(bias, 2, idx)
-            o, probs, p_new = decode_attention(qh, kk, vv, kn, vn, scale, softcap, bias)
+                idx, shift = sel_idx, grp.merged_tokens()
+                if shift and bias is not None:  # merged tokens come first and carry no bias
+                    bias = torch.cat([bias.new_zeros(*bias.shape[:2], shift), bias], -1)
+                if shift and idx is not None:  # merged tokens are always read
+                    idx = torch.cat([torch.arange(shift, device=idx.device).expand(*idx.shape[:2], shift),
+                                     idx + shift], -1)
+            o, probs, p_new = decode_step(qh, sources, kn, vn, scale, softcap, bias, idx, want)
             with clock:
-                if idx is not None and probs is not None and grp.rule.needs_probs:
-                    full = probs.new_zeros(*probs.shape[:-1], len(grp.store))
-                    probs = full.scatter(-1, idx[:, :, None, None, :].expand(*probs.shape), probs)
+                if probs is not None:  # the rules score the group's own tokens: [B, Hg, G, 1, n]
+                    probs, p_new = probs[:, :, :, None, shift:], p_new[:, :, :, None, :]
+                    if sel_idx is not None:
+                        full = probs.new_zeros(*probs.shape[:-1], held)
+                        probs = full.scatter(-1, sel_idx[:, :, None, None, :].expand(*probs.shape), probs)
                 if self.host is not None:
                     kn, vn = kn.to(self.host), vn.to(self.host)
                 grp.rule.step(self, grp, kn, vn, probs, p_new, pos)
@@ -182,7 +196,7 @@ class KvsimLayer(CacheLayerMixin):
                 out = o
             else:
                 if out is None:
-                    out = o.new_zeros(b, hkv, h // hkv, 1, o.shape[-1])
+                    out = o.new_zeros(b, hkv, h // hkv, o.shape[-1])
                 out[:, sel] = o
         self.seen += 1
         return out.reshape(b, h, 1, -1)
