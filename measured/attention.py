@@ -94,16 +94,18 @@ def scores(q, k, scale: float, softcap) -> torch.Tensor:
     return s
 
 
-def decode_step(q, sources, k_new, v_new, scale: float, softcap, bias=None, index=None, probs: bool = False):
+def decode_step(q, sources, k_new, v_new, scale: float, softcap, bias=None, index=None, probs: bool = False,
+                sinks=None):
     """One decode step of a head group: grouped queries q [B, Hg, G, D] against what the group stores, as
     `sources` [(store, pages), ...] in storage order, plus the new token k_new/v_new [B, Hg, 1, D], which is read
     at full precision. `bias` [B, Hg, n] is added to the logits of stored tokens, `index` [B, Hg, m] (ascending)
     reads only those stored tokens. Returns (out [B, Hg, G, Dv] at q's dtype, probs over the stored tokens read
-    [B, Hg, G, n or m] and of the new token [B, Hg, G, 1], both float32 and None unless `probs`)."""
+    [B, Hg, G, n or m] and of the new token [B, Hg, G, 1], both float32 and None unless `probs`). `sinks`
+    [Hg, G]: logits of a sink per query head that takes probability and gives no value (gpt-oss)."""
     new = raw_page(k_new, v_new)
     live = [(s, p) for s, p in sources if p]
     stored = sum(pg.k.n for _, pages in live for pg in pages)
-    if all(s.native for s, _ in live):  # one pass over every page, the new token last
+    if all(s.native for s, _ in live) and sinks is None:  # one pass over every page, the new token last
         pages = [pg for _, ps in live for pg in ps] + [new]
         if index is not None:
             index = torch.cat([index, index.new_full((*index.shape[:2], 1), stored)], -1)
@@ -120,6 +122,9 @@ def decode_step(q, sources, k_new, v_new, scale: float, softcap, bias=None, inde
             parts.append((store.output(o).float(), lse, lg))
             offset += n
         parts.append(attend(q, [new], scale, softcap, None, None, probs))
+        if sinks is not None:  # a value-less term of the softmax: output 0, log-sum-exp its logit
+            lse_sink = sinks.float().expand(*q.shape[:3])
+            parts.append((torch.zeros_like(parts[-1][0]), lse_sink, None))
         out, lse, logits = merge(parts)
     out = out.to(q.dtype)
     if not probs:
@@ -146,7 +151,7 @@ def merge(parts):
     """Attention over disjoint token sets, each as (out, lse, logits or None), combined into one softmax."""
     lse = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
     out = sum(o * torch.exp(l - lse).unsqueeze(-1) for o, l, _ in parts)
-    logits = None if parts[0][2] is None else torch.cat([p[2] for p in parts], -1)
+    logits = None if parts[0][2] is None else torch.cat([p[2] for p in parts if p[2] is not None], -1)
     return out, lse, logits
 
 

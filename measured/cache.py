@@ -149,19 +149,31 @@ class KvsimLayer(CacheLayerMixin):
 
     # -- attention
     def attend(self, q, k, v, scale: float, window: int, softcap) -> torch.Tensor:
-        b, h, t, d = q.shape
-        hkv = k.shape[1]
-        clock = self.cache.clock
+        """Attention of q [B, H, t, D] over what the layer holds plus the new k/v [B, Hkv, t, D]: the prompt's
+        causal attention and the policy's plan for it, or one decode step."""
+        t = q.shape[2]
         if self.seen == 0:
             out = prefill_attention(q, k, v, scale, window, softcap)
-            with clock:
-                self._prefill(Prompt(q, k, v, scale, self.ctx.layout.span, softcap))
-            self.seen = self.prompt = t
+            self.plan_prompt(Prompt(q, k, v, scale, self.ctx.layout.span, softcap))
             return out
         if t != 1:
             raise RuntimeError("the harness feeds one token per decode step (no chunked prefill)")
+        return self.decode(q, k, v, scale, softcap)
+
+    def plan_prompt(self, pr: Prompt) -> None:
+        with self.cache.clock:
+            self._prefill(pr)
+        self.seen = self.prompt = pr.p
+
+    def decode(self, q, k, v, scale: float, softcap, sinks=None) -> torch.Tensor:
+        """One decode step: q [B, H, 1, D] over every group's pages, read in place, and the new token's k/v; the
+        step rules then insert and evict. `sinks` [H]: per query head logits of a sink with no value."""
+        b, h, _, d = q.shape
+        hkv = k.shape[1]
+        clock = self.cache.clock
         pos = self.seen
         qg = q.view(b, hkv, h // hkv, d)  # the query heads of each KV head as rows: KV heads are never expanded
+        sg = None if sinks is None else sinks.view(hkv, h // hkv)
         out = None
         for grp in self.groups:
             sel = grp.heads
@@ -182,7 +194,8 @@ class KvsimLayer(CacheLayerMixin):
                 if shift and idx is not None:  # merged tokens are always read
                     idx = torch.cat([torch.arange(shift, device=idx.device).expand(*idx.shape[:2], shift),
                                      idx + shift], -1)
-            o, probs, p_new = decode_step(qh, sources, kn, vn, scale, softcap, bias, idx, want)
+            o, probs, p_new = decode_step(qh, sources, kn, vn, scale, softcap, bias, idx, want,
+                                          None if sg is None else (sg if sel is None else sg[sel]))
             with clock:
                 if probs is not None:  # the rules score the group's own tokens: [B, Hg, G, 1, n]
                     probs, p_new = probs[:, :, :, None, shift:], p_new[:, :, :, None, :]

@@ -469,3 +469,82 @@ int kvsim_attend(int64_t B, int64_t H, int64_t G, int64_t dk, int64_t dv, const 
   free(pacc);
   return failed ? -1 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------- quantization */
+static inline uint16_t float_to_half(float f) {
+#if SIMD
+  return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+  int32_t exp = (int32_t)((x >> 23) & 255) - 127 + 15;
+  if (((x >> 23) & 255) == 255) return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
+  if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+  if (exp <= 0) { /* subnormal or zero, round to nearest even */
+    if (exp < -10) return (uint16_t)sign;
+    mant |= 0x800000;
+    uint32_t shift = (uint32_t)(14 - exp), half = 1u << (shift - 1), rest = mant & ((1u << shift) - 1);
+    uint32_t h = mant >> shift;
+    if (rest > half || (rest == half && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+  }
+  uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13), rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+  return (uint16_t)h;
+#endif
+}
+
+/* Asymmetric integer quantization of rows along their last dimension, exactly as measured/quant.py's
+   quantize_groups does it (the same float32 operations in the same order, round half to even): per group of
+   `group` elements (0: the whole row) zero = min and scale = max((max - min) / (2^bits - 1), 1e-12), both
+   stored at 16 (fp16) or 32 bits, codes round((x - zero) / scale) clamped to [0, 2^bits - 1], packed least
+   significant bits first. x [B, H, n, d] with strides (elements) xs over (b, h, t); outputs contiguous:
+   payload [B, H, n, ceil(d * bits / 8)], scale and zero [B, H, n, groups]. */
+int kvsim_quantize(int64_t B, int64_t H, int64_t n, int64_t d, const float *x, int64_t xs0, int64_t xs1,
+                   int64_t xs2, int64_t bits, int64_t group, int64_t scale_bits, uint8_t *payload, void *scale,
+                   void *zero) {
+  if (bits < 1 || bits > 8 || d < 1) return -1;
+  const int64_t g = group ? group : d, groups = (d + g - 1) / g, nbytes = (d * bits + 7) / 8;
+  const float levels = (float)((1 << bits) - 1);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < n; t++) {
+        const float *row = x + b * xs0 + h * xs1 + t * xs2;
+        const int64_t r = (b * H + h) * n + t;
+        uint8_t *out = payload + r * nbytes;
+        memset(out, 0, (size_t)nbytes);
+        for (int64_t c = 0; c < groups; c++) {
+          const int64_t i0 = c * g, i1 = i0 + g < d ? i0 + g : d;
+          float lo = row[i0], hi = row[i0];
+          for (int64_t i = i0 + 1; i < i1; i++) {
+            lo = row[i] < lo ? row[i] : lo;
+            hi = row[i] > hi ? row[i] : hi;
+          }
+          float sc = (hi - lo) / levels;
+          sc = sc < 1e-12f ? 1e-12f : sc;
+          float zf, sf;
+          if (scale_bits == 16) {
+            uint16_t zh = float_to_half(lo), sh = float_to_half(sc);
+            ((uint16_t *)zero)[r * groups + c] = zh;
+            ((uint16_t *)scale)[r * groups + c] = sh;
+            zf = half_to_float(zh);
+            sf = half_to_float(sh);
+          } else {
+            ((float *)zero)[r * groups + c] = lo;
+            ((float *)scale)[r * groups + c] = sc;
+            zf = lo;
+            sf = sc;
+          }
+          for (int64_t i = i0; i < i1; i++) {
+            float q = nearbyintf((row[i] - zf) / sf);
+            /* clamp as torch does; NaN (0 / 0 on a constant group whose scale underflowed) becomes code 0 */
+            uint32_t code = q != q ? 0u : q <= 0.0f ? 0u : q >= levels ? (uint32_t)levels : (uint32_t)q;
+            const int64_t pos = i * bits;
+            out[pos >> 3] |= (uint8_t)(code << (pos & 7));
+            if ((pos & 7) + bits > 8) out[(pos >> 3) + 1] |= (uint8_t)(code >> (8 - (pos & 7)));
+          }
+        }
+      }
+  return 0;
+}

@@ -205,7 +205,32 @@ def library() -> ctypes.CDLL:
     lib.kvsim_attend.argtypes = [i64, i64, i64, i64, i64, ptr, ptr, ptr, i64, ptr, i64, i64, i64, ptr, i64, i64,
                                  i64, f32, f32, ptr, ptr, ptr, i64, i64]
     lib.kvsim_attend.restype = ctypes.c_int
+    lib.kvsim_quantize.argtypes = [i64, i64, i64, i64, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr]
+    lib.kvsim_quantize.restype = ctypes.c_int
     return lib
+
+
+def quantize(x: torch.Tensor, bits: int, group: int, scale_bits: int):
+    """measured/quant.quantize_groups(x, bits, group, "int", scale_bits), bit for bit, in one native call
+    (a decode step quantizes one token per layer: in torch that is dozens of small ops)."""
+    if not (use_native(x.device) and x.dim() == 4 and 1 <= bits <= 8):
+        from .quant import quantize_groups
+        return quantize_groups(x, bits, group, "int", scale_bits)
+    xf = x.float()
+    if xf.stride(-1) != 1:
+        xf = xf.contiguous()
+    b, h, n, d = xf.shape
+    groups = -(-d // (group or d))
+    mdt = torch.float16 if scale_bits == 16 else torch.float32
+    payload = torch.empty(b, h, n, -(-d * bits // 8), dtype=torch.uint8)
+    scale = torch.empty(b, h, n, groups, dtype=mdt)
+    zero = torch.empty(b, h, n, groups, dtype=mdt)
+    st = xf.stride()
+    rc = library().kvsim_quantize(b, h, n, d, xf.data_ptr(), st[0], st[1], st[2], bits, group, scale_bits,
+                                  payload.data_ptr(), scale.data_ptr(), zero.data_ptr())
+    if rc:
+        raise ValueError(f"native quantization refused bits={bits}")
+    return payload, scale, zero
 
 
 def _enc(e: Enc, b: int, h: int, keep: list) -> list[int]:

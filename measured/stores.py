@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .decode import Enc, Page, raw_page
+from .decode import Enc, Page, quantize, raw_page
 from .paged import Paged, gather_tokens, own
 from .quant import dequantize_groups, pack, quantize_groups, unpack
 
@@ -143,6 +143,9 @@ class TokenQuantStore(Store):
         return 0 if self.parts[0] is None else len(self.parts[0])
 
     def _encode(self, k, v):
+        if self.kind == "int":
+            return [*quantize(k, self.bits, self.group, self.scale_bits),
+                    *quantize(v, self.v_bits, self.group, self.scale_bits)]
         kp, ks, kz = quantize_groups(k, self.bits, self.group, self.kind, self.scale_bits)
         vp, vs, vz = quantize_groups(v, self.v_bits, self.group, self.kind, self.scale_bits)
         return [kp, ks, kz, vp, vs, vz]

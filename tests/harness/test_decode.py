@@ -186,3 +186,32 @@ def test_unknown_attention_choice_is_refused(monkeypatch):
     monkeypatch.setenv("KVSIM_ATTENTION", "fast")
     with pytest.raises(KvsimError):
         decode.use_native(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_native_quantization_is_bit_exact(bits):
+    from measured.decode import quantize
+    for group in (0, 16, 24):
+        for scale_bits in (16, 32):
+            x = torch.randn(2, 3, 4, 64) * 3
+            x[0, 0, 0, :32] = 1.7  # a constant group: its scale underflows in fp16
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)  # strided batch and heads, rows contiguous
+            for a, b in zip(quantize_groups(x, bits, group, "int", scale_bits), quantize(x, bits, group, scale_bits)):
+                assert torch.equal(a, b), (bits, group, scale_bits)
+
+
+def test_sinks_take_probability_and_give_no_value():
+    from measured.attention import decode_step
+    from measured.stores import RawStore
+    st = RawStore()
+    st.append(*_kv(30, 16))
+    q, kn, vn = torch.randn(B, H, 2, 16), *_kv(1, 16)
+    sinks = torch.randn(H, 2)
+    out, probs, p_new = decode_step(q, [(st, st.pages())], kn, vn, 0.25, None, probs=True, sinks=sinks)
+    k, v = st.kv()
+    k, v = torch.cat([k, kn], 2), torch.cat([v, vn], 2)
+    s = torch.matmul(q, k.transpose(-1, -2)) * 0.25
+    s = torch.cat([s, sinks[None, :, :, None].expand(B, H, 2, 1)], -1)
+    p = s.softmax(-1)
+    assert torch.allclose(out, torch.matmul(p[..., :-1], v), atol=1e-5)
+    assert torch.allclose(torch.cat([probs, p_new], -1), p[..., :-1], atol=1e-6)
