@@ -193,7 +193,7 @@ def measured_vs_predicted() -> pd.DataFrame | None:
                 spec = measured_model(model, path.parent)
             except KvsimError:
                 continue
-            pr = predict(spec, hw, kvsim.parse_composition(pol.split(" ") if pol != "full" else []),
+            pr = predict(spec, hw, kvsim.parse_composition([pol] if pol != "full" else []),
                          Workload(prompt=sub["seq"].to_numpy(), gen=int(gen), batch=sub["batch"].to_numpy(),
                                   kv_dtype=dtype, weight_dtype=dtype), prof)
             for metric, meas, pred in (("TTFT", sub["ttft_s"], pr.ttft_s), ("TPOT", sub["tpot_s"], pr.tpot_s)):

@@ -76,7 +76,7 @@ class Problem:
         for (model, policy, dtype, gen), sub in df.groupby(["model", "policy", "dtype", "gen"], sort=False):
             if model not in specs:
                 specs[model] = model_spec(model, Path(str(sub["source"].iloc[0])).parent if "source" in sub else None)
-            pol = parse_composition(str(policy).split(" ") if str(policy) != "full" else [])
+            pol = parse_composition([str(policy)] if str(policy) != "full" else [])  # "a + b" is one composition
             self.groups.append(Group(sub.index.to_numpy(), specs[model], pol, dtype, int(gen),
                                      sub["seq"].to_numpy(), sub["batch"].to_numpy()))
 

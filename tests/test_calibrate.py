@@ -210,3 +210,18 @@ def test_a_malformed_domain_is_refused_in_one_line(tmp_path):
     path.write_text(json.dumps({"params": {"name": "p", "mem_efficiency": 0.5}, "domain": {"batch": [8, 1]}}))
     r = kvsim("predict", "--model", "gpt2", "--profile", str(path))
     assert r.returncode == 2 and "domain.batch" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_composed_policies_are_read_as_one_composition():
+    """measure writes a composition's spec as "a + b"; calibrate must predict that composition, not refuse '+'."""
+    import pandas as pd
+
+    from calibrate.fit import Problem
+    spec = parse_composition(["snapkv:budget=128", "int4"]).spec()
+    rows = synthetic_rows(policies=POLICIES[:1], seqs=(512,), batches=(2,))
+    df = pd.DataFrame([{**rows[0], "policy": spec}])
+    problem = Problem(df, load_hardware("cpu"), TRUE)
+    ttft, tpot = problem.predict(TRUE)
+    want = predict(load_model("smollm2-135m"), load_hardware("cpu"), parse_composition(["snapkv:budget=128", "int4"]),
+                   Workload(prompt=512, gen=16, batch=2, kv_dtype="fp32", weight_dtype="fp32"), TRUE)
+    assert tpot[0] == pytest.approx(float(want.tpot_s)) and ttft[0] == pytest.approx(float(want.ttft_s))
