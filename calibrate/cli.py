@@ -103,6 +103,13 @@ def cmd_calibrate(argv) -> int:
     hw = load_hardware(hw_name)
     base = load_profile(a.probe) if a.probe else Profile()
     base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops, device=device)
+    fixed = {}
+    if str(df["executor"].iloc[0]) == "native-c" and "materialised_reads" in free:
+        # that executor reads quantized and selected pages in place: there is no copy for the term to describe
+        free = tuple(k for k in free if k != "materialised_reads")
+        fixed["materialised_reads"] = "0: the native-c executor reads pages in place (no dequantised or gathered copy)"
+        if not free:
+            raise KvsimError("--fit: nothing left to fit (materialised_reads is fixed at 0 for native-c data)")
     problem = Problem(df, hw, base)
     n_conf = df[["model", "seq", "policy"]].drop_duplicates().shape[0]
     if n_conf < a.folds:
@@ -137,6 +144,7 @@ def cmd_calibrate(argv) -> int:
         "device": device,
         "hardware": hw_name,
         "fitted": list(free),
+        "fixed": fixed,
         "heldout": grouped,
         # every hold-out, extrapolation included: TPOT and TTFT MAPE over rows no fit of theirs saw
         "heldout_schemes": {"grouped": grouped, **schemes},

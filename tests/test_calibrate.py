@@ -197,6 +197,22 @@ def test_extrapolation_schemes_and_domain_are_recorded(tmp_path):
     assert len(note) == 1 and all(w in note[0] for w in ("batch 32", "prompt 4,096", "bf16", "8.03B parameters"))
 
 
+def test_native_executor_data_fixes_the_copy_term(tmp_path):
+    """The native executor reads pages in place: materialised_reads has nothing to describe and is not fitted."""
+    data = tmp_path / "native.csv"
+    rows = [{**x, "executor": "native-c"} for x in synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))]
+    write(data, rows, COLUMNS + ["executor"])
+    out = tmp_path / "fit.json"
+    r = kvsim("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--folds", "2", "--no-plot",
+              "--fit", "mem_efficiency,materialised_reads")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(out.read_text())
+    assert prof["fitted"] == ["mem_efficiency"] and "materialised_reads" in prof["fixed"]
+    assert prof["params"]["materialised_reads"] == 0
+    r = kvsim("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--fit", "materialised_reads")
+    assert r.returncode == 2 and "nothing left to fit" in r.stderr
+
+
 def test_calibrate_refuses_to_mix_harness_executors(tmp_path):
     rows = synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))
     write(tmp_path / "old.csv", rows)  # no executor column: the first harness
