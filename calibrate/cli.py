@@ -94,7 +94,7 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError("--out must be a .json file")
     check_target(out, "--out", stream_ok=False)
     from .data import load
-    from .fit import Problem, cross_validate, domain, errors, extrapolate, fit, fits_needed, free_params, summary
+    from .fit import Problem, cross_validate, domain, extrapolate, fit, fits_needed, free_params, summary
     free = free_params([x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None)
 
     df, digest = load(a.data)

@@ -21,7 +21,7 @@ import torch
 
 from .decode import Enc, Page, quantize, raw_page
 from .paged import Paged, gather_tokens, own
-from .quant import dequantize_groups, pack, quantize_groups, unpack
+from .quant import dequantize_groups, pack, quantize_groups
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
