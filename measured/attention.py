@@ -133,6 +133,20 @@ def decode_step(q, sources, k_new, v_new, scale: float, softcap, bias=None, inde
     return out, p[..., :-1], p[..., -1:]
 
 
+def decode_attention(q, k, v, k_new, v_new, scale: float, softcap, bias=None):
+    """decode_step for a head group that holds plain tensors: q [B, Hg, G, 1, D] against stored k/v [B, Hg, n, D]
+    (None or empty: nothing stored) plus the new token's k_new/v_new [B, Hg, 1, D]. Returns (out [B, Hg, G, 1, Dv],
+    probs over stored [B, Hg, G, 1, n] or None when nothing is stored, prob of the new token [B, Hg, G, 1, 1])."""
+    from .stores import RawStore
+    sources = []
+    if k is not None and k.shape[2]:
+        st = RawStore()
+        st.append(k, v)
+        sources = [(st, st.pages())]
+    out, p, p_new = decode_step(q.squeeze(3), sources, k_new, v_new, scale, softcap, bias, None, True)
+    return out.unsqueeze(3), (p.unsqueeze(3) if sources else None), p_new.unsqueeze(3)
+
+
 class _Copy:
     """Stands for materialised full-width K and V (model coordinates)."""
 

@@ -215,3 +215,15 @@ def test_sinks_take_probability_and_give_no_value():
     p = s.softmax(-1)
     assert torch.allclose(out, torch.matmul(p[..., :-1], v), atol=1e-5)
     assert torch.allclose(torch.cat([probs, p_new], -1), p[..., :-1], atol=1e-6)
+
+
+def test_decode_attention_over_plain_tensors():
+    from measured.attention import decode_attention
+    q, (k, v), (kn, vn) = torch.randn(B, H, 2, 1, 16), _kv(20, 16), _kv(1, 16)
+    out, probs, p_new = decode_attention(q, k, v, kn, vn, 0.25, None)
+    s = torch.matmul(q.squeeze(3), torch.cat([k, kn], 2).transpose(-1, -2)) * 0.25
+    p = s.softmax(-1)
+    assert torch.allclose(out.squeeze(3), torch.matmul(p, torch.cat([v, vn], 2)), atol=1e-5)
+    assert torch.allclose(torch.cat([probs, p_new], -1).squeeze(3), p, atol=1e-6)
+    out, probs, p_new = decode_attention(q, None, None, kn, vn, 0.25, None)
+    assert probs is None and torch.allclose(out.squeeze(3), vn.unsqueeze(2).expand(B, H, 2, 1, 16).squeeze(3))
