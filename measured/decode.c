@@ -285,27 +285,67 @@ static inline const float *row_of(const Enc *e, int64_t b, int64_t h, int64_t t,
   return decode_row(e, b, h, t, buf);
 }
 
-/* Logits of up to 4 rows against the G query rows: s[g * stride + u] for u < nb. */
-static inline void dots4(const float *q, int64_t G, int64_t dk, const float *const *rows, int64_t nb, float *s,
+/* Page holding logical token t, starting the search at *page (positions are visited in ascending order). */
+static inline int64_t find_page(const int64_t *starts, int64_t np, int64_t t, int64_t *page) {
+  while (*page + 1 < np && starts[*page + 1] <= t) (*page)++;
+  return t - starts[*page];
+}
+
+/* Rows of the block of positions j..j+nb-1 (logical tokens idx[j + u], or j + u without an index), each decoded
+   into bufs + u * width unless it can be read in place. Consecutive unscaled fp32 rows of one page are pointer
+   arithmetic, with no per-row lookup. */
+static inline void fill_rows(const Enc *pages, const int64_t *starts, int64_t np, const int64_t *idx, int64_t j,
+                             int64_t nb, int64_t b, int64_t h, int64_t *page, float *bufs, int64_t width,
+                             const float **rows) {
+  if (!idx) {
+    const int64_t local = find_page(starts, np, j, page);
+    const Enc *e = &pages[*page];
+    if (e->kind == RAW_F32 && !e->rowscale && local + nb <= e->n) {
+      const float *base = (const float *)e->data + b * e->ds[0] + h * e->ds[1] + local * e->ds[2];
+      for (int64_t u = 0; u < nb; u++) rows[u] = base + u * e->ds[2];
+      return;
+    }
+  }
+  for (int64_t u = 0; u < nb; u++) {
+    const int64_t t = idx ? idx[j + u] : j + u;
+    const int64_t local = find_page(starts, np, t, page);
+    rows[u] = row_of(&pages[*page], b, h, local, bufs + u * width);
+  }
+}
+
+/* Logits of up to 8 rows against the G query rows: s[g * stride + u] for u < nb. Eight independent accumulators
+   keep the FMA units busy (one per row; fewer would wait on each other's latency). */
+static inline void dots8(const float *q, int64_t G, int64_t dk, const float *const *rows, int64_t nb, float *s,
                          int64_t stride) {
 #if SIMD
   if (dk % 8 == 0) {
-    const float *r0 = rows[0], *r1 = rows[nb > 1], *r2 = rows[nb > 2 ? 2 : 0], *r3 = rows[nb > 3 ? 3 : 0];
+    const float *r[8];
+    for (int u = 0; u < 8; u++) r[u] = rows[u < nb ? u : 0];
     for (int64_t g = 0; g < G; g++) {
       const float *qg = q + g * dk;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
       for (int64_t c = 0; c < dk; c += 8) {
-        __m256 qv = _mm256_loadu_ps(qg + c);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r0 + c), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r1 + c), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r2 + c), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r3 + c), a3);
+        const __m256 qv = _mm256_loadu_ps(qg + c);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[0] + c), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[1] + c), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[2] + c), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[3] + c), a3);
+        a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[4] + c), a4);
+        a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[5] + c), a5);
+        a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[6] + c), a6);
+        a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r[7] + c), a7);
       }
-      __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-      __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-      float out[4];
-      _mm_storeu_ps(out, r);
-      for (int64_t u = 0; u < nb; u++) s[g * stride + u] = out[u];
+      /* transpose-and-add: lane u of the result is the sum of a_u */
+      const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+      const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+      if (nb == 8) {
+        _mm256_storeu_ps(s + g * stride, sum);
+      } else {
+        float out[8];
+        _mm256_storeu_ps(out, sum);
+        for (int64_t u = 0; u < nb; u++) s[g * stride + u] = out[u];
+      }
     }
     return;
   }
@@ -330,6 +370,31 @@ static inline void axpy_block(float *acc, int64_t G, int64_t dv, const float *co
       const float *pg = p + g * stride;
       float *ag = acc + g * dv;
       int64_t c = 0;
+      for (; c + 64 <= dv; c += 64) { /* a 64-wide slice in eight accumulators: eight independent FMA chains */
+        __m256 a0 = _mm256_loadu_ps(ag + c), a1 = _mm256_loadu_ps(ag + c + 8), a2 = _mm256_loadu_ps(ag + c + 16),
+               a3 = _mm256_loadu_ps(ag + c + 24), a4 = _mm256_loadu_ps(ag + c + 32), a5 = _mm256_loadu_ps(ag + c + 40),
+               a6 = _mm256_loadu_ps(ag + c + 48), a7 = _mm256_loadu_ps(ag + c + 56);
+        for (int64_t u = 0; u < nb; u++) {
+          const __m256 pu = _mm256_set1_ps(pg[u]);
+          const float *r = rows[u] + c;
+          a0 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r), a0);
+          a1 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 8), a1);
+          a2 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 16), a2);
+          a3 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 24), a3);
+          a4 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 32), a4);
+          a5 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 40), a5);
+          a6 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 48), a6);
+          a7 = _mm256_fmadd_ps(pu, _mm256_loadu_ps(r + 56), a7);
+        }
+        _mm256_storeu_ps(ag + c, a0);
+        _mm256_storeu_ps(ag + c + 8, a1);
+        _mm256_storeu_ps(ag + c + 16, a2);
+        _mm256_storeu_ps(ag + c + 24, a3);
+        _mm256_storeu_ps(ag + c + 32, a4);
+        _mm256_storeu_ps(ag + c + 40, a5);
+        _mm256_storeu_ps(ag + c + 48, a6);
+        _mm256_storeu_ps(ag + c + 56, a7);
+      }
       for (; c + 32 <= dv; c += 32) {
         __m256 a0 = _mm256_loadu_ps(ag + c), a1 = _mm256_loadu_ps(ag + c + 8), a2 = _mm256_loadu_ps(ag + c + 16),
                a3 = _mm256_loadu_ps(ag + c + 24);
@@ -364,11 +429,6 @@ static inline void axpy_block(float *acc, int64_t G, int64_t dv, const float *co
     }
 }
 
-/* Page holding logical token t, starting the search at *page (positions are visited in ascending order). */
-static inline int64_t find_page(const int64_t *starts, int64_t np, int64_t t, int64_t *page) {
-  while (*page + 1 < np && starts[*page + 1] <= t) (*page)++;
-  return t - starts[*page];
-}
 
 /* q [B, H, G, dk] float32, contiguous; pages ks[i], vs[i] (np of them) hold consecutive logical tokens;
    bias (optional) adds bias[b*bsb + h*bsh + t] to the logit of logical token t < bias_n; index (optional)
@@ -415,12 +475,9 @@ int kvsim_attend(int64_t B, int64_t H, int64_t G, int64_t dk, int64_t dv, const 
       int64_t page = 0;
       for (int64_t j = j0; j < j1; j += BLOCK) { /* keys: logits */
         const int64_t nb = j1 - j < BLOCK ? j1 - j : BLOCK;
-        for (int64_t u = 0; u < nb; u++) {
-          const int64_t t = idx ? idx[j + u] : j + u;
-          rows[u] = row_of(&ks[page], b, h, find_page(starts, np, t, &page), bufs + u * width);
-        }
-        for (int64_t u = 0; u < nb; u += 4)
-          dots4(qb, G, dk, rows + u, nb - u < 4 ? nb - u : 4, sc + (j - j0) + u, len);
+        fill_rows(ks, starts, np, idx, j, nb, b, h, &page, bufs, width, rows);
+        for (int64_t u = 0; u < nb; u += 8)
+          dots8(qb, G, dk, rows + u, nb - u < 8 ? nb - u : 8, sc + (j - j0) + u, len);
       }
       for (int64_t g = 0; g < G; g++) { /* scale, cap, bias; the largest logit */
         float *sg = sc + g * len;
@@ -462,10 +519,7 @@ int kvsim_attend(int64_t B, int64_t H, int64_t G, int64_t dk, int64_t dv, const 
       page = 0;
       for (int64_t j = j0; j < j1; j += BLOCK) { /* values: weighted sum */
         const int64_t nb = j1 - j < BLOCK ? j1 - j : BLOCK;
-        for (int64_t u = 0; u < nb; u++) {
-          const int64_t t = idx ? idx[j + u] : j + u;
-          rows[u] = row_of(&vs[page], b, h, find_page(starts, np, t, &page), bufs + u * width);
-        }
+        fill_rows(vs, starts, np, idx, j, nb, b, h, &page, bufs, width, rows);
         axpy_block(acc, G, dv, rows, nb, sc + (j - j0), len);
       }
       free(sc);

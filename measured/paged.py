@@ -37,12 +37,15 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class Paged:
-    """A token sequence of one tensor in exactly-sized pages."""
+    """A token sequence of one tensor in exactly-sized pages. A row may stand for several tokens (per-channel
+    scales cover a run of `tokens_per_row` tokens): pages are cut by tokens, so a payload and its scales, appended
+    in the same chunks, have pages over the same tokens."""
 
-    def __init__(self):
+    def __init__(self, tokens_per_row: int = 1):
         self.pages: list[torch.Tensor] = []
-        self.open = False  # whether the last page still takes single tokens
-        self.n = 0
+        self.open = False  # whether the last page still takes more rows
+        self.n = 0  # rows
+        self.per = tokens_per_row
 
     def __len__(self) -> int:
         return self.n
@@ -51,12 +54,12 @@ class Paged:
         m = x.shape[2]
         if m == 0:
             return
-        if self.open and self.pages[-1].shape[2] + m <= PAGE:
+        if self.open and (self.pages[-1].shape[2] + m) * self.per <= PAGE:
             self.pages[-1] = torch.cat([self.pages[-1], x], 2)
-            self.open = self.pages[-1].shape[2] < PAGE
+            self.open = self.pages[-1].shape[2] * self.per < PAGE
         else:
             self.pages.append(own(x))
-            self.open = m < PAGE
+            self.open = m * self.per < PAGE
         self.n += m
 
     def full(self) -> torch.Tensor | None:
@@ -79,7 +82,7 @@ class Paged:
         """Hold exactly x (a new tensor) as one page."""
         self.pages = [] if x is None or x.shape[2] == 0 else [own(x)]
         self.n = 0 if not self.pages else x.shape[2]
-        self.open = 0 < self.n < PAGE
+        self.open = 0 < self.n * self.per < PAGE
 
     def take(self, idx: torch.Tensor) -> None:
         """Keep the tokens at idx [B, H, m], in that order, in one new exactly-sized page."""

@@ -209,8 +209,8 @@ class GroupedStore(Store):
         self.bits, self.group, self.residual = bits, group, residual
         self.axes = (k_axis, v_axis)
         self.scale_bits, self.dtype, self.dims = scale_bits, dtype, (dk, dv)
-        self.q: list[list[Paged]] = [[Paged(), Paged(), Paged()], [Paged(), Paged(), Paged()]]  # K, V parts
         self.res: list[torch.Tensor | None] = [None, None]
+        self.clear()
 
     def __len__(self):
         return len(self.q[0][0]) + (0 if self.res[0] is None else self.res[0].shape[2])
@@ -260,7 +260,9 @@ class GroupedStore(Store):
         self.append(gather_tokens(k, idx), gather_tokens(v, idx))
 
     def clear(self):
-        self.q = [[Paged(), Paged(), Paged()], [Paged(), Paged(), Paged()]]
+        # K, V parts (payload, scale, zero); a per-channel scale row covers `group` tokens
+        self.q: list[list[Paged]] = [[Paged(), Paged(self.group if axis == "channel" else 1),
+                                      Paged(self.group if axis == "channel" else 1)] for axis in self.axes]
         self.res = [None, None]
 
     def tensors(self):

@@ -78,6 +78,12 @@ def test_per_channel_pages(bits, group):
     assert torch.equal(torch.cat([p.k.decode() for p in pages], 2), k_ref)
     assert torch.equal(torch.cat([p.v.decode() for p in pages], 2), v_ref)
     _both(torch.randn(B, H, 3, 64), pages, logits=True)
+    for _ in range(12 * group):  # decode tokens: flushes of 2 x group tokens fill pages of codes and of scales
+        st.append(*_kv(1, 64))
+    pages = st.pages()
+    assert sum(p.k.n for p in pages) == len(st) and len(pages) > 2
+    assert torch.equal(torch.cat([p.k.decode() for p in pages], 2), st.kv()[0])
+    _both(torch.randn(B, H, 3, 64), pages, logits=True)
 
 
 def test_row_scales():

@@ -11,7 +11,7 @@
 # cache runs every (prompt, batch) under the cap, the other core policies a subset that still holds batch 8-16 and
 # prompts of 2,048-4,096 on every model (the extrapolation hold-outs of `kvsim calibrate`), and the remaining policy
 # families run on SmolLM2 at three points. Estimated: 2.6 h of measuring by the committed profile, plus about 10 s
-# to build each of the 49 random models (`bash collect.sh --estimate`).
+# for each of the 51 `measure` runs to build its random model (`bash collect.sh --estimate`).
 set -euo pipefail
 cd "$(dirname "$0")"
 K=${KVSIM:-kvsim}
