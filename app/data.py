@@ -158,58 +158,48 @@ def check(setup: Setup, spec: str) -> None:
     _predict(setup, spec, prompt=min(setup.seq, 64), gen=1, batch=1)
 
 
-def own_profile(device_name: str, folder: str) -> tuple[str, str]:
-    """(hardware preset, profile file or "") to predict one device's measured rows with: the shipped profile
-    fitted to that device's own runs, else the datasheet of the hardware preset named by its results folder."""
+def fitted_data() -> list[tuple[str, Path]]:
+    """(profile file, measurement CSV) for every shipped profile fitted to harness runs: the files its provenance
+    names, so the explorer compares each profile with the very rows it was fitted to (never runs of another
+    harness executor that happen to sit in the same folder)."""
+    out = []
     for name in profiles():
-        summary = profile_summary(name)
-        if summary["device"] == device_name and summary["hardware"]:
-            return summary["hardware"], name
-    return folder, ""
-
-
-def measured_model(name: str):
-    """The ModelSpec a measured row names: a preset, or a config.json path from the repository root (the
-    architectures block of measured/results/cpu/collect.sh measures measured/configs/*.json)."""
-    try:
-        return kvsim.load_model(name)
-    except KvsimError:
-        path = ROOT / name
-        if not (path.is_file() and path.resolve().is_relative_to(ROOT)):
-            raise
-        from kvsim.hf import from_hf_config, load_json
-        return from_hf_config(load_json(path), name=name)
+        meta = json.loads((PROFILES / name).read_text())
+        for rel in (meta.get("provenance") or {}).get("data", []):
+            path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
+            if path.is_file() and meta.get("hardware"):
+                out.append((name, path))
+    return out
 
 
 def measured_vs_predicted() -> pd.DataFrame | None:
-    """Measured latency rows next to kvsim's prediction for them, each device with its own profile."""
-    files = sorted(glob.glob(str(RESULTS / "*" / "latency*.csv")))
-    if not files:
-        return None
-    df = pd.concat([pd.read_csv(f).assign(folder=Path(f).parent.name) for f in files], ignore_index=True)
-    df = df[df["status"] == "ok"].reset_index(drop=True)
-    if df.empty:
-        return None
+    """Measured latency rows next to kvsim's prediction for them by the profile fitted to them."""
+    from calibrate.fit import model_spec as measured_model
+
     out = []
-    for (device, folder), rows in df.groupby(["device_name", "folder"]):
-        hardware, prof_name = own_profile(str(device), str(folder))
+    for prof_name, path in fitted_data():
+        df = pd.read_csv(path)
+        if not {"ttft_s", "tpot_s", "status"} <= set(df.columns):
+            continue
+        df = df[df["status"] == "ok"].reset_index(drop=True)
+        hardware = profile_summary(prof_name)["hardware"]
         try:
             hw = kvsim.load_hardware(hardware)
         except KvsimError:
             continue  # no preset for this device: nothing honest to compare with
         prof = profile(prof_name)
-        for (model, pol, dtype, gen), sub in rows.groupby(["model", "policy", "dtype", "gen"]):
+        for (model, pol, dtype, gen), sub in df.groupby(["model", "policy", "dtype", "gen"]):
             try:
-                spec = measured_model(model)
+                spec = measured_model(model, path.parent)
             except KvsimError:
                 continue
-            pr = predict(spec, hw, kvsim.parse_composition(pol.split(" ") if pol != "full" else []),
+            pr = predict(spec, hw, kvsim.parse_composition([pol] if pol != "full" else []),
                          Workload(prompt=sub["seq"].to_numpy(), gen=int(gen), batch=sub["batch"].to_numpy(),
                                   kv_dtype=dtype, weight_dtype=dtype), prof)
             for metric, meas, pred in (("TTFT", sub["ttft_s"], pr.ttft_s), ("TPOT", sub["tpot_s"], pr.tpot_s)):
                 out.append(pd.DataFrame({"model": model, "policy": pol, "seq": sub["seq"], "batch": sub["batch"],
                                          "metric": metric, "device": sub["device_name"],
-                                         "profile": prof_name.removesuffix(".json") or f"{hardware} datasheet",
+                                         "profile": prof_name.removesuffix(".json"),
                                          "measured_ms": meas * 1e3, "predicted_ms": np.asarray(pred) * 1e3}))
     if not out:
         return None

@@ -289,14 +289,13 @@ with tabs[4]:
 with tabs[5]:
     mvp = cached_measured()
     if mvp is None:
-        st.info("No measured latency yet: run `kvsim measure` into measured/results/<device>/latency.csv.")
+        st.info("No calibrated profile names its measurements yet: `kvsim calibrate --data CSV` records them.")
     else:
         for (device, prof), rows in mvp.groupby(["device", "profile"]):
             for metric in ("TPOT", "TTFT"):
                 err = rows[rows["metric"] == metric]["error"].abs().mean()
                 st.metric(f"{metric} mean absolute error on {device} ({prof})", f"{err:.1%}")
-        st.caption("Each device's measured runs against its own calibrated profile (the datasheet of its "
-                   "hardware where it has none), whatever the sidebar shows. The profile was fitted to these "
-                   "rows: held-out error is in `kvsim list profiles`.")
+        st.caption("Each calibrated profile against the measured runs it was fitted to (the files its provenance "
+                   "names), whatever the sidebar shows: held-out error is in `kvsim list profiles`.")
         show(charts.measured_vs_predicted(mvp), mvp, "measured_vs_predicted")
 st.caption(f"KV at the chosen workload, first policy: {fmt_bytes(summary['kv_gib'].iloc[0] * 2**30)}")

@@ -77,6 +77,10 @@ def cmd_calibrate(argv) -> int:
     p.add_argument("--fit", default=None, metavar="P,...",
                    help="fit only these parameters (comma list; default: all); the others keep the --probe "
                         "profile's or the defaults' values. Fewer free parameters need fewer rows and less time")
+    p.add_argument("--holdout-batch-above", type=whole("--holdout-batch-above", 1, 1 << 16), default=4, metavar="B",
+                   help="batch extrapolation hold-out: fit on batch <= B, test on larger batches")
+    p.add_argument("--holdout-seq-above", type=whole("--holdout-seq-above", 1, 1 << 24), default=1024, metavar="S",
+                   help="prompt extrapolation hold-out: fit on prompts <= S tokens, test on longer prompts")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out profile even if the new fit's held-out error is worse")
@@ -90,7 +94,7 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError("--out must be a .json file")
     check_target(out, "--out", stream_ok=False)
     from .data import load
-    from .fit import Problem, cross_validate, errors, fit, free_params
+    from .fit import Problem, cross_validate, domain, extrapolate, fit, fits_needed, free_params, summary
     names = [x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None
     free_params(names)  # an unknown name is refused before the data loads
 
@@ -102,15 +106,25 @@ def cmd_calibrate(argv) -> int:
     base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops, device=device)
     problem = Problem(df, hw, base)
     free = free_params(names, problem)
+    fixed = {}
+    if str(df["executor"].iloc[0]) == "native-c" and "materialised_reads" in free:
+        # that executor reads quantized and selected pages in place: there is no copy for the term to describe
+        free = tuple(k for k in free if k != "materialised_reads")
+        fixed["materialised_reads"] = "0: the native-c executor reads pages in place (no dequantised or gathered copy)"
+        if not free:
+            raise KvsimError("--fit: nothing left to fit (materialised_reads is fixed at 0 for native-c data)")
     n_conf = df[["model", "seq", "policy"]].drop_duplicates().shape[0]
     if n_conf < a.folds:
         raise KvsimError(f"{n_conf} configurations cannot be split into {a.folds} folds")
     say = lambda s: print(s, file=sys.stderr)  # noqa: E731
     say(f"{len(df)} rows, {n_conf} configurations, {len(problem.groups)} groups on {device}")
     from measured.progress import Progress
-    with Progress(a.folds + 1, "calibrate", unit="fit") as progress:
+    with Progress(fits_needed(df, a.folds, a.holdout_batch_above, a.holdout_seq_above), "calibrate",
+                  unit="fit") as progress:
         held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, lambda s: progress.done("held-out", s),
                                               free=free)
+        schemes = extrapolate(problem, a.holdout_batch_above, a.holdout_seq_above, free,
+                              lambda s: progress.done("extrapolation", s) if "skipped" not in s else progress.note(s))
         progress.current("final fit on every row")
         final = fit(problem, free=free)
         progress.done("final fit on every row")
@@ -121,11 +135,10 @@ def cmd_calibrate(argv) -> int:
     meas_ttft, meas_tpot = problem.ttft, problem.tpot
 
     def block(ttft, tpot):
-        e1, e2 = errors(tpot, meas_tpot), errors(ttft, meas_ttft)
-        return {"tpot_mape": e1["mape"], "tpot_median_ape": e1["median_ape"], "tpot_max_ape": e1["max_ape"],
-                "ttft_mape": e2["mape"], "ttft_median_ape": e2["median_ape"], "ttft_max_ape": e2["max_ape"],
-                "rows": int(len(df))}
+        return summary(ttft, tpot, meas_ttft, meas_tpot)
 
+    grouped = {**block(held_ttft, held_tpot), "folds": a.folds, "configurations": int(n_conf),
+               "grouping": "model, seq, policy"}
     from measured.provenance import columns
     prov = columns("cpu")
     profile = {
@@ -133,8 +146,11 @@ def cmd_calibrate(argv) -> int:
         "device": device,
         "hardware": hw_name,
         "fitted": list(free),
-        "heldout": {**block(held_ttft, held_tpot), "folds": a.folds, "configurations": int(n_conf),
-                    "grouping": "model, seq, policy"},
+        "fixed": fixed,
+        "heldout": grouped,
+        # every hold-out, extrapolation included: TPOT and TTFT MAPE over rows no fit of theirs saw
+        "heldout_schemes": {"grouped": grouped, **schemes},
+        "domain": domain(df, problem.specs),
         "train": block(train_ttft, train_tpot),
         "uncalibrated_heldout": {**block(raw_ttft, raw_tpot),
                                  "meaning": "roofline at efficiency 1 with no overheads on the probe's measured peaks"
@@ -158,6 +174,11 @@ def cmd_calibrate(argv) -> int:
     h, u = profile["heldout"], profile["uncalibrated_heldout"]
     print(f"held-out MAPE: TPOT {h['tpot_mape']:.1%} (median {h['tpot_median_ape']:.1%}, max {h['tpot_max_ape']:.1%}), "
           f"TTFT {h['ttft_mape']:.1%} (median {h['ttft_median_ape']:.1%}, max {h['ttft_max_ape']:.1%})")
+    for name, sc in profile["heldout_schemes"].items():
+        if sc.get("rows"):
+            print(f"  {name:20s} TPOT {sc['tpot_mape']:6.1%}  TTFT {sc['ttft_mape']:6.1%}  ({sc['rows']} held-out rows)")
+        else:
+            print(f"  {name:20s} not measurable on this data: {sc.get('note', 'no rows')}")
     print(f"uncalibrated on the same rows: TPOT {u['tpot_mape']:.1%}, TTFT {u['ttft_mape']:.1%}")
     print(f"wrote {out}" + ("" if a.no_plot else f" and {out.with_suffix('.png')}"))
     return 0

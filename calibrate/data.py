@@ -17,6 +17,9 @@ PLAUSIBLE = {"seq": (1, 2**24, True), "gen": (1, 2**20, True), "batch": (1, 2**1
              "ttft_s": (1e-7, 1e5, False), "tpot_s": (1e-7, 1e4, False)}
 MAX_BYTES = 1 << 30
 REQUIRED = ("model", "policy", "seq", "gen", "batch", "dtype", "device_name", "status", "ttft_s", "tpot_s")
+# Rows written before the harness recorded its decode executor came from the first one: whole-cache torch.cat appends
+# and KV heads expanded for grouped-query attention (measured/results/cpu/latency.csv).
+LEGACY_EXECUTOR = "torch-v1"
 
 
 def files(paths: list[str]) -> list[Path]:
@@ -83,6 +86,11 @@ def load(paths: list[str]):
     devices = sorted(df["device_name"].astype(str).unique())
     if len(devices) > 1:
         raise KvsimError(f"data mixes devices ({'; '.join(devices)}); calibrate one device at a time")
+    df["executor"] = df["executor"].fillna(LEGACY_EXECUTOR) if "executor" in df else LEGACY_EXECUTOR
+    executors = sorted(df["executor"].astype(str).unique())
+    if len(executors) > 1:
+        raise KvsimError(f"data mixes harness decode executors ({', '.join(executors)}): the same point takes a "
+                         "different time on each; calibrate on one (pass its CSV, not the folder)")
     for col in ("seq", "gen", "batch"):
         df[col] = df[col].astype(int)
     df = df.reset_index(drop=True)

@@ -3,13 +3,16 @@
 Each parameter is fitted as the logarithm of its value (all are positive), within bounds wide enough not to
 bind in practice. Held-out error comes from grouped cross-validation: whole configurations (model,
 sequence length, policy; every batch size of them together) are held out, so a configuration is never
-predicted by a fit that saw it.
+predicted by a fit that saw it. That estimate cannot see extrapolation (every held-out row still has its model,
+prompt length and batch in training), so three more schemes hold out what users extrapolate to: each model in
+turn (leave-one-model-out), batches above a threshold, and prompts above a threshold.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,11 +44,19 @@ ONLY_WITH = {"unfused_scan_s": lambda spec: any(isinstance(l.mixer, Mamba) and l
                                               for l in spec.layers)}
 
 
-def model_spec(name: str):
+def model_spec(name: str, base: str | Path | None = None):
+    """A preset by name, or a config.json path as a measurement row names it: as given, else relative to `base`
+    (the folder of the CSV the row came from; collect.sh names its own model files relative to it)."""
     try:
         return load_model(name)
     except KvsimError:
-        return from_hf_config(load_json(name), name=name)
+        path = Path(name)
+        if not path.exists() and base is not None and (Path(base) / name).exists():
+            path = Path(base) / name
+        if not path.exists():
+            raise KvsimError(f"model {name!r} is neither a preset nor a config.json found as given or beside its "
+                             "data") from None
+        return from_hf_config(load_json(path), name=name)
 
 
 @dataclass
@@ -67,11 +78,11 @@ class Problem:
         self.ttft = df["ttft_s"].to_numpy(float)
         self.tpot = df["tpot_s"].to_numpy(float)
         self.groups: list[Group] = []
-        specs = {}
+        self.specs = specs = {}
         for (model, policy, dtype, gen), sub in df.groupby(["model", "policy", "dtype", "gen"], sort=False):
             if model not in specs:
-                specs[model] = model_spec(model)
-            pol = parse_composition(str(policy).split(" ") if str(policy) != "full" else [])
+                specs[model] = model_spec(model, Path(str(sub["source"].iloc[0])).parent if "source" in sub else None)
+            pol = parse_composition([str(policy)] if str(policy) != "full" else [])  # "a + b" is one composition
             self.groups.append(Group(sub.index.to_numpy(), specs[model], pol, dtype, int(gen),
                                      sub["seq"].to_numpy(), sub["batch"].to_numpy()))
 
@@ -180,3 +191,71 @@ def cross_validate(problem: Problem, k: int, seed: int, report=lambda s: None,
         report(f"fold {f + 1}/{k}: {test.size} held-out rows, TPOT MAPE {errors(b[test], problem.tpot[test])['mape']:.3f}, "
                f"TTFT MAPE {errors(a[test], problem.ttft[test])['mape']:.3f}")
     return ttft, tpot
+
+
+# ------------------------------------------------------------------------------------------ hold-out schemes
+def summary(pred_ttft: np.ndarray, pred_tpot: np.ndarray, meas_ttft: np.ndarray, meas_tpot: np.ndarray) -> dict:
+    e1, e2 = errors(pred_tpot, meas_tpot), errors(pred_ttft, meas_ttft)
+    return {"tpot_mape": e1["mape"], "tpot_median_ape": e1["median_ape"], "tpot_max_ape": e1["max_ape"],
+            "ttft_mape": e2["mape"], "ttft_median_ape": e2["median_ape"], "ttft_max_ape": e2["max_ape"],
+            "rows": e1["rows"]}
+
+
+def splits(df, batch_above: int, seq_above: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """The extrapolation hold-outs: name -> [(label, train rows, test rows)]. leave-one-model-out fits once per
+    model on every other model; batch trains on batch <= batch_above and tests above it; prompt trains on prompts
+    <= seq_above and tests above it. Rows of neither side of a split are not used by it."""
+    idx = np.arange(len(df))
+    models = sorted(df["model"].astype(str).unique())
+    out = {"leave-one-model-out": [(m, idx[df["model"].astype(str).to_numpy() != m],
+                                    idx[df["model"].astype(str).to_numpy() == m]) for m in models]}
+    b, s = df["batch"].to_numpy(), df["seq"].to_numpy()
+    out["batch"] = [(f"batch <= {batch_above} -> > {batch_above}", idx[b <= batch_above], idx[b > batch_above])]
+    out["prompt"] = [(f"prompt <= {seq_above} -> > {seq_above}", idx[s <= seq_above], idx[s > seq_above])]
+    return out
+
+
+def extrapolate(problem: Problem, batch_above: int, seq_above: int, free=None, report=lambda s: None) -> dict:
+    """Held-out error of every extrapolation scheme: per scheme its MAPEs over the test rows (each predicted by
+    a fit that never saw them, nor their model / batch / prompt range), the rows on each side, and per split."""
+    out = {}
+    for name, parts in splits(problem.df, batch_above, seq_above).items():
+        ttft = np.full(len(problem.df), np.nan)
+        tpot = np.full(len(problem.df), np.nan)
+        per = {}
+        trained = 0
+        for label, train, test in parts:
+            if not test.size or not train.size:
+                per[label] = {"rows": int(test.size), "train_rows": int(train.size),
+                              "note": "no rows to " + ("test" if not test.size else "train") + " on"}
+                report(f"{name} {label}: skipped ({per[label]['note']})")
+                continue
+            prof = fit(problem, train, free=free)
+            a, b = problem.predict(prof, test)
+            ttft[test], tpot[test] = a[test], b[test]
+            per[label] = {**summary(a[test], b[test], problem.ttft[test], problem.tpot[test]),
+                          "train_rows": int(train.size)}
+            trained += int(train.size)
+            report(f"{name} {label}: {test.size} held-out rows, TPOT MAPE {per[label]['tpot_mape']:.3f}, "
+                   f"TTFT MAPE {per[label]['ttft_mape']:.3f}")
+        done = ~np.isnan(tpot)
+        block = summary(ttft[done], tpot[done], problem.ttft[done], problem.tpot[done]) if done.any() else \
+            {"rows": 0, "note": "no split of this data has rows on both sides"}
+        out[name] = {**block, "splits": per}
+    return out
+
+
+def fits_needed(df, k: int, batch_above: int, seq_above: int) -> int:
+    """Fits a full calibration runs: k folds, every extrapolation split with rows on both sides, the final fit."""
+    parts = [p for ps in splits(df, batch_above, seq_above).values() for p in ps]
+    return k + sum(1 for _, tr, te in parts if tr.size and te.size) + 1
+
+
+def domain(df, specs: dict) -> dict:
+    """What a profile was fitted on: model sizes (parameters), batch, prompt and context (prompt + generated
+    tokens) ranges, and dtypes; kvsim predict notes a query outside it."""
+    params = [int(specs[m].n_params()) for m in df["model"].astype(str).unique()]
+    ctx = df["seq"].to_numpy() + df["gen"].to_numpy()
+    return {"params": [min(params), max(params)], "batch": [int(df["batch"].min()), int(df["batch"].max())],
+            "prompt": [int(df["seq"].min()), int(df["seq"].max())], "context": [int(ctx.min()), int(ctx.max())],
+            "dtypes": sorted(df["dtype"].astype(str).unique()), "models": sorted(df["model"].astype(str).unique())}

@@ -32,7 +32,7 @@ from .hardware import HardwareSpec
 from .model import LinearAttention, Mamba, ModelSpec
 from .policies import Compose, Policy, compose
 from .limits import INPUT_MAX, ceil_div, check_tokens, exact, token_limit
-from .profile import DATASHEET, Profile
+from .profile import DATASHEET, Profile, domain_notes
 from .serving import HF, Engine, Serving, checked_mul
 
 
@@ -345,7 +345,9 @@ def predict(model: ModelSpec, hardware: HardwareSpec, policy: Compose | Policy |
     if fitted_on and fitted_on != hardware.name:
         notes.append(f"profile {profile.name} was fitted on {fitted_on}, not {hardware.name}: its efficiencies may "
                      "not carry over")
+    notes.extend(domain_notes(profile, model.n_params(), p, gen, b, (cost.weight_dtype, cost.kv_dtype)))
     notes.extend(cost.notes)
+
     def full(x):  # every field has the workload's broadcast shape, whatever it depends on
         return np.broadcast_to(np.asarray(x), shape)
 

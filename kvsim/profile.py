@@ -274,6 +274,82 @@ def load_profile(path: str | Path) -> Profile:
         raise KvsimError(f"profile {p}: {e}") from None
 
 
+def _range(dom: dict, key: str, name: str) -> tuple[float, float] | None:
+    r = dom.get(key)
+    if r is None:
+        return None
+    if (not isinstance(r, list) or len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in r)
+            or not r[0] <= r[1]):
+        raise KvsimError(f"profile {name}: domain.{key} must be [low, high], got {r!r}")
+    return float(r[0]), float(r[1])
+
+
+def _count(x: float) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:,.0f}"
+
+
+def domain(prof: Profile) -> dict:
+    """The ranges a calibrated profile was fitted on (model parameters, batch, prompt, context = prompt +
+    generated tokens) and its dtypes; {} for a profile that records none."""
+    dom = (prof.meta or {}).get("domain")
+    if dom is None:
+        return {}
+    if not isinstance(dom, dict):
+        raise KvsimError(f"profile {prof.name}: domain must be an object")
+    out = {k: r for k in ("params", "batch", "prompt", "context") if (r := _range(dom, k, prof.name)) is not None}
+    dtypes = dom.get("dtypes")
+    if dtypes is not None:
+        if not isinstance(dtypes, list) or not all(isinstance(d, str) for d in dtypes):
+            raise KvsimError(f"profile {prof.name}: domain.dtypes must be a list of dtype names")
+        out["dtypes"] = [canonical_dtype(d) for d in dtypes]
+    return out
+
+
+def domain_text(dom: dict) -> str:
+    parts = []
+    if "params" in dom:
+        parts.append(f"models of {_count(dom['params'][0])}-{_count(dom['params'][1])} parameters")
+    if "batch" in dom:
+        parts.append(f"batch {dom['batch'][0]:,.0f}-{dom['batch'][1]:,.0f}")
+    if "prompt" in dom:
+        parts.append(f"prompts of {dom['prompt'][0]:,.0f}-{dom['prompt'][1]:,.0f} tokens")
+    if "context" in dom:
+        parts.append(f"contexts up to {dom['context'][1]:,.0f}")
+    if "dtypes" in dom:
+        parts.append("/".join(dom["dtypes"]))
+    return ", ".join(parts)
+
+
+def domain_notes(prof: Profile, params: int, prompt, gen, batch, dtypes: tuple[str, ...]) -> list[str]:
+    """One note when a query lies outside what `prof` was fitted on: its times are then an extrapolation."""
+    dom = domain(prof)
+    if not dom:
+        return []
+    prompt, batch = np.asarray(prompt), np.asarray(batch)
+    context = prompt + np.asarray(gen)
+    out = []
+    for key, values, label in (("params", np.asarray(params), lambda v: f"{_count(v)} parameters"),
+                               ("batch", batch, lambda v: f"batch {v:,.0f}"),
+                               ("prompt", prompt, lambda v: f"prompt {v:,.0f}"),
+                               ("context", context, lambda v: f"context {v:,.0f}")):
+        if key not in dom:
+            continue
+        lo, hi = dom[key]
+        if key == "context":  # a shorter context than any fitted one is an interpolation of the prompt range
+            lo = -np.inf
+        below, above = values[values < lo], values[values > hi]
+        out += [label(float(below.min()))] if below.size else []
+        out += [label(float(above.max()))] if above.size else []
+    out += [f"{d}" for d in dict.fromkeys(dtypes) if "dtypes" in dom and d not in dom["dtypes"]]
+    if not out:
+        return []
+    return [f"profile {prof.name} was fitted on {domain_text(dom)}; this query is outside that ({', '.join(out)}): "
+            "its times are an extrapolation"]
+
+
 def describe(prof: Profile) -> str:
     """One line naming a profile, where it comes from and its held-out error."""
     meta = prof.meta or {}
@@ -290,6 +366,14 @@ def describe(prof: Profile) -> str:
                 "single ops timed alone, so times are a lower bound on an engine's step")
     held = meta.get("heldout", {})
     if "tpot_mape" in held:
-        return (f"{prof.name}: fitted to harness runs on {meta.get('device', prof.device) or 'its device'}; "
-                f"held-out MAPE TPOT {held['tpot_mape']:.1%}, TTFT {held['ttft_mape']:.1%}")
+        dom = domain(prof)
+        worst = [s for s in (meta.get("heldout_schemes") or {}).values() if isinstance(s, dict) and s.get("rows")]
+        extra = ""
+        if worst:
+            t = max(s["tpot_mape"] for s in worst)
+            f = max(s["ttft_mape"] for s in worst)
+            extra = f" (worst hold-out scheme: TPOT {t:.1%}, TTFT {f:.1%})"
+        return (f"{prof.name}: fitted to harness runs on {meta.get('device', prof.device) or 'its device'}"
+                + (f" ({domain_text(dom)})" if dom else "")
+                + f"; held-out MAPE TPOT {held['tpot_mape']:.1%}, TTFT {held['ttft_mape']:.1%}{extra}")
     return f"{prof.name} (no held-out error recorded)"

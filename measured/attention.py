@@ -15,6 +15,8 @@ import contextvars
 import torch
 import torch.nn.functional as F
 
+from .decode import attend, prefix_values, raw_page
+
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("kvsim_active_cache")
 NAME = "kvsim"
 
@@ -63,58 +65,111 @@ def causal_mask(t: int, window: int, device) -> torch.Tensor:
 
 
 def prefill_attention(q, k, v, scale: float, window: int, softcap) -> torch.Tensor:
-    """Causal attention over the prompt. q [B, H, t, D], k/v [B, Hkv, t, D] -> [B, H, t, Dv]."""
-    group = q.shape[1] // k.shape[1]
+    """Causal attention over the prompt. q [B, H, t, D], k/v [B, Hkv, t, D] -> [B, H, t, Dv]. Grouped-query:
+    KV heads are never expanded (SDPA's enable_gqa; the explicit path puts each group's queries in rows)."""
     if softcap:
         return _explicit(q, k, v, scale, causal_mask(q.shape[2], window, q.device), softcap)
-    kk = k.repeat_interleave(group, 1) if group > 1 else k
-    vv = v.repeat_interleave(group, 1) if group > 1 else v
+    gqa = q.shape[1] != k.shape[1]
     if window and window < q.shape[2]:
-        return F.scaled_dot_product_attention(q, kk, vv, attn_mask=causal_mask(q.shape[2], window, q.device),
-                                              scale=scale)
-    return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q.shape[2], window, q.device),
+                                              scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
 
 
 def _explicit(q, k, v, scale, mask, softcap):
-    group = q.shape[1] // k.shape[1]
-    kk = k.repeat_interleave(group, 1)
-    vv = v.repeat_interleave(group, 1)
-    s = torch.matmul(q.float(), kk.float().transpose(-1, -2)) * scale
-    if softcap:
-        s = torch.tanh(s / softcap) * softcap
+    b, h, t, d = q.shape
+    hkv = k.shape[1]
+    s = scores(q.reshape(b, hkv, h // hkv, t, d), k, scale, softcap)  # [B, Hkv, G, t, t]
     s = s.masked_fill(~mask, float("-inf"))
-    return torch.matmul(s.softmax(-1), vv.float()).to(q.dtype)
+    out = torch.matmul(s.softmax(-1).reshape(b, hkv, -1, t), v.float())  # [B, Hkv, G*t, Dv]
+    return out.reshape(b, h, t, -1).to(q.dtype)
 
 
 def scores(q, k, scale: float, softcap) -> torch.Tensor:
     """Attention logits of grouped queries q [B, Hkv, G, t, D] against keys k [B, Hkv, n, D] ->
-    [B, Hkv, G, t, n] in float32."""
-    s = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)).float() * scale
+    [B, Hkv, G, t, n] in float32. A group's queries are rows of one matmul per KV head: K is never expanded."""
+    b, hkv, g, t, d = q.shape
+    s = torch.matmul(q.reshape(b, hkv, g * t, d), k.transpose(-1, -2)).float().view(b, hkv, g, t, -1) * scale
     if softcap:
         s = torch.tanh(s / softcap) * softcap
     return s
 
 
-def decode_attention(q, k, v, k_new, v_new, scale: float, softcap, bias=None):
-    """One decode step for a head group: q [B, Hg, G, 1, D] against stored k/v [B, Hg, n, D] plus the new
-    token's k_new/v_new [B, Hg, 1, D]. Returns (out [B, Hg, G, 1, Dv], probs over stored [B, Hg, G, 1, n],
-    prob of the new token [B, Hg, G, 1, 1]). `bias` [B, Hg, n] is added to stored logits (log counts of
-    merged tokens)."""
-    s_new = (q * k_new.unsqueeze(2)).sum(-1, keepdim=True).float() * scale
-    if softcap:
-        s_new = torch.tanh(s_new / softcap) * softcap
-    if k is None or k.shape[2] == 0:
-        return v_new.unsqueeze(2).expand(*q.shape[:-1], v_new.shape[-1]).to(q.dtype), None, torch.ones_like(s_new)
-    s = scores(q, k, scale, softcap)
-    if bias is not None:
-        s = s + bias[:, :, None, None, :]
-    m = torch.maximum(s.amax(-1, keepdim=True), s_new)
-    e = torch.exp(s - m)
-    e_new = torch.exp(s_new - m)
-    z = e.sum(-1, keepdim=True) + e_new
-    p, p_new = e / z, e_new / z
-    out = torch.matmul(p.to(v.dtype), v.unsqueeze(2)) + p_new.to(v.dtype) * v_new.unsqueeze(2)
-    return out, p, p_new
+def decode_step(q, sources, k_new, v_new, scale: float, softcap, bias=None, index=None, probs: bool = False,
+                sinks=None):
+    """One decode step of a head group: grouped queries q [B, Hg, G, D] against what the group stores, as
+    `sources` [(store, pages), ...] in storage order, plus the new token k_new/v_new [B, Hg, 1, D], which is read
+    at full precision. `bias` [B, Hg, n] is added to the logits of stored tokens, `index` [B, Hg, m] (ascending)
+    reads only those stored tokens. Returns (out [B, Hg, G, Dv] at q's dtype, probs over the stored tokens read
+    [B, Hg, G, n or m] and of the new token [B, Hg, G, 1], both float32 and None unless `probs`). `sinks`
+    [Hg, G]: logits of a sink per query head that takes probability and gives no value (gpt-oss)."""
+    new = raw_page(k_new, v_new)
+    live = [(s, p) for s, p in sources if p]
+    stored = sum(pg.k.n for _, pages in live for pg in pages)
+    if all(s.native for s, _ in live) and sinks is None:  # one pass over every page, the new token last
+        pages = [pg for _, ps in live for pg in ps] + [new]
+        if index is not None:
+            index = torch.cat([index, index.new_full((*index.shape[:2], 1), stored)], -1)
+        out, lse, logits = attend(q, pages, scale, softcap, bias, index, probs)
+    else:  # stores in their own coordinates: one pass each, merged by their log-sum-exp
+        if index is not None and len(live) > 1:  # no per-source split of a selection: read full-width copies
+            kv = [s.kv() for s, _ in live]
+            live = [(_Copy, [raw_page(torch.cat([k for k, _ in kv], 2), torch.cat([v for _, v in kv], 2))])]
+        parts, offset = [], 0
+        for store, pages in live:
+            n = sum(pg.k.n for pg in pages)
+            b = None if bias is None else bias[..., offset:offset + n]
+            o, lse, lg = attend(store.query(q), pages, scale, softcap, b, index, probs)
+            parts.append((store.output(o).float(), lse, lg))
+            offset += n
+        parts.append(attend(q, [new], scale, softcap, None, None, probs))
+        if sinks is not None:  # a value-less term of the softmax: output 0, log-sum-exp its logit
+            lse_sink = sinks.float().expand(*q.shape[:3])
+            parts.append((torch.zeros_like(parts[-1][0]), lse_sink, None))
+        out, lse, logits = merge(parts)
+    out = out.to(q.dtype)
+    if not probs:
+        return out, None, None
+    p = torch.exp(logits - lse.unsqueeze(-1))
+    return out, p[..., :-1], p[..., -1:]
+
+
+def shared_value_sources(sources, dim: int):
+    """`sources` of a layout whose values are the first `dim` elements of its keys (MLA's latent). Pages in the
+    model's coordinates read their values in place; a store in its own coordinates (a low-rank basis) has no
+    such prefix, so its keys are materialised once and their prefix read from that copy."""
+    out = []
+    for store, pages in sources:
+        if not pages:
+            out.append((store, pages))
+        elif store.native:
+            out.append((store, [prefix_values(pg, dim) for pg in pages]))
+        else:
+            k = store.keys()
+            out.append((_Copy, [raw_page(k, k[..., :dim])]))
+    return out
+
+
+class _Copy:
+    """Stands for materialised full-width K and V (model coordinates)."""
+
+    native = True
+
+    @staticmethod
+    def query(q):
+        return q
+
+    @staticmethod
+    def output(o):
+        return o
+
+
+def merge(parts):
+    """Attention over disjoint token sets, each as (out, lse, logits or None), combined into one softmax."""
+    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)
+    out = sum(o * torch.exp(l - lse).unsqueeze(-1) for o, l, _ in parts)
+    logits = None if parts[0][2] is None else torch.cat([p[2] for p in parts if p[2] is not None], -1)
+    return out, lse, logits
 
 
 def window_votes(q, k, scale: float, window_queries: int, span: int, softcap) -> torch.Tensor:

@@ -10,6 +10,7 @@ insert and evict. `physical_bytes()` counts the unique storages the layers hold.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -24,10 +25,11 @@ from kvsim.policies.learned import Learned
 from kvsim.policies.pyramid import DynamicKV
 from kvsim.units import DTYPE_BITS
 
-from .attention import decode_attention, prefill_attention
+from .attention import decode_step, prefill_attention, shared_value_sources
+from .decode import Page
 from .encoding import Encoder, quant_store
 from .executors import Group, Pages, Prompt, Rule, gather, plan, split_layer_budgets, top_sorted
-from .sinks import sink_decode_attention, sink_prefill_attention
+from .sinks import sink_prefill_attention
 from .stores import physical_bytes
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -72,11 +74,16 @@ class Merged:
     def __init__(self, store, mags: torch.Tensor):
         self.store, self.mags = store, mags  # mags [B, H, m, 4]: |K_a|, |V_a|, |K_b|, |V_b|
 
-    def reconstruct(self, which: int):
-        dk, dv = self.store.kv()
-        m = self.mags
-        return (dk * m[..., 2 * which:2 * which + 1].to(dk.dtype),
-                dv * m[..., 2 * which + 1:2 * which + 2].to(dv.dtype))
+    def pages(self, which: int) -> list[Page]:
+        """The shared directions as layer `which` of the pair reads them: each token's row times its magnitude."""
+        out, offset = [], 0
+        for p in self.store.pages():
+            n = p.k.n
+            m = self.mags[:, :, offset:offset + n]
+            out.append(Page(dataclasses.replace(p.k, rowscale=m[..., 2 * which]),
+                            dataclasses.replace(p.v, rowscale=m[..., 2 * which + 1])))
+            offset += n
+        return out
 
 
 class KvsimLayer(CacheLayerMixin):
@@ -145,8 +152,9 @@ class KvsimLayer(CacheLayerMixin):
 
     # -- attention
     def attend(self, q, k, v, scale: float, window: int, softcap, sinks=None, module=None) -> torch.Tensor:
-        """Attention of q [B, H, t, D] over what the layer holds plus the new k/v [B, Hkv, t, D]; `sinks`: per
-        query head sink logits (gpt-oss), `module`: the model's attention module (unused here; see mla.py)."""
+        """Attention of q [B, H, t, D] over what the layer holds plus the new k/v [B, Hkv, t, D]: the prompt's
+        causal attention and the policy's plan for it, or one decode step. `sinks`: per query head sink logits
+        (gpt-oss); `module`: the model's attention module (unused here; see mla.py)."""
         t = q.shape[2]
         if self.seen == 0:
             out = prefill_attention(q, k, v, scale, window, softcap) if sinks is None else \
@@ -163,16 +171,17 @@ class KvsimLayer(CacheLayerMixin):
         self.seen = self.prompt = pr.p
 
     def decode(self, q, k, v, scale: float, softcap, sinks=None) -> torch.Tensor:
-        """One decode step: q [B, H, 1, D] over every group's stored tokens and the new token's k/v; the step
-        rules then insert and evict. A layout without values of its own (MLA's latent, v_dim 0) reads its
-        values from the first value_dim elements of the keys."""
-        b, h, t, d = q.shape
+        """One decode step: q [B, H, 1, D] over every group's pages, read in place, and the new token's k/v; the
+        step rules then insert and evict. `sinks` [H]: per query head logits of a sink with no value. A layout
+        without values of its own (MLA's latent, v_dim 0) reads its values from the first value_dim elements of
+        its keys."""
+        b, h, _, d = q.shape
         hkv = k.shape[1]
         clock = self.cache.clock
         pos = self.seen
         lay = self.ctx.layout
         shared_values = lay.v_dim == 0
-        qg = q.view(b, hkv, h // hkv, 1, d)
+        qg = q.view(b, hkv, h // hkv, d)  # the query heads of each KV head as rows: KV heads are never expanded
         sg = None if sinks is None else sinks.view(hkv, h // hkv)
         out = None
         for grp in self.groups:
@@ -180,27 +189,32 @@ class KvsimLayer(CacheLayerMixin):
             qh = qg if sel is None else qg[:, sel]
             kn = k if sel is None else k[:, sel]
             vn = v if sel is None else v[:, sel]
+            want = grp.rule.needs_probs
             with clock:
-                kk, vv = grp.kv()
-                if self.host is not None and kk is not None:
-                    kk, vv = kk.to(q.device, non_blocking=True), vv.to(q.device, non_blocking=True)
-                idx = grp.pages.select(qh, kk.shape[2]) if grp.pages is not None and kk is not None else None
+                sources = grp.sources()
+                if self.host is not None:  # offloaded: this step streams the layer's pages in
+                    sources = [(st, [p.to(q.device) for p in pages]) for st, pages in sources]
+                held = len(grp.store)
+                sel_idx = grp.pages.select(qh, held) if grp.pages is not None and held else None
                 bias = grp.rule.bias(grp)
-                if idx is not None:
-                    kk, vv = gather(kk, idx), gather(vv, idx)
-                    bias = None if bias is None else torch.gather(bias, 2, idx)
-            if shared_values:
-                vv = None if kk is None else kk[..., :lay.value_dim]
-            vr = kn[..., :lay.value_dim] if shared_values else vn
-            if sg is None:
-                o, probs, p_new = decode_attention(qh, kk, vv, kn, vr, scale, softcap, bias)
-            else:
-                o, probs, p_new = sink_decode_attention(qh, kk, vv, kn, vr, scale, softcap, bias,
-                                                        sg if sel is None else sg[sel])
+                idx, shift = sel_idx, grp.merged_tokens()
+                if shift and bias is not None:  # merged tokens come first and carry no bias
+                    bias = torch.cat([bias.new_zeros(*bias.shape[:2], shift), bias], -1)
+                if shift and idx is not None:  # merged tokens are always read
+                    idx = torch.cat([torch.arange(shift, device=idx.device).expand(*idx.shape[:2], shift),
+                                     idx + shift], -1)
+                vr = vn  # the new token's values as read; the store keeps vn (none of its own when shared)
+                if shared_values:
+                    sources = shared_value_sources(sources, lay.value_dim)
+                    vr = kn[..., :lay.value_dim]
+            o, probs, p_new = decode_step(qh, sources, kn, vr, scale, softcap, bias, idx, want,
+                                          None if sg is None else (sg if sel is None else sg[sel]))
             with clock:
-                if idx is not None and probs is not None and grp.rule.needs_probs:
-                    full = probs.new_zeros(*probs.shape[:-1], len(grp.store))
-                    probs = full.scatter(-1, idx[:, :, None, None, :].expand(*probs.shape), probs)
+                if probs is not None:  # the rules score the group's own tokens: [B, Hg, G, 1, n]
+                    probs, p_new = probs[:, :, :, None, shift:], p_new[:, :, :, None, :]
+                    if sel_idx is not None:
+                        full = probs.new_zeros(*probs.shape[:-1], held)
+                        probs = full.scatter(-1, sel_idx[:, :, None, None, :].expand(*probs.shape), probs)
                 if self.host is not None:
                     kn, vn = kn.to(self.host), vn.to(self.host)
                 grp.rule.step(self, grp, kn, vn, probs, p_new, pos)
@@ -208,7 +222,7 @@ class KvsimLayer(CacheLayerMixin):
                 out = o
             else:
                 if out is None:
-                    out = o.new_zeros(b, hkv, h // hkv, 1, o.shape[-1])
+                    out = o.new_zeros(b, hkv, h // hkv, o.shape[-1])
                 out[:, sel] = o
         self.seen += 1
         return out.reshape(b, h, 1, -1)

@@ -63,8 +63,13 @@ def cmd_measure(argv) -> int:
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="CSV file; rows are appended as they complete")
     p.add_argument("--resume", action="store_true", help="continue an existing --out, skipping finished points")
+    p.add_argument("--estimate", metavar="PROFILE", default=None,
+                   help="measure nothing: print this sweep's predicted wall time with a calibrated profile (a path "
+                        "or a shipped name) and exit")
     a = p.parse_args(argv)
     dtype = a.dtype or ("fp32" if a.device == "cpu" else "bf16")
+    if a.estimate:
+        return _estimate(a, dtype)
     _check_device(a.device)
     _threads(a.threads)
     from .models import hf_config
@@ -76,6 +81,26 @@ def cmd_measure(argv) -> int:
     n = sweep(model, a.model, a.weights, pols, seqs, a.gen, batches, a.device, dtype, a.repeats, Path(a.out),
               a.resume, a.warmup, report=lambda s: print(s, file=sys.stderr))
     print(f"wrote {n} rows to {a.out}", file=sys.stderr)
+    return 0
+
+
+def _estimate(a, dtype: str) -> int:
+    from kvsim import load_hardware, load_profile
+    from kvsim.hf import from_hf_config
+
+    from .models import hf_config
+    from .runner import estimate
+    cfg = hf_config(a.model)
+    pols = _policies(a.policy, cfg.get("model_type", ""), a.device)
+    seqs, batches = parse_values(a.seq, "--seq", lo=1), parse_values(a.batch, "--batch", lo=1)
+    prof = load_profile(a.estimate)
+    hw = prof.meta.get("hardware") or ("cpu" if a.device == "cpu" else None)
+    if not hw:
+        raise KvsimError(f"profile {a.estimate} names no hardware to predict {a.device} with")
+    r = estimate(from_hf_config(cfg, name=a.model), pols, seqs, a.gen, batches, dtype, a.repeats, a.warmup, prof,
+                 load_hardware(hw))
+    print(f"estimate {a.model}: {r['points']} points, {r['seconds']:.0f} s ({r['seconds'] / 3600:.2f} h) with "
+          f"profile {prof.name}")
     return 0
 
 

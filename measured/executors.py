@@ -34,6 +34,7 @@ from kvsim.policies.tova import TOVA
 from kvsim.policies.window import StreamingLLM, Window
 
 from .attention import column_sums, window_votes
+from .paged import Paged
 from .stores import Store, TokenQuantStore
 
 INF = float("inf")
@@ -78,15 +79,17 @@ class Group:
             out += self.pages.tensors()
         return out
 
-    def kv(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Full-precision K and V of everything this group reads (own tokens, merged tokens, low-bit part)."""
-        k, v = self.rule.kv(self)
+    def sources(self) -> list[tuple[Store, list]]:
+        """What a decode step reads, in order, as (store, pages): merged tokens, then the rule's own stores."""
+        out = []
         merged = self.extra.get("merged") or self.extra.get("merged_ref")
         if merged is not None:
-            mk, mv = merged.reconstruct(self.extra["which"])
-            k = mk if k is None or k.shape[2] == 0 else torch.cat([mk, k], 2)
-            v = mv if v is None or v.shape[2] == 0 else torch.cat([mv, v], 2)
-        return k, v
+            out.append((merged.store, merged.pages(self.extra["which"])))
+        return out + [(st, st.pages()) for st in self.rule.stores(self)]
+
+    def merged_tokens(self) -> int:
+        merged = self.extra.get("merged") or self.extra.get("merged_ref")
+        return 0 if merged is None else len(merged.store)
 
 
 # --------------------------------------------------------------------------------------------- step rules
@@ -95,8 +98,9 @@ class Rule:
 
     needs_probs = False
 
-    def kv(self, grp: Group):
-        return grp.store.kv()
+    def stores(self, grp: Group) -> list[Store]:
+        """The group's stores attention reads, in order."""
+        return [grp.store]
 
     def bias(self, grp: Group) -> torch.Tensor | None:
         """Added to the logits of stored tokens [B, heads, n] (log counts of merged tokens)."""
@@ -215,15 +219,11 @@ class ScoreRule(Rule):
         # The new token can never leave under H2O's recent window or LRU (it is the latest use).
         always_kept = (isinstance(p, H2O) and self.recent) or isinstance(p, LRU)
         drop_new = None if always_kept else new_keep < low  # the new token itself is the least worth keeping
-        if drop_new is None or not bool(drop_new.any()):
-            k_in, v_in, s_in = k, v, new_state
-        else:
-            old_k, old_v = grp.store.kv()
-            k_in = torch.where(drop_new[..., None, None], gather(old_k, slot), k.to(old_k.dtype))
-            v_in = torch.where(drop_new[..., None, None], gather(old_v, slot), v.to(old_v.dtype))
-            s_in = None if new_state is None else torch.where(
-                drop_new, grp.state["score"].gather(2, slot)[..., 0], new_state)
-        grp.store.put(victim, k_in, v_in)
+        if drop_new is not None and not bool(drop_new.any()):
+            drop_new = None
+        s_in = new_state if drop_new is None or new_state is None else torch.where(
+            drop_new, grp.state["score"].gather(2, slot)[..., 0], new_state)
+        grp.store.put(victim, k, v, keep=drop_new)  # where the new token leaves, the victim's slot is untouched
         if s_in is not None and "score" in grp.state:
             grp.state["score"].scatter_(2, slot, s_in[..., None].to(grp.state["score"].dtype))
         if "pos" in grp.state:
@@ -341,6 +341,9 @@ class MixedRule(Rule):
         self.low.append(gather(k, lo_idx), gather(v, lo_idx))
         grp.state["score"] = torch.cat([gather(score, hi_idx), gather(score, lo_idx)], -1).contiguous()
 
+    def stores(self, grp: Group) -> list[Store]:
+        return [grp.store, self.low]
+
     def kv(self, grp: Group):
         hk, hv = grp.store.kv()
         if len(self.low) == 0:
@@ -377,42 +380,56 @@ class MixedRule(Rule):
 
 # ------------------------------------------------------------------------------------------ quest pages
 class Pages:
-    """Quest's per-page channel-wise min and max keys over pages of `page` consecutive stored tokens."""
+    """Quest's per-page channel-wise min and max keys over pages of `page` consecutive stored tokens, each a
+    Paged [B, heads, pages, D]: a decode step rewrites the last summary in place or appends a new one."""
 
     def __init__(self, page: int, budget: int):
         self.page, self.budget = page, budget
-        self.kmin: torch.Tensor | None = None
-        self.kmax: torch.Tensor | None = None
+        self.kmin, self.kmax = Paged(), Paged()
 
     def tensors(self):
-        return [t for t in (self.kmin, self.kmax) if t is not None]
+        return self.kmin.pages + self.kmax.pages
+
+    def _summaries(self, k: torch.Tensor):
+        """(min, max) over each page of keys k [B, H, m, D] that start on a page boundary (the last page may be
+        partial: its padding repeats its last key)."""
+        m = k.shape[2]
+        pages = -(-m // self.page)
+        pad = pages * self.page - m
+        if pad:
+            k = torch.cat([k, k[:, :, -1:].expand(-1, -1, pad, -1)], 2)
+        k = k.reshape(k.shape[0], k.shape[1], pages, self.page, k.shape[-1])
+        return k.amin(3), k.amax(3)
 
     def refresh(self, store: Store, full: bool = False) -> None:
-        k, _ = store.kv()
-        n = k.shape[2]
+        n = len(store)
         pages = -(-n // self.page)
-        start = 0 if (full or self.kmin is None) else max(0, self.kmin.shape[2] - 1)
-        pad = pages * self.page - n
-        kk = k[:, :, start * self.page:]
-        if pad:
-            kk = torch.cat([kk, kk[:, :, -1:].expand(-1, -1, pad, -1)], 2)
-        kk = kk.reshape(k.shape[0], k.shape[1], pages - start, self.page, k.shape[-1])
-        lo, hi = kk.amin(3), kk.amax(3)
-        if start:
-            lo = torch.cat([self.kmin[:, :, :start], lo], 2)
-            hi = torch.cat([self.kmax[:, :, :start], hi], 2)
-        self.kmin, self.kmax = lo.contiguous(), hi.contiguous()
+        have = len(self.kmin)
+        if full or not have or have > pages:
+            lo, hi = self._summaries(store.keys(0))
+            self.kmin.replace(lo.contiguous())
+            self.kmax.replace(hi.contiguous())
+            return
+        start = have - 1  # the last summarised page may have grown; any after it are new
+        lo, hi = self._summaries(store.keys(start * self.page))  # decodes only the pages that hold them
+        self.kmin.set_last(lo[:, :, :1])
+        self.kmax.set_last(hi[:, :, :1])
+        if lo.shape[2] > 1:
+            self.kmin.append(lo[:, :, 1:])
+            self.kmax.append(hi[:, :, 1:])
 
     def select(self, q: torch.Tensor, n: int) -> torch.Tensor | None:
-        """Token indices [B, heads, m] to read for grouped queries q [B, heads, G, 1, D] (None: read all):
+        """Token indices [B, heads, m] to read for grouped queries q [B, heads, G, D] (None: read all):
         the best budget/page - 1 pages by the bound q.k <= sum_d max(q_d min_d, q_d max_d), plus the page
         being filled, which is always read (and may be partial)."""
         if n <= self.budget:
             return None
-        qf = q.float().squeeze(3)  # [B, H, G, D]
-        bound = torch.maximum(qf.unsqueeze(3) * self.kmin.float().unsqueeze(2),
-                              qf.unsqueeze(3) * self.kmax.float().unsqueeze(2)).sum(-1).sum(2)  # [B, H, pages]
-        pages = self.kmin.shape[2]
+        qf = q.float()
+        pos, neg = qf.clamp_min(0), qf.clamp_max(0)  # max(q min, q max) = q+ max + q- min, as two matmuls
+        bound = torch.cat([(torch.matmul(pos, hi.float().transpose(-1, -2)) +
+                            torch.matmul(neg, lo.float().transpose(-1, -2))).sum(2)
+                           for lo, hi in zip(self.kmin.pages, self.kmax.pages)], -1)  # [B, H, pages]
+        pages = bound.shape[-1]
         bound[..., -1] = INF
         chosen = torch.topk(bound, self.budget // self.page, dim=-1).indices.sort(-1).values
         idx = (chosen.unsqueeze(-1) * self.page + torch.arange(self.page, device=q.device)).flatten(2)

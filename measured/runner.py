@@ -20,12 +20,13 @@ from kvsim.model import LinearAttention, Mamba
 from . import provenance
 from kvsim.policies import label
 
+from .decode import executor
 from .loop import measure
 from .progress import Progress
 
 KEY = ("model", "weights", "policy", "seq", "gen", "batch", "device", "dtype")
 COLUMNS = KEY + (
-    "status", "error", "repeats",
+    "status", "error", "repeats", "executor",
     "kv_cache_bytes", "kv_cache_bytes_predicted", "kv_shared_bytes", "kv_shared_bytes_predicted",
     "kv_cache_bytes_prefill", "state_bytes", "state_bytes_predicted", "ttft_s", "tpot_s", "tpot_first_s", "tpot_last_s", "decode_tokens_per_s",
     "ttft_spread", "tpot_spread", "policy_prefill_s", "policy_step_s",
@@ -138,6 +139,26 @@ def _spread(vals) -> float | None:
     return (max(vals) - min(vals)) / (sorted(vals)[len(vals) // 2] or 1)
 
 
+def estimate(spec, policies, seqs, gen: int, batches, dtype: str, repeats: int, warmup: int, profile, hardware) -> dict:
+    """Predicted wall time of a sweep, by kvsim's own cost model with `profile`: per point the warm-up requests
+    (16-token prompts, 4 tokens: what `measure` runs) and `repeats` timed requests of TTFT + (gen - 1) x TPOT."""
+    import numpy as np
+
+    p, b = np.asarray(seqs)[:, None], np.asarray(batches)[None, :]
+    total, points = 0.0, 0
+    for pol in list({x.spec(): x for x in policies}.values()):
+        t = 0.0
+        for reps, prompt, g in ((repeats, p, gen), (warmup, np.minimum(p, 16), min(gen, 4))):
+            if not reps:
+                continue
+            pr = predict(spec, hardware, pol, Workload(prompt=prompt, gen=g, batch=b, kv_dtype=dtype,
+                                                       weight_dtype=dtype), profile)
+            t = t + reps * (pr.ttft_s + (g - 1) * np.nan_to_num(pr.tpot_s))
+        total += float(np.sum(t))
+        points += p.size * b.size
+    return {"points": points, "seconds": total}
+
+
 def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batches, device: str, dtype: str,
           repeats: int, out: Path, resume: bool, warmup: int = 1, report=print, seed: int = 0) -> int:
     """Measure every (policy, seq, batch) point; returns the number of rows written."""
@@ -169,7 +190,7 @@ def sweep(model, model_name: str, weights: str, policies, seqs, gen: int, batche
                                                            weight_dtype=dtype))
                     prov["date"] = provenance.columns(device)["date"]  # when this point was measured
                     resident = int(pred.kv_cache_bytes + pred.policy_state_bytes)  # physical: cache and state
-                    row = dict(key, repeats=repeats, kv_cache_bytes_predicted=resident,
+                    row = dict(key, repeats=repeats, executor=executor(device), kv_cache_bytes_predicted=resident,
                                kv_shared_bytes_predicted=int(pred.kv_shared_bytes),
                                state_bytes_predicted=int(pred.state_bytes), **prov)
                     try:

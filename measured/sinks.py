@@ -28,27 +28,3 @@ def sink_prefill_attention(q, k, v, scale: float, window: int, sinks, chunk: int
         p = e / (e.sum(-1, keepdim=True) + torch.exp(sink - m))
         outs.append(torch.matmul(p.to(v.dtype), v.unsqueeze(2)))
     return torch.cat(outs, 3).reshape(b, h, t, v.shape[-1])
-
-
-def sink_decode_attention(q, k, v, k_new, v_new, scale: float, softcap, bias, sinks):
-    """decode_attention (attention.py) with sink logits [Hg, G] per query head: the same returns, with every
-    probability over stored and new tokens normalised against the sink too (they sum to less than one)."""
-    sink = sinks.float()[None, :, :, None, None]
-    s_new = (q * k_new.unsqueeze(2)).sum(-1, keepdim=True).float() * scale
-    if softcap:
-        s_new = torch.tanh(s_new / softcap) * softcap
-    if k is None or k.shape[2] == 0:
-        m = torch.maximum(s_new, sink)
-        e_new = torch.exp(s_new - m)
-        p_new = e_new / (e_new + torch.exp(sink - m))
-        return p_new.to(v_new.dtype) * v_new.unsqueeze(2), None, p_new
-    s = scores(q, k, scale, softcap)
-    if bias is not None:
-        s = s + bias[:, :, None, None, :]
-    m = torch.maximum(torch.maximum(s.amax(-1, keepdim=True), s_new), sink)
-    e = torch.exp(s - m)
-    e_new = torch.exp(s_new - m)
-    z = e.sum(-1, keepdim=True) + e_new + torch.exp(sink - m)
-    p, p_new = e / z, e_new / z
-    out = torch.matmul(p.to(v.dtype), v.unsqueeze(2)) + p_new.to(v.dtype) * v_new.unsqueeze(2)
-    return out, p, p_new

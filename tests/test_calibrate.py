@@ -148,3 +148,96 @@ def test_probe_writes_a_usable_profile(tmp_path):
     assert prof.memory_bandwidth > 1e8 and prof.peak_flops > 1e8
     pred = predict(load_model("gpt2"), load_hardware("cpu"), None, Workload(prompt=64, gen=4, kv_dtype="fp32"), prof)
     assert np.isfinite(pred.tpot_s)
+
+
+def test_extrapolation_schemes_and_domain_are_recorded(tmp_path):
+    """Every hold-out scheme is fitted and reported; the profile states its domain and predict notes a query
+    outside it. Rows made by a profile of the fitted family are recovered on every scheme."""
+    import shutil
+
+    from kvsim import load_profile
+    from kvsim.hf import from_hf_config, load_json
+    folder = tmp_path / "runs"
+    (folder / "models").mkdir(parents=True)
+    cfg = folder / "models" / "tiny-llama.json"
+    shutil.copy("measured/results/cpu/models/llama-mqa-768x16.json", cfg)
+    truth = Profile(name="truth", mem_efficiency=0.55, step_overhead_s=2e-3)  # the two parameters fitted below
+    rows = synthetic_rows(truth, models=("smollm2-135m",), policies=POLICIES[:1], seqs=(128, 2048), batches=(1, 2, 8))
+    spec = from_hf_config(load_json(cfg), name="models/tiny-llama.json")
+    for seq in (128, 2048):  # a model named by a config.json path relative to its CSV, as collect.sh names them
+        for batch in (1, 2, 8):
+            pr = predict(spec, load_hardware("cpu"), None, Workload(prompt=seq, gen=16, batch=batch, kv_dtype="fp32",
+                                                                      weight_dtype="fp32"), truth)
+            rows.append({**rows[0], "model": "models/tiny-llama.json", "seq": seq, "batch": batch,
+                         "ttft_s": float(pr.ttft_s), "tpot_s": float(pr.tpot_s)})
+    write(folder / "latency-v2.csv", rows)
+    out = tmp_path / "fit.json"
+    r = kvsim("calibrate", "--data", str(folder / "latency-v2.csv"), "--out", str(out), "--hardware", "cpu",
+              "--folds", "2", "--no-plot", "--fit", "mem_efficiency,step_overhead_s",
+              "--holdout-batch-above", "2", "--holdout-seq-above", "1024")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(out.read_text())
+    schemes = prof["heldout_schemes"]
+    assert set(schemes) == {"grouped", "leave-one-model-out", "batch", "prompt"}
+    assert schemes["leave-one-model-out"]["rows"] == 12 and len(schemes["leave-one-model-out"]["splits"]) == 2
+    assert schemes["batch"]["rows"] == 4 and schemes["prompt"]["rows"] == 6
+    for name, sc in schemes.items():
+        assert sc["tpot_mape"] < 0.01 and sc["ttft_mape"] < 0.01, (name, sc)
+    assert "leave-one-model-out" in r.stdout and "prompt" in r.stdout
+    dom = prof["domain"]
+    assert dom["batch"] == [1, 8] and dom["prompt"] == [128, 2048] and dom["dtypes"] == ["fp32"]
+    assert dom["params"] == sorted([spec.n_params(), load_model("smollm2-135m").n_params()])
+    fitted = load_profile(out)
+    inside = predict(load_model("smollm2-135m"), load_hardware("cpu"), None,
+                     Workload(prompt=512, gen=16, batch=4, kv_dtype="fp32", weight_dtype="fp32"), fitted)
+    assert not any("extrapolation" in n for n in inside.notes)
+    outside = predict(load_model("llama-3-8b"), load_hardware("cpu"), None, Workload(prompt=4096, gen=16, batch=32),
+                      fitted)
+    note = [n for n in outside.notes if "extrapolation" in n]
+    assert len(note) == 1 and all(w in note[0] for w in ("batch 32", "prompt 4,096", "bf16", "8.03B parameters"))
+
+
+def test_native_executor_data_fixes_the_copy_term(tmp_path):
+    """The native executor reads pages in place: materialised_reads has nothing to describe and is not fitted."""
+    data = tmp_path / "native.csv"
+    rows = [{**x, "executor": "native-c"} for x in synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))]
+    write(data, rows, COLUMNS + ["executor"])
+    out = tmp_path / "fit.json"
+    r = kvsim("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--folds", "2", "--no-plot",
+              "--fit", "mem_efficiency,materialised_reads")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(out.read_text())
+    assert prof["fitted"] == ["mem_efficiency"] and "materialised_reads" in prof["fixed"]
+    assert prof["params"]["materialised_reads"] == 0
+    r = kvsim("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--fit", "materialised_reads")
+    assert r.returncode == 2 and "nothing left to fit" in r.stderr
+
+
+def test_calibrate_refuses_to_mix_harness_executors(tmp_path):
+    rows = synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))
+    write(tmp_path / "old.csv", rows)  # no executor column: the first harness
+    write(tmp_path / "new.csv", [{**x, "executor": "native-c"} for x in rows], COLUMNS + ["executor"])
+    r = kvsim("calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "p.json"), "--hardware", "cpu")
+    assert r.returncode == 2 and "mixes harness decode executors" in r.stderr, r.stderr
+
+
+def test_a_malformed_domain_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"params": {"name": "p", "mem_efficiency": 0.5}, "domain": {"batch": [8, 1]}}))
+    r = kvsim("predict", "--model", "gpt2", "--profile", str(path))
+    assert r.returncode == 2 and "domain.batch" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_composed_policies_are_read_as_one_composition():
+    """measure writes a composition's spec as "a + b"; calibrate must predict that composition, not refuse '+'."""
+    import pandas as pd
+
+    from calibrate.fit import Problem
+    spec = parse_composition(["snapkv:budget=128", "int4"]).spec()
+    rows = synthetic_rows(policies=POLICIES[:1], seqs=(512,), batches=(2,))
+    df = pd.DataFrame([{**rows[0], "policy": spec}])
+    problem = Problem(df, load_hardware("cpu"), TRUE)
+    ttft, tpot = problem.predict(TRUE)
+    want = predict(load_model("smollm2-135m"), load_hardware("cpu"), parse_composition(["snapkv:budget=128", "int4"]),
+                   Workload(prompt=512, gen=16, batch=2, kv_dtype="fp32", weight_dtype="fp32"), TRUE)
+    assert tpot[0] == pytest.approx(float(want.tpot_s)) and ttft[0] == pytest.approx(float(want.ttft_s))

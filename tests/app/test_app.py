@@ -158,13 +158,13 @@ def test_serving_tab_simulates_every_policy_at_every_rate():
     assert (lat["ms"] > 0).all() and (occ["pool_used_gib"] <= occ["pool_gib"]).all()
 
 
-def test_measured_rows_name_presets_or_repository_configs():
-    """The architectures block measures measured/configs/*.json: the explorer reads those names back, and
-    nothing outside the repository."""
-    from app.data import measured_model
+def test_measured_rows_name_presets_or_configs_beside_their_data():
+    """Measured rows name a preset or a config.json relative to their CSV's folder (collect.sh runs there): the
+    explorer and calibrate read those names back the same way."""
+    from calibrate.fit import model_spec
     from kvsim import KvsimError
-    assert measured_model("measured/configs/jamba-small.json").n_layers == 8
-    assert measured_model("gpt2").name == "gpt2"
-    for bad in ("../../../etc/hostname", "/etc/hostname", "no-such-model"):
-        with pytest.raises(KvsimError):
-            measured_model(bad)
+    folder = Path(__file__).resolve().parents[2] / "measured" / "results" / "cpu"
+    assert model_spec("../../configs/jamba-small.json", folder).n_layers == 8
+    assert model_spec("gpt2").name == "gpt2"
+    with pytest.raises(KvsimError):
+        model_spec("no-such-model", folder)

@@ -47,6 +47,8 @@ def test_every_executor_path_on_the_newer_architectures_matches_to_the_byte(arch
        st.integers(1, 3))
 # A per-channel residual refilled by one token: GPT-2's K is then a view into its fused QKV buffer
 @example("gpt2-mha", ["kmeans:clusters=8,recent=8,every=4,iters=3", "quant:bits=4,axis=channel,group=8"], 2, 8, 1)
+# KIVI's per-channel scales (a row per 8 tokens) and codes paged over the same tokens once flushes pass a page
+@example("gemma3-local-global", ["kivi:bits=2,group=8,residual=16"], 68, 14, 1)
 def test_bytes_match_over_random_sizes(arch, specs, prompt, gen, batch):
     if arch == "gpt2-mha":
         prompt = min(prompt, 200)

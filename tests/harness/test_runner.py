@@ -114,3 +114,28 @@ def test_recurrent_state_columns_and_older_files(tmp_path):
               "--out", str(old), "--resume")
     assert r.returncode == 0, r.stderr
     assert len(rows(old)) == 1 and "state_bytes" not in rows(old)[0]
+
+
+def test_estimate_predicts_a_sweep_and_measures_nothing(tmp_path):
+    out = tmp_path / "never.csv"
+    r = kvsim("measure", "--model", "smollm2-135m", "--policy", "full;int4", "--seq", "128,2048", "--batch", "1,8",
+              "--gen", "16", "--repeats", "2", "--out", str(out), "--estimate", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("estimate smollm2-135m: 8 points, ") and not out.exists()
+    from kvsim import Workload, load_hardware, load_model, load_profile, predict
+    from measured.runner import estimate
+    prof, spec, hw = load_profile("cpu"), load_model("smollm2-135m"), load_hardware("cpu")
+    got = estimate(spec, [parse_composition([])], [2048], 16, [8], "fp32", 2, 0, prof, hw)["seconds"]
+    pr = predict(spec, hw, None, Workload(prompt=2048, gen=16, batch=8, kv_dtype="fp32", weight_dtype="fp32"), prof)
+    assert got == pytest.approx(2 * float(pr.ttft_s + 15 * pr.tpot_s))
+
+
+def test_rows_name_their_decode_executor(tmp_path, monkeypatch):
+    out = tmp_path / "m.csv"
+    for choice, want in (("native", "native-c"), ("torch", "torch")):
+        monkeypatch.setenv("KVSIM_ATTENTION", choice)
+        r = kvsim("measure", "--model", "gpt2", "--seq", "24", "--gen", "2", "--repeats", "1", "--warmup", "0",
+                  "--out", str(out), "--resume")
+        assert r.returncode == 0, r.stderr
+        assert rows(out)[-1]["executor"] == want
+        out.unlink()
