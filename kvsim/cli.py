@@ -482,7 +482,8 @@ def cmd_check(args) -> int:
         raise CliError(f"--tolerance must be a fraction in [0, 1), got {args.tolerance}")
     prof = _profile(args)
     verdicts = check(read(args.table), prof, tol)
-    against = (f"profile {describe(prof)} (calibrated estimates, not physical bounds)" if prof else
+    against = (f"profile {describe(prof)} (its predictions less its worst held-out error: faster is inconsistent; "
+               "faster than the datasheet floor, impossible)" if prof else
                "the datasheet roofline at efficiency 1 (lower bounds on time, upper bounds on throughput)")
     if args.format == "json":
         print(json.dumps([v.to_dict() for v in verdicts], indent=2, allow_nan=False))

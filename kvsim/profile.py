@@ -350,6 +350,21 @@ def domain_notes(prof: Profile, params: int, prompt, gen, batch, dtypes: tuple[s
             "its times are an extrapolation"]
 
 
+def estimate_error(prof: Profile, phase: str, families: tuple[str, ...] = ()) -> float:
+    """The relative error a profile's predicted `phase` time ("prefill" or "decode") carries, from its own
+    held-out figures: a harness profile's worst hold-out scheme for TTFT or TPOT; a kernel-database profile's
+    worst hold-out of the op `families` the step runs. 0 when the profile states none."""
+    meta = prof.meta or {}
+    if meta.get("kind") == "kernel-database":
+        summary = meta.get("heldout_summary", {})
+        return max((float(v.get("worst_mape", v["mape"])) for k, v in summary.items() if k in families), default=0.0)
+    held = meta.get("heldout", {})
+    key = "ttft_mape" if phase == "prefill" else "tpot_mape"
+    schemes = [s for s in (meta.get("heldout_schemes") or {}).values()
+               if isinstance(s, dict) and key in s and s.get("rows", 1)]
+    return max([float(held.get(key, 0.0))] + [float(s[key]) for s in schemes])
+
+
 def describe(prof: Profile) -> str:
     """One line naming a profile, where it comes from and its held-out error."""
     meta = prof.meta or {}

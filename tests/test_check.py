@@ -76,12 +76,32 @@ def test_impossible_times_and_throughput():
     assert "datasheet, efficiency 1" in v["fast", "ttft_s"].explanation
 
 
-def test_profile_is_named_and_not_a_bound():
-    from kvsim.profile import load_profile, shipped_profiles
-    name = next(iter(shipped_profiles()))
-    v = verdicts("label,model,hardware,seq,gen,batch,tpot_ms\nr,llama-3-8b,h100-sxm,1024,16,1,1\n",
-                 profile=load_profile(name))
-    assert "not a physical bound" in v["r", "tpot_s"].explanation
+def test_profile_band_separates_inconsistent_from_impossible():
+    """With a calibrated profile, a TPOT faster than its prediction less its worst held-out error is
+    inconsistent with the profile's measurements; only one faster than the datasheet floor is impossible."""
+    from kvsim import Workload, load_hardware, load_model, predict
+    from kvsim.profile import estimate_error, load_profile
+    prof = load_profile("h100-sxm-vllm")
+    p = predict(load_model("llama-3-8b"), load_hardware("h100-sxm"), None, Workload(prompt=1024, gen=16, batch=1),
+                prof, "vllm")
+    est = float(p.tpot_s)
+    floor = max(float(p.decode_flops) / max(p._engine.cost.raw_peak, p._engine.cost.raw_gemm_peak),
+                float(p.decode_bytes) / p._engine.cost.raw_bw)
+    err = estimate_error(prof, "decode", ("gemm", "decode_attention"))
+    assert 0 < err < 1 and floor < est * (1 - err)
+    claims = {"slow": est * 2, "near": est * (1 - err / 2), "fast": (est * (1 - err) + floor) / 2, "magic": floor / 2}
+    rows = "".join(f"{k},llama-3-8b,h100-sxm,1024,16,1,vllm,{t * 1e3!r}\n" for k, t in claims.items())
+    v = verdicts("label,model,hardware,seq,gen,batch,engine,tpot_ms\n" + rows, profile=prof, tolerance=0.0)
+    got = {k: v[k, "tpot_s"].verdict for k in claims}
+    assert got == {"slow": "consistent", "near": "consistent", "fast": "inconsistent", "magic": "impossible"}
+    assert "held-out error" in v["fast", "tpot_s"].explanation and "physical floor" in v["fast", "tpot_s"].explanation
+    # throughput mirrors it: the most tokens/s the band allows, then the datasheet's
+    rate = {"fast": 1 / ((est * (1 - err) + floor) / 2), "magic": 2 / floor}
+    rows = "".join(f"{k},llama-3-8b,h100-sxm,1024,16,1,vllm,{r!r}\n" for k, r in rate.items())
+    v = verdicts("label,model,hardware,seq,gen,batch,engine,decode_tokens_per_s\n" + rows, profile=prof,
+                 tolerance=0.0)
+    assert (v["fast", "decode_tokens_per_s"].verdict, v["magic", "decode_tokens_per_s"].verdict) == \
+        ("inconsistent", "impossible")
 
 
 def test_relative_claims():

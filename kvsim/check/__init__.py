@@ -4,8 +4,8 @@ would write, and each claimed figure is compared with a physical bound or an exa
     from kvsim.check import check, read
     verdicts = check(read("examples/claims/vllm_paper.csv"))
 
-Verdicts: consistent, impossible (beats a physical bound), inconsistent (differs from an exact value),
-unverifiable (says what is missing), invalid (a configuration that cannot exist).
+Verdicts: consistent, impossible (beats a physical bound), inconsistent (differs from an exact value, or, with
+a calibrated profile, is faster than its prediction allows by the profile's own held-out error), unverifiable (says what is missing), invalid (a configuration that cannot exist).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Time bounds are lower bounds from the datasheet (efficiency 1): a phase cannot take less than its FLOP at the
 dense peak or its bytes at the peak bandwidth, max(FLOP / peak, bytes / bandwidth), even if every operation
 overlapped every other (kvsim's per-operation roofline, which sums them, is never below it). With a
-calibrated profile the profile's predicted times take their place, and the explanation says so.
+calibrated profile a claim is also held to the profile's prediction less its own worst held-out error: faster
+than that is inconsistent with the measurements the profile was fitted to, and only faster than the datasheet
+floor is impossible.
 
 Speed-ups are judged against the mechanism: with both configurations running at the same efficiency, a
 throughput ratio cannot exceed the larger of the ratios of bytes and of FLOP each generated token needs
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..profile import Profile, describe
+from ..model import MoE
+from ..profile import Profile, describe, estimate_error
 from ..units import fmt_bytes, fmt_count, fmt_seconds
 
 if TYPE_CHECKING:
@@ -37,15 +40,10 @@ class Quantity:
     explain: object  # (grid index, batch) -> one line of arithmetic
     fits: object = True
     alt: tuple | None = None  # (lo, hi, what it needs): a looser reading of the claim, tried when this one fails
+    physical: tuple | None = None  # (lo, hi): the datasheet bounds, when lo/hi are a calibrated estimate's band
 
 
 INF = np.inf
-
-
-def _source(ck: Checker) -> str:
-    if ck.profile is None:
-        return "datasheet, efficiency 1"
-    return f"profile {describe(ck.profile)}; a calibrated estimate, not a physical bound"
 
 
 def _kv(ck: Checker, cfg: Config, grid, base):
@@ -158,78 +156,125 @@ def _memory_ratio(ck: Checker, cfg: Config, grid, base):
 
 
 def _floor(ck: Checker, p, phase: str):
-    """Lower bound on a phase's time: (time, FLOP, bytes, peak, bandwidth) arrays."""
+    """Lower bound on a phase's time from the datasheet: (time, FLOP, bytes, peak, bandwidth) arrays."""
     c = p._engine.cost
     flops = getattr(p, f"{phase}_flops").astype(np.float64)
     nbytes = getattr(p, f"{phase}_bytes").astype(np.float64)
     peak, bw = max(c.raw_peak, c.raw_gemm_peak), c.raw_bw
+    return np.maximum(flops / peak, nbytes / bw), flops, nbytes, peak, bw
+
+
+def _families(cfg: Config, phase: str) -> tuple[str, ...]:
+    """The kernel-database op families a phase of this configuration runs."""
+    fams = ["gemm", "prefill_attention" if phase == "prefill" else "decode_attention"]
+    fams += ["moe"] if any(isinstance(layer.mlp, MoE) for layer in cfg.model.layers) else []
+    fams += ["allreduce"] if cfg.tp > 1 else []
+    return tuple(fams)
+
+
+def _least(ck: Checker, cfg: Config, p, phase: str):
+    """(least time a claim may report, the profile's prediction, its error, the datasheet floor): without a
+    profile the floor itself; with one, the prediction less its worst held-out error, never below the floor."""
+    floor = _floor(ck, p, phase)[0]
     if ck.profile is None:
-        t = np.maximum(flops / peak, nbytes / bw)
-    else:
-        t = (p.ttft_s if phase == "prefill" else p.tpot_s).astype(np.float64)
-    return t, flops, nbytes, peak, bw
+        return floor, floor, 0.0, floor
+    est = (p.ttft_s if phase == "prefill" else p.tpot_s).astype(np.float64)
+    err = min(estimate_error(ck.profile, phase, _families(cfg, phase)), 1.0)
+    return np.maximum(est * (1.0 - err), floor), est, err, floor
 
 
 def _time_text(ck, what, t, flops, nbytes, peak, bw, i, b, roofline):
-    if ck.profile is not None:
-        return f"{what} at batch {b:,} predicted {fmt_seconds(t[i])} ({_source(ck)})"
-    return (f"{what} >= max({fmt_count(flops[i], 'FLOP')} / {fmt_count(peak, 'FLOP/s')}, "
+    text = (f"{what} >= max({fmt_count(flops[i], 'FLOP')} / {fmt_count(peak, 'FLOP/s')}, "
             f"{fmt_bytes(nbytes[i], binary=False)} / {fmt_bytes(bw, binary=False)}/s) = {fmt_seconds(t[i])} at batch "
-            f"{b:,} ({_source(ck)}; kvsim's per-op roofline {fmt_seconds(roofline[i])})")
+            f"{b:,} (datasheet, efficiency 1")
+    if ck.profile is None:
+        return text + f"; kvsim's per-op roofline {fmt_seconds(roofline[i])})"
+    return text + ")"
+
+
+def _estimate_text(ck, what, least, est, err, i, b):
+    return (f"{what} at batch {b:,} predicted {fmt_seconds(est[i])} (profile {describe(ck.profile)}); at most "
+            f"{err:.1%} faster by its worst held-out error: >= {fmt_seconds(least[i])}")
+
+
+def _time(ck: Checker, cfg: Config, grid, what: str, phase: str, per_token: bool):
+    """A phase's time (TTFT, TPOT) or, per_token, the decode throughput it allows."""
+    p = ck.predict(cfg, grid)
+    t, f, nb, peak, bw = _floor(ck, p, phase)
+    least, est, err, floor = _least(ck, cfg, p, phase)
+    roof = p.ttft_s if phase == "prefill" else p.tpot_s
+
+    def explain(i, b):
+        text = _time_text(ck, what, t, f, nb, peak, bw, i, b, roof)
+        if ck.profile is not None:
+            text = _estimate_text(ck, what, least, est, err, i, b) + "; physical floor: " + text
+        if per_token:
+            return f"batch {b:,} / " + text + f" = {grid[i] / least[i]:,.1f} tokens/s"
+        return text
+
+    physical = None if ck.profile is None else ((0.0, grid / floor) if per_token else (floor, INF))
+    fail = "impossible" if ck.profile is None else "inconsistent"
+    if per_token:
+        return Quantity(0.0, grid / least, "<=", fail, fail, explain, p.fits, physical=physical)
+    return Quantity(least, INF, ">=", fail, fail, explain, p.fits, physical=physical)
 
 
 def _ttft(ck: Checker, cfg: Config, grid, base):
-    p = ck.predict(cfg, grid)
-    t, f, nb, peak, bw = _floor(ck, p, "prefill")
-    return Quantity(t, INF, ">=", "impossible", "impossible",
-                    lambda i, b: _time_text(ck, "TTFT", t, f, nb, peak, bw, i, b, p.ttft_s), p.fits)
+    return _time(ck, cfg, grid, "TTFT", "prefill", False)
 
 
 def _tpot(ck: Checker, cfg: Config, grid, base):
-    p = ck.predict(cfg, grid)
-    t, f, nb, peak, bw = _floor(ck, p, "decode")
-    return Quantity(t, INF, ">=", "impossible", "impossible",
-                    lambda i, b: _time_text(ck, "TPOT", t, f, nb, peak, bw, i, b, p.tpot_s), p.fits)
+    return _time(ck, cfg, grid, "TPOT", "decode", False)
 
 
 def _throughput(ck: Checker, cfg: Config, grid, base):
-    p = ck.predict(cfg, grid)
-    t, f, nb, peak, bw = _floor(ck, p, "decode")
-    rate = grid / t
-    return Quantity(0.0, rate, "<=", "impossible", "impossible",
-                    lambda i, b: f"batch {b:,} / " + _time_text(ck, "TPOT", t, f, nb, peak, bw, i, b, p.tpot_s)
-                    + f" = {rate[i]:,.1f} tokens/s", p.fits)
+    return _time(ck, cfg, grid, "TPOT", "decode", True)
 
 
-_PHASE = {True: "; each phase max(FLOP / peak, bytes / bandwidth)", False: ""}
-
-
-def _e2e_floor(ck: Checker, p):
-    """Lower bound on the whole request: the prefill's floor plus gen - 1 decode steps at the mean step's."""
+def _e2e_floor(ck: Checker, cfg: Config, p, least: bool = True):
+    """Least time of the whole request: the prefill's plus gen - 1 decode steps at the mean step's (with a
+    profile, least=False gives the datasheet floor instead of the estimate's band)."""
     steps = np.maximum(np.asarray(p._engine.gen) - 1, 0)
-    t_pre = _floor(ck, p, "prefill")[0]
-    t_dec = _floor(ck, p, "decode")[0]
+    pick = 0 if least else 3
+    t_pre = _least(ck, cfg, p, "prefill")[pick]
+    t_dec = _least(ck, cfg, p, "decode")[pick]
     return t_pre + steps * t_dec, t_pre, t_dec, steps
+
+
+def _e2e_source(ck: Checker) -> str:
+    if ck.profile is None:
+        return "datasheet, efficiency 1; each phase max(FLOP / peak, bytes / bandwidth)"
+    return (f"profile {describe(ck.profile)}; each phase its prediction less its worst held-out error, never "
+            "below the datasheet floor")
+
+
+def _e2e_physical(ck: Checker, cfg: Config, p, rate_of=None):
+    if ck.profile is None:
+        return None
+    t = _e2e_floor(ck, cfg, p, least=False)[0]
+    return (0.0, rate_of(t)) if rate_of else (t, INF)
 
 
 def _e2e(ck: Checker, cfg: Config, grid, base):
     p = ck.predict(cfg, grid)
-    t, t_pre, t_dec, steps = _e2e_floor(ck, p)
-    return Quantity(t, INF, ">=", "impossible", "impossible",
+    t, t_pre, t_dec, steps = _e2e_floor(ck, cfg, p)
+    fail = "impossible" if ck.profile is None else "inconsistent"
+    return Quantity(t, INF, ">=", fail, fail,
                     lambda i, b: f"request >= prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps x "
-                                 f"{fmt_seconds(t_dec[i])} = {fmt_seconds(t[i])} at batch {b:,} ({_source(ck)}{_PHASE[ck.profile is None]})",
-                    p.fits)
+                                 f"{fmt_seconds(t_dec[i])} = {fmt_seconds(t[i])} at batch {b:,} ({_e2e_source(ck)})",
+                    p.fits, physical=_e2e_physical(ck, cfg, p))
 
 
 def _throughput_e2e(ck: Checker, cfg: Config, grid, base):
     p = ck.predict(cfg, grid)
-    t, t_pre, t_dec, steps = _e2e_floor(ck, p)
+    t, t_pre, t_dec, steps = _e2e_floor(ck, cfg, p)
     gen = int(cfg.gen)
     rate = grid * gen / t
-    return Quantity(0.0, rate, "<=", "impossible", "impossible",
+    fail = "impossible" if ck.profile is None else "inconsistent"
+    return Quantity(0.0, rate, "<=", fail, fail,
                     lambda i, b: f"batch {b:,} x gen {gen:,} / (prefill {fmt_seconds(t_pre[i])} + {int(steps):,} steps "
-                                 f"x {fmt_seconds(t_dec[i])}) = {rate[i]:,.1f} tokens/s ({_source(ck)}{_PHASE[ck.profile is None]})",
-                    p.fits)
+                                 f"x {fmt_seconds(t_dec[i])}) = {rate[i]:,.1f} tokens/s ({_e2e_source(ck)})",
+                    p.fits, physical=_e2e_physical(ck, cfg, p, lambda t: grid * gen / t))
 
 
 def _speedup(ck: Checker, cfg: Config, grid, base):
@@ -246,8 +291,8 @@ def _speedup(ck: Checker, cfg: Config, grid, base):
     rb = per["base"][0][0] / per["this"][0]
     rf = per["base"][1][0] / per["this"][1]
     bound = np.maximum(rb, rf)
-    t1 = _e2e_floor(ck, p1)[0] / (grid * float(np.asarray(p1._engine.gen)))
-    t0 = float(_e2e_floor(ck, p0)[0][0]) / (b0 * float(np.asarray(p0._engine.gen)))
+    t1 = _e2e_floor(ck, cfg, p1, least=False)[0] / (grid * float(np.asarray(p1._engine.gen)))
+    t0 = float(_e2e_floor(ck, other, p0, least=False)[0][0]) / (b0 * float(np.asarray(p0._engine.gen)))
     roof = t0 / t1
     return Quantity(0.0, bound, "<=", "impossible", "impossible",
                     lambda i, b: f"vs {what}: per generated token the baseline moves {rb[i]:.2f}x the bytes and "

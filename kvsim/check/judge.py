@@ -279,6 +279,8 @@ class Checker:
             gap = np.where(fits, np.abs(gap), np.inf) if fits.any() else np.abs(gap)
             i = int(np.argmin(gap))
             verdict = q.fail_lo if not ok_lo[i] else q.fail_hi
+            if q.physical is not None and self._beyond(x, c, q.physical, grid.shape, i):
+                verdict = "impossible"
             if cfg.batch is None and (ok_lo & ok_hi).any():
                 conds.append("only at batches that do not fit in device memory")
         if q.relation == "=":
@@ -295,6 +297,12 @@ class Checker:
         return Verdict(row.label, c.name, c.column, c.readings[0][1], verdict,
                        float(side) if np.isfinite(side) else None, relation,
                        None if margin is None else float(margin), q.explain(i, b), "; ".join(conds))
+
+    def _beyond(self, x: float, c: Claim, physical: tuple, shape, i: int) -> bool:
+        """Whether claimed x breaks the datasheet bounds too (within the same tolerance and rounding slack)."""
+        lo, hi = (np.broadcast_to(np.asarray(v, dtype=np.float64), shape)[i] for v in physical)
+        slack = c.slack * (x / c.readings[0][1]) if c.readings[0][1] else c.slack
+        return bool(x < lo - self.tol * abs(lo) - slack or (np.isfinite(hi) and x > hi + self.tol * abs(hi) + slack))
 
     def judge_quality(self, row: Row, col: str, raw: str) -> Verdict:
         """Quality needs a measurement; only an identical figure for a configuration that must differ is
