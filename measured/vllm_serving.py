@@ -54,6 +54,9 @@ def write_atomic(path: str, header: list[str], rows: list[list]) -> None:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
+    umask = os.umask(0)  # mkstemp makes 0600 files; give the result the mode a plain open() would
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
