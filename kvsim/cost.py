@@ -537,7 +537,8 @@ class CostModel:
                 rows = tokens * moe.top_k / touched
                 inter = moe.expert_intermediate / tp
                 for mm_n, mm_k in (((2 if moe.gated else 1) * inter, h), (h, inter)):
-                    c, m, t = self._matmul(rows, mm_n, mm_k, groups=touched, efficiency=self.profile.moe_efficiency)
+                    c, m, t = self._matmul(rows, mm_n, mm_k, groups=touched,
+                                          efficiency=self.profile.moe_fraction(rows))
                     ph.add_times(n, 2.0 * tokens * moe.top_k * mm_n * mm_k, touched * mm_n * mm_k * self.wbytes,
                                  c, m, t, label="MoE experts")
             if self.elementwise:

@@ -10,7 +10,9 @@ Matmuls. A GEMM kernel covers its m x n output with tiles and runs them in waves
 filled tile computes in full, and a last wave with fewer tiles than SMs takes as long as a full one. With few
 tiles a kernel splits k into pieces run side by side (split-K) and adds their fp32 partial outputs. Libraries
 pick the tile and split that finish first (cuBLAS's heuristics, CUTLASS autotuning), so the time is the best
-over TILES x SPLITS. Each tile also pays a fixed prologue and epilogue, worth `matmul_tile_fixed_k` steps of
+over TILES x SPLITS. One row through one 16-bit weight (a decode step at batch 1) runs a GEMV kernel that
+streams the weight at `gemv_mem_efficiency` of the bandwidth where the profile gives one. Each tile also
+pays a fixed prologue and epilogue, worth `matmul_tile_fixed_k` steps of
 its k loop. A kernel with few tiles cannot keep enough loads in flight: C thread blocks (tiles x splits) keep
 C / sqrt(C^2 + matmul_half_ctas^2) of the bandwidth busy. W8A8 formats quantise the activations first, in a
 kernel of their own: read 16-bit, write 8-bit, plus `quant_row_overhead_s` per row; their scaled-matmul
@@ -22,9 +24,10 @@ Attention. Compute runs at the attention ramp by tokens per sequence (Profile.at
 tile's fixed cost amortised over its keys), at `attn_dtype_efficiency[kv dtype]` when the KV dtype has an
 entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). A decode kernel spreads its
 KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
-`kv_split_tokens` or more; C such pieces keep C / sqrt(C^2 + kv_half_units^2) of the bandwidth busy. KV
-dtypes listed in `kv_dtype_efficiency` are also bound by their dequantisation at that fraction of the
-bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence, KV head) unit
+`kv_split_tokens` or more; C such pieces keep C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy
+(p = `kv_occupancy_power`), a unit dequantising a KV dtype listed in `kv_dtype_unit_rate` counting as that
+share of one. KV dtypes listed in `kv_dtype_efficiency` are also bound by their dequantisation at that
+fraction of the bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence, KV head) unit
 costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) ** attn_head_exponent, and
 the units run in waves: fewer than one per SM cost a full wave. In decode the three parts overlap imperfectly:
 time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0: max(compute, memory) + units).
@@ -67,6 +70,8 @@ def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, 
     `abytes` the bytes of each activation element the matmul reads; `efficiency` scales the compute."""
     m, n, k, groups = (np.asarray(a, dtype=np.float64) for a in (m, n, k, groups))
     membw = bw * prof.mem_efficiency
+    if prof.gemv_mem_efficiency and not quantised:  # one row through one weight: a GEMV kernel of its own
+        membw = np.where((m <= 1) & (groups == 1), bw * prof.gemv_mem_efficiency, membw)
     moved = groups * (n * k * wbytes + m * k * abytes + m * n * OUT_BYTES)
     quant = 0.0
     if quantised:  # the activation-quantisation kernel before the matmul
@@ -116,7 +121,9 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     if not decode:
         prof = prof.for_prefill()
     sms = sm_count(hw)
-    occ = decode_occupancy(prof, units, tokens, sms) if decode else 1.0
+    occ = 1.0
+    if decode:  # a unit that dequantises its cache streams it slower: it takes more of them to fill the bandwidth
+        occ = prof.kv_occupancy(prof.decode_units(units, tokens, sms) * prof.kv_dtype_unit_rate.get(kv_dtype, 1.0))
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)

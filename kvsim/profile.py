@@ -28,13 +28,19 @@ the roofline is unchanged:
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
   kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"): with few such pieces the kernel cannot
-  keep enough loads in flight (kv_half_units sets how many it takes);
+  keep enough loads in flight (kv_half_units sets how many it takes, kv_occupancy_power how sharply they
+  saturate the memory system); a unit that dequantises a cache stored in a dtype listed in kv_dtype_unit_rate
+  streams its KV at that share of a 16-bit unit's rate, so it takes 1/rate as many units to fill the bandwidth
+  (FlashAttention-3's fp8 decode: slower per unit at a few sequences, the full bandwidth at many);
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
   tiles or splits and its epilogue in varlen and paged kernels);
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
   per weight matmul and attention_overhead_s per attention kernel;
 - sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge);
-- routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency;
+- routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency, and in kernel-level
+  profiles rows / (rows + moe_half_rows) of that with `rows` tokens per expert (a fused MoE kernel's tiles
+  and configuration are tuned for many rows per expert: Triton's fused_moe pads each expert's rows to its
+  block and switches configurations with the token count);
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
@@ -42,7 +48,7 @@ unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by tok
 
 With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
 one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
-(matmul_tile_fixed_k), W8A8 activation quantisation (quant_row_overhead_s per row), operand streams without
+(matmul_tile_fixed_k), one-row matmuls' own GEMV kernels (gemv_mem_efficiency), W8A8 activation quantisation (quant_row_overhead_s per row), operand streams without
 L2 reuse (matmul_operand_efficiency), fp8 attention kernels (attn_dtype_efficiency), per-unit costs that grow
 with the head dim (attn_head_exponent) and run in waves, and the imperfect overlap of attention's compute,
 memory and per-unit work (attention_overlap). Without it the cost model is the per-layer roofline above.
@@ -94,17 +100,21 @@ class Profile:
     matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
     attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
     kv_half_units: float = 0.0  # parallel units of a decode step at which KV reads reach half speed
+    kv_occupancy_power: float = 2.0  # sharpness p of that knee: C / (C^p + kv_half_units^p)^(1/p)
+    kv_dtype_unit_rate: dict = field(default_factory=dict)  # KV dtype -> a decode unit's KV rate vs a 16-bit cache
     kv_split_tokens: float = 0.0  # tokens per split of a sequence's KV in decode (0: no splitting)
     kv_max_splits: float = 0.0  # most splits per (sequence, KV head)
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
     moe_efficiency: float = 1.0  # routed-expert matmuls' fraction of the matrix efficiency at their rows
+    moe_half_rows: float = 0.0  # rows per expert at which a fused MoE kernel reaches half that (0: no ramp)
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
     allreduce_overhead_s: float = 0.0  # per all-reduce
     # Kernel-level model (kvsim/kernels.py), for profiles fitted to single-kernel tables.
     tiled: bool = False  # price each weight matmul and attention kernel as one GPU kernel
     matmul_tile_fixed_k: float = 0.0  # a GEMM tile's prologue and epilogue, in steps of its k loop
+    gemv_mem_efficiency: float = 0.0  # a one-row weight matmul's (a GEMV kernel's) fraction of bandwidth (0: mem_efficiency)
     matmul_half_ctas: float = 0.0  # thread blocks (tiles x splits) at which a GEMM's memory streams are sqrt(1/2) busy
     quant_row_overhead_s: float = 0.0  # per row of a W8A8 matmul's activation-quantisation kernel
     matmul_operand_efficiency: dict = field(default_factory=dict)  # matmul dtype -> tile operand streams / bandwidth
@@ -143,6 +153,8 @@ class Profile:
         for name in ("mem_efficiency", "kv_efficiency", "compute_efficiency", "policy_efficiency"):
             if not 0 < getattr(self, name) <= 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be in (0, 1.5]")
+        if self.gemv_mem_efficiency > 1.5:
+            raise KvsimError(f"profile {self.name}: gemv_mem_efficiency must be at most 1.5")
         for name in ("compute_small_efficiency", "attn_efficiency", "attn_small_efficiency"):
             if getattr(self, name) > 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be at most 1.5")
@@ -154,10 +166,12 @@ class Profile:
             raise KvsimError(f"profile {self.name}: comm_efficiency must be in (0, 1.5]")
         if self.attention_overlap and not 1 <= self.attention_overlap <= 64:
             raise KvsimError(f"profile {self.name}: attention_overlap must be 0 or in [1, 64]")
+        if not 1 <= self.kv_occupancy_power <= 16:
+            raise KvsimError(f"profile {self.name}: kv_occupancy_power must be in [1, 16]")
         if self.attn_head_exponent > 4:
             raise KvsimError(f"profile {self.name}: attn_head_exponent must be at most 4")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
-                     "attn_dtype_efficiency"):
+                     "attn_dtype_efficiency", "kv_dtype_unit_rate"):
             table = getattr(self, name)
             if not isinstance(table, dict):
                 raise KvsimError(f"profile {self.name}: {name} must map dtypes to fractions")
@@ -211,6 +225,13 @@ class Profile:
             return pairs * np.clip(np.minimum(sms / np.maximum(pairs, 1e-9), tokens / self.kv_split_tokens), 1.0, cap)
         return pairs * np.minimum(1.0 + tokens / self.kv_split_tokens, cap)
 
+    def moe_fraction(self, rows):
+        """Share of the matrix efficiency a fused MoE kernel's expert matmuls reach with `rows` tokens per expert."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if not self.moe_half_rows:
+            return self.moe_efficiency + 0.0 * rows
+        return self.moe_efficiency * rows / (rows + self.moe_half_rows)
+
     def kv_fraction(self, kv_dtype: str, units=None):
         """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`
         (sequence, KV head) pairs sharing a decode step's reads (None: enough of them)."""
@@ -222,8 +243,11 @@ class Profile:
         units = np.asarray(units, dtype=np.float64)
         if not self.kv_half_units:
             return 1.0 + 0.0 * units
-        # loads in flight saturate the memory system sharply: C / sqrt(C^2 + h^2), not C / (C + h)
-        return units / np.sqrt(units * units + self.kv_half_units ** 2)
+        # loads in flight saturate the memory system sharply: C / (C^p + h^p)^(1/p) with p >= 2, not C / (C + h)
+        p = self.kv_occupancy_power
+        if p == 2.0:
+            return units / np.sqrt(units * units + self.kv_half_units ** 2)
+        return units / (units ** p + self.kv_half_units ** p) ** (1.0 / p)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -131,8 +131,8 @@ def test_kernel_terms_leave_the_datasheet_unchanged_by_default():
 
 NEW_TERMS = {"matmul_tile_fixed_k": 200.0, "matmul_half_ctas": 200.0, "quant_row_overhead_s": 1e-7,
              "matmul_operand_efficiency": {"fp8": 0.2}, "attn_dtype_efficiency": {"fp8": 0.3},
-             "attn_head_exponent": 2.0, "attention_overlap": 1.0,
-             "prefill_attention": {"attention_overhead_s": 1e-3}}
+             "attn_head_exponent": 2.0, "attention_overlap": 1.0, "kv_occupancy_power": 8.0,
+             "kv_dtype_unit_rate": {"fp8": 0.2}, "prefill_attention": {"attention_overhead_s": 1e-3}}
 
 
 @pytest.mark.parametrize("term", sorted(NEW_TERMS))
@@ -140,7 +140,7 @@ def test_each_kernel_term_defaults_to_the_roofline_and_changes_a_kernel_profile(
     """At its default a term changes nothing (the datasheet's numbers); set in a kernel-level profile it
     changes the prediction it is about, so a term that is not wired into the cost model fails here."""
     kw = dict(weight_dtype="fp8", kv_dtype="fp8") if term in ("quant_row_overhead_s", "matmul_operand_efficiency",
-                                                                "attn_dtype_efficiency") else {}
+                                                                "attn_dtype_efficiency", "kv_dtype_unit_rate") else {}
     if term == "attn_head_exponent":
         kw["model"] = "llama-3.2-1b"  # 64-wide heads
     field_default = Profile().to_dict()[term]
@@ -188,6 +188,55 @@ def test_ops_and_the_cost_model_agree_on_one_layer():
     shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
     mm = lambda n, k: float(ops.gemm(KNOWN, H100, [64], [n], [k], ["bfloat16"])[0]) - KNOWN.matmul_overhead_s  # noqa: E731
     assert float(ph.time_s) == pytest.approx(32 * sum(mm(n, k) for n, k in shapes) + mm(128256, 4096), rel=1e-9)
+
+
+def test_one_row_matmuls_stream_their_weight_at_the_gemv_efficiency():
+    """A one-row, 16-bit, ungrouped matmul is a GEMV kernel at gemv_mem_efficiency; two rows, a fused MoE
+    group or a W8A8 kernel stay at mem_efficiency."""
+    from kvsim import kernels
+    base = Profile(tiled=True, mem_efficiency=0.8)
+    gemv = dataclasses.replace(base, gemv_mem_efficiency=0.9)
+    t = lambda p, m, **kw: float(kernels.matmul(p, H100, m, 14336, 4096, peak=1e15, bw=3e12, wbytes=kw.pop(  # noqa: E731
+        "wbytes", 2), abytes=2, dtype="bf16", **kw)[2])
+    assert t(gemv, 1) == pytest.approx(t(base, 1) * 0.8 / 0.9, rel=1e-2)  # weight-bound: the bandwidth's ratio
+    assert t(gemv, 2) == t(base, 2)
+    assert t(gemv, 1, groups=8.0) == t(base, 1, groups=8.0)
+    assert t(gemv, 1, wbytes=1, quantised=True) == t(base, 1, wbytes=1, quantised=True)
+
+
+def test_a_dequantising_decode_unit_needs_more_units_to_fill_the_bandwidth():
+    """kv_dtype_unit_rate: an fp8 decode step of a few sequences reads its bytes slower than a 16-bit one,
+    and at many sequences both reach the same bandwidth."""
+    from kvsim import kernels
+    prof = Profile(tiled=True, kv_half_units=100.0, kv_occupancy_power=4.0, kv_split_tokens=256.0,
+                   kv_max_splits=32.0, kv_dtype_unit_rate={"fp8": 0.25})
+
+    def per_byte(dtype, b):
+        kv = b * 8 * 32768 * 2 * 128 * (1 if dtype == "fp8" else 2)
+        _, mem, _ = kernels.attention(prof, H100, flops=0.0, kv_bytes=kv, kv_dtype=dtype, seq_tokens=32768,
+                                      units=b * 8, head_dim=128, decode=True, tokens=32768, peak=1e15, bw=3e12)
+        return float(mem) / kv
+    assert per_byte("fp8", 1) > 1.5 * per_byte("bf16", 1)
+    assert per_byte("fp8", 512) == pytest.approx(per_byte("bf16", 512), rel=1e-3)
+
+
+def test_occupancy_power_two_is_the_square_root_knee():
+    prof = Profile(kv_half_units=50.0)
+    units = np.array([1.0, 50.0, 400.0])
+    assert np.allclose(prof.kv_occupancy(units), units / np.sqrt(units ** 2 + 2500.0), rtol=1e-12)
+    sharp = dataclasses.replace(prof, kv_occupancy_power=8.0)
+    assert float(sharp.kv_occupancy(50.0)) == pytest.approx(2 ** (-1 / 8), rel=1e-12)
+    assert float(sharp.kv_occupancy(400.0)) > float(prof.kv_occupancy(400.0))
+
+
+def test_fused_moe_efficiency_ramps_with_rows_per_expert():
+    ramp = Profile(moe_efficiency=0.5, moe_half_rows=64.0)
+    assert np.allclose(ramp.moe_fraction([64.0, 6400.0]), [0.25, 0.5 * 6400 / 6464], rtol=1e-12)
+    assert float(Profile(moe_efficiency=0.5).moe_fraction(1.0)) == 0.5
+    slow = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=2048),
+                   dataclasses.replace(KNOWN, moe_half_rows=512.0))
+    fast = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=2048), KNOWN)
+    assert float(slow.ttft_s) > float(fast.ttft_s)
 
 
 def test_a_kernel_profile_needs_the_device_sm_count():
@@ -279,6 +328,16 @@ def test_composed_steps_agree_with_the_cost_model(monkeypatch):
     rows = [r for r in compose.check("h100-sxm-vllm", "h100_sxm", "vllm") if "ratio" in r]
     assert len(rows) >= 8
     assert np.mean([abs(r["ratio"] - 1) for r in rows]) < 0.10
+
+
+@pytest.mark.skipif(not HAS_DB, reason="aiconfigurator-core (kvsim[gpu-data]) not installed")
+def test_composition_interpolates_query_heads_between_measured_ones():
+    from calibrate.kernels import compose
+    t = compose.Tables("h100_sxm", "vllm")
+    lo, hi = (t.attention_s(True, 8, 4096, h, 4, 128) for h in (24, 32))
+    assert t.attention_s(True, 8, 4096, 28, 4, 128) == pytest.approx((lo + hi) / 2, rel=1e-12)
+    with pytest.raises(LookupError):
+        t.attention_s(True, 8, 4096, 200, 4, 128)  # beyond every measured head count
 
 
 def test_a_profile_used_on_other_hardware_says_so():

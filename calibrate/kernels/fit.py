@@ -20,6 +20,7 @@ from kvsim.profile import Profile
 
 # (lower, upper, start); "table.key" names an entry of a dict-valued Profile field
 GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.8), "mem_efficiency": (0.05, 1.2, 0.8),
+               "gemv_mem_efficiency": (0.05, 1.2, 0.8),
                "matmul_overhead_s": (1e-8, 1e-3, 4e-6), "matmul_tile_fixed_k": (1.0, 1e5, 128.0),
                "matmul_half_ctas": (1e-3, 1e4, 50.0),
                "matmul_dtype_efficiency.fp8": (0.05, 1.2, 0.6), "matmul_operand_efficiency.fp8": (0.05, 10.0, 1.0),
@@ -36,11 +37,12 @@ PREFILL_PARAMS = {"attn_efficiency": (0.01, 1.2, 0.6), "attn_half_tokens": (1.0,
                   "prefill_attention.attn_head_exponent": (1e-3, 3.0, 0.3)}
 DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (0.05, 1.0, 0.6),
                  "attention_seq_overhead_s": (1e-11, 1e-4, 2e-8), "attention_overhead_s": (1e-8, 1e-3, 1e-5),
+                 "kv_dtype_unit_rate.fp8": (0.05, 1.0, 0.6), "kv_occupancy_power": (1.0, 16.0, 2.0),
                  "window_edge_tokens": (1e-2, 1e4, 128.0), "kv_half_units": (1e-2, 1e5, 100.0),
                  "kv_split_tokens": (1.0, 1e6, 256.0), "kv_max_splits": (1.0, 1e4, 16.0),
                  "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5)}
 FIT_ROWS = 4000
-MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6)}
+MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6), "moe_half_rows": (1e-2, 1e5, 16.0)}
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
 
 
@@ -125,7 +127,7 @@ def _exercised(name: str, df) -> bool:
     """A parameter the rows cannot inform is left at its default (fp8 entries without fp8 rows, ...)."""
     if name in ("matmul_dtype_efficiency.fp8", "matmul_operand_efficiency.fp8", "quant_row_overhead_s"):
         return bool(df["gemm_dtype"].isin(["fp8", "fp8_block"]).any())
-    if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8"):
+    if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8", "kv_dtype_unit_rate.fp8"):
         return bool((df["kv_cache_dtype"] == "fp8").any())
     if name.endswith("window_edge_tokens"):
         return bool((df["window_size"] > 0).any())

@@ -107,7 +107,7 @@ def moe(prof: Profile, hw: HardwareSpec, tokens, hidden, inter, topk, experts, t
         touched = touched_experts(e[sel], k[sel], t_[sel])
         rows = t_[sel] * k[sel] / touched  # tokens each touched expert's matmuls see
         kw = dict(peak=_peak(prof, hw, mm_dt), bw=_bw(prof, hw), wbytes=wbytes, abytes=abytes, dtype=mm_dt,
-                  quantised=mm_dt in W8A8, groups=touched / ep[sel], efficiency=prof.moe_efficiency)
+                  quantised=mm_dt in W8A8, groups=touched / ep[sel], efficiency=prof.moe_fraction(rows))
         up = kernels.matmul(prof, hw, rows, 2 * it[sel] / tp[sel], hd[sel], **kw)[2]
         down = kernels.matmul(prof, hw, rows, hd[sel], it[sel] / tp[sel], **kw)[2]
         out[sel] = up + down

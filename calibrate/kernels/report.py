@@ -177,22 +177,24 @@ def _fmt(v):
 
 WEAKEST = """\
 - Decode steps of one or a few sequences at short contexts (b = 1-8, 1-4K tokens): the model counts one full
-  wave of per-(sequence, KV head) work and a split-KV occupancy knee on top of the kernel floor, and predicts
-  these 13-38% slow on H100 vLLM (17 us against 12.6 us for a 1K-token step); at saturation `kv_efficiency`
-  sits at its ceiling of 1 (the datasheet bandwidth) on H100 and H200, the occupancy knee and the overlap
-  carrying the loss: the knee's shape, not the ceiling, is what the fit cannot settle.
-- fp8 KV caches: FlashAttention-3's fp8 decode kernels reach 0.73, 0.87 and 0.45 of the bandwidth at head dims
-  64, 128 and 256 on H100 (vLLM), and fp8 prefill is 1.0-1.7x slower than bf16 as the head dim grows. One
-  dequantisation fraction (`kv_dtype_efficiency`) and one fp8 compute fraction (`attn_dtype_efficiency`) per
-  profile average over head dims, so an unseen head dim is the worst attention hold-out.
+  wave of per-(sequence, KV head) work on top of the kernel floor and predicts them about 10% slow on H100 vLLM,
+  while at 512 sequences and more the per-unit cost is not even monotonic in the batch (the measured steps at
+  1,024 sequences cost less per unit than at 512), which one per-unit term cannot follow.
+- fp8 KV caches: FlashAttention-3's fp8 decode units dequantise in their loop, so a step of a few sequences
+  reads its bytes slower than a bf16 one while a step of many reaches the same bandwidth (H100 vLLM, 8 KV
+  heads of 128, 65,536 tokens: 75 us against 117 us at one sequence, 376 against 693 at eight). A unit rate per
+  KV dtype (`kv_dtype_unit_rate`: it takes 1/rate as many units to fill the bandwidth) describes that; its one
+  value per profile still averages over head dims, and fp8 at head dim 256 is the worst attention group.
 - Per-tensor fp8 GEMMs in vLLM and SGLang (CUTLASS scaled matmuls): a row count one past a multiple of 16
   (129, 257, 1025, ...) runs 20-80% slower than its neighbours at large k, a kernel-dispatch effect no tile
   model describes; and their per-row activation quantisation (`quant_row_overhead_s`) is fitted, not derived.
 - Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts; where the
-  framework's source gives it (vLLM: 32) it is taken from there, otherwise the fit extrapolates it.
-- Fused MoE blocks: vLLM's Triton kernels switch tile configurations with the token count (Mixtral's shape runs
-  2x slower at 256-512 tokens than the tile model predicts), and one `moe_efficiency` cannot follow that; MoE
-  blocks with 1,024 tokens or more fitted from fewer are the worst hold-out of all.
+  framework's source gives it (vLLM: 32) it is taken from there, otherwise the fit extrapolates it; windowed
+  layers at long contexts run slower than their window's reads alone predict.
+- Fused MoE blocks: vLLM's Triton kernels switch tile configurations with the token count (Mixtral's shape
+  takes 1.07 ms at 256 tokens and 1.84 ms at 320 on H100, the weights read twice), which neither
+  `moe_efficiency` nor its ramp with rows per expert (`moe_half_rows`) follows; MoE blocks with 1,024 tokens or
+  more fitted from fewer are the worst hold-out of all.
 - Rows whose KV fits in L2: the tables replay one op without flushing L2, so these read faster than HBM
   allows. A fitted L2 speed-up (table-only) describes them; a real step, whose weights flush L2 between
   layers, does not see it, so `kvsim predict` never uses it.
@@ -200,8 +202,7 @@ WEAKEST = """\
   switch from one-shot to two-shot all-reduce algorithms at large sizes.
 - TensorRT-LLM's attention kernels (XQA decode, its fused prefill) and SGLang's decode at long contexts: the
   split-KV cap of these frameworks is not in their sources kvsim reads, so it is extrapolated from shorter
-  contexts (SGLang: 42% held out at 8K and more), and TensorRT-LLM's kernels differ by head dim more than one
-  set of terms follows.
+  contexts, and TensorRT-LLM's kernels differ by head dim more than one set of terms follows.
 """
 
 
