@@ -241,3 +241,13 @@ def test_composed_policies_are_read_as_one_composition():
     want = predict(load_model("smollm2-135m"), load_hardware("cpu"), parse_composition(["snapkv:budget=128", "int4"]),
                    Workload(prompt=512, gen=16, batch=2, kv_dtype="fp32", weight_dtype="fp32"), TRUE)
     assert tpot[0] == pytest.approx(float(want.tpot_s)) and ttft[0] == pytest.approx(float(want.ttft_s))
+
+
+def test_evaluate_reports_error_per_model_and_over_all_rows():
+    import pandas as pd
+    from calibrate.evaluate import by_model
+    df = pd.DataFrame({"model": ["a", "a", "b"], "tpot_s": [1.0, 2.0, 4.0], "ttft_s": [1.0, 1.0, 1.0]})
+    t = by_model(df, np.array([1.5, 0.5, 1.0]), np.array([1.1, 1.8, 2.0]))
+    assert t.loc["a", "tpot_mape"] == pytest.approx(0.1) and t.loc["b", "tpot_median"] == pytest.approx(-0.5)
+    assert t.loc["a", "ttft_mape"] == pytest.approx(0.5) and t.loc["all rows", "rows"] == 3
+    assert t.loc["all rows", "tpot_mape"] == pytest.approx((0.1 + 0.1 + 0.5) / 3)
