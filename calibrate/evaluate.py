@@ -5,12 +5,12 @@ error (negative: predicted too fast) per model, then over every row."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from kvsim import load_hardware, load_profile
+from kvsim.cliargs import Parser
 from kvsim.errors import KvsimError
 
 from .data import load
@@ -29,12 +29,12 @@ def by_model(df, pred_ttft: np.ndarray, pred_tpot: np.ndarray):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calibrate.evaluate", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m calibrate.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("data", help="measurement CSV or folder")
     ap.add_argument("profile", help="profile name or JSON path")
-    ap.add_argument("--hardware", default="cpu")
-    a = ap.parse_args(argv)
-    try:
+    ap.add_argument("--hardware", default="cpu", help="hardware preset the rows ran on")
+    try:  # a bad argument, file or profile is one line and exit 2, as in the kvsim CLI
+        a = ap.parse_args(argv)
         df, _ = load([a.data])
         prof = load_profile(a.profile)
         problem = Problem(df, load_hardware(a.hardware), prof)
