@@ -27,13 +27,13 @@ KV reads over (sequence, KV head) units, each split along its context in up to `
 `kv_split_tokens` or more; C such pieces keep C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy
 (p = `kv_occupancy_power`), a unit dequantising a KV dtype listed in `kv_dtype_unit_rate` counting as that
 share of one. KV dtypes listed in `kv_dtype_efficiency` are also bound by their dequantisation at that
-fraction of the bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence, KV head) unit
-costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) ** attn_head_exponent, and
-the units run in waves: fewer than one per SM cost a full wave. In decode the three parts overlap imperfectly:
-time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0: max(compute, memory) + units).
-A prefill's KV traffic is the write of the prompt's keys and values into the paged cache, a kernel of its
-own that runs before attention, and its units' fixed work adds to its compute (the tables find no overlap):
-time = compute + units + memory.
+fraction of the bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence,
+KV head) unit costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) **
+attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. In decode the three
+parts overlap imperfectly: time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0:
+max(compute, memory) + units). A prefill's KV traffic is the write of the prompt's keys and values into the
+paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
+(the tables find no overlap): time = compute + units + memory.
 """
 
 from __future__ import annotations
@@ -99,9 +99,10 @@ def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, 
     return np.where(at_best, c, np.inf).min(axis=0), np.where(at_best, b, np.inf).min(axis=0) + quant, best + quant
 
 
-def decode_occupancy(prof: Profile, units, tokens, sms: int = 0):
-    """Share of a decode kernel's KV bandwidth its split (sequence, KV head) units keep busy."""
-    return prof.kv_occupancy(prof.decode_units(units, tokens, sms))
+def decode_occupancy(prof: Profile, units, tokens, sms: int = 0, kv_dtype: str = ""):
+    """Share of a decode kernel's KV bandwidth its split (sequence, KV head) units keep busy; a unit that
+    dequantises a `kv_dtype` listed in kv_dtype_unit_rate streams slower and counts as that share of one."""
+    return prof.kv_occupancy(prof.decode_units(units, tokens, sms) * prof.kv_dtype_unit_rate.get(kv_dtype, 1.0))
 
 
 def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str, seq_tokens, units, head_dim,
@@ -114,16 +115,14 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     units = np.asarray(units, dtype=np.float64)
     tokens = tokens if tokens is not None else seq_tokens
     if not prof.tiled:  # the per-layer roofline's attention (cost.py without `tiled`)
-        occ = decode_occupancy(prof, units, tokens) if decode else 1.0
+        occ = decode_occupancy(prof, units, tokens, kv_dtype=kv_dtype) if decode else 1.0
         comp = np.asarray(flops, dtype=np.float64) / (peak * prof.attention_fraction(seq_tokens, units))
         mem = kv_bytes / (bw * prof.kv_fraction(kv_dtype) * occ * l2_speedup)
         return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s
     if not decode:
         prof = prof.for_prefill()
     sms = sm_count(hw)
-    occ = 1.0
-    if decode:  # a unit that dequantises its cache streams it slower: it takes more of them to fill the bandwidth
-        occ = prof.kv_occupancy(prof.decode_units(units, tokens, sms) * prof.kv_dtype_unit_rate.get(kv_dtype, 1.0))
+    occ = decode_occupancy(prof, units, tokens, sms, kv_dtype) if decode else 1.0
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)

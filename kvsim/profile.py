@@ -48,7 +48,8 @@ unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by tok
 
 With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
 one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
-(matmul_tile_fixed_k), one-row matmuls' own GEMV kernels (gemv_mem_efficiency), W8A8 activation quantisation (quant_row_overhead_s per row), operand streams without
+(matmul_tile_fixed_k), one-row matmuls' own GEMV kernels (gemv_mem_efficiency), W8A8 activation
+quantisation (quant_row_overhead_s per row), operand streams without
 L2 reuse (matmul_operand_efficiency), fp8 attention kernels (attn_dtype_efficiency), per-unit costs that grow
 with the head dim (attn_head_exponent) and run in waves, and the imperfect overlap of attention's compute,
 memory and per-unit work (attention_overlap). Without it the cost model is the per-layer roofline above.
@@ -114,7 +115,7 @@ class Profile:
     # Kernel-level model (kvsim/kernels.py), for profiles fitted to single-kernel tables.
     tiled: bool = False  # price each weight matmul and attention kernel as one GPU kernel
     matmul_tile_fixed_k: float = 0.0  # a GEMM tile's prologue and epilogue, in steps of its k loop
-    gemv_mem_efficiency: float = 0.0  # a one-row weight matmul's (a GEMV kernel's) fraction of bandwidth (0: mem_efficiency)
+    gemv_mem_efficiency: float = 0.0  # a one-row matmul's (GEMV kernel's) bandwidth fraction (0: mem_efficiency)
     matmul_half_ctas: float = 0.0  # thread blocks (tiles x splits) at which a GEMM's memory streams are sqrt(1/2) busy
     quant_row_overhead_s: float = 0.0  # per row of a W8A8 matmul's activation-quantisation kernel
     matmul_operand_efficiency: dict = field(default_factory=dict)  # matmul dtype -> tile operand streams / bandwidth
@@ -245,7 +246,7 @@ class Profile:
             return 1.0 + 0.0 * units
         # loads in flight saturate the memory system sharply: C / (C^p + h^p)^(1/p) with p >= 2, not C / (C + h)
         p = self.kv_occupancy_power
-        if p == 2.0:
+        if p == 2.0:  # the default: a square root is cheaper than two powers on the simulator's hot path
             return units / np.sqrt(units * units + self.kv_half_units ** 2)
         return units / (units ** p + self.kv_half_units ** p) ** (1.0 / p)
 

@@ -5,8 +5,8 @@ A composed step adds, per layer, the measured QKV, output, gate-up and down GEMM
 the attention kernel and the two all-reduces under tensor parallelism, then the logits GEMM. GEMM shapes off
 the table's (n, k) grid are interpolated linearly between grid points (latency is close to linear in n and
 k there); all-reduce sizes log-log between measured sizes; attention query-head counts linearly between
-the two measured ones around them; other attention and MoE shapes must be measured exactly, or the case is
-skipped and says so. kvsim's side is the cost model's same work (its norm and
+the two measured ones around them; other attention and MoE shapes must be measured exactly, or the case
+is skipped and says so. kvsim's side is the cost model's same work (its norm and
 activation traffic, which the tables do not time, left out), so agreement measures the profile, not what
 the tables omit. `python -m calibrate.kernels.compose --profile h100-sxm-vllm` prints the table.
 """
@@ -83,13 +83,14 @@ class Tables:
         """Measured attention kernel; a query-head count between two measured ones (Qwen2.5-7B's 28 between 24
         and 32, at the same KV heads, batch and length) is interpolated linearly between them."""
         df, what = (self.decode, "decode attention") if decode else (self.prefill, "prefill attention")
+        if df is None:
+            raise LookupError(f"no {what} table")
         key = dict(batch_size=b, num_key_value_heads=kv_heads, head_dim=head_dim, kv_cache_dtype="bfloat16",
                    window_size=0, **({"step": length - 1} if decode else {"isl": length}))
         try:
             return self._exact(df, what, num_heads=heads, **key)
         except LookupError:
-            if df is None:
-                raise
+            pass
         have = np.unique(df["num_heads"].to_numpy()[df["num_key_value_heads"].to_numpy() == kv_heads])
         lo, hi = have[have < heads], have[have > heads]
         if not lo.size or not hi.size:
