@@ -456,7 +456,7 @@ class CostModel:
         segs = pol.read_segments(ctx, p, s)
         flops = pol.attn_flops(ctx, pol.tokens_of(segs))
         read = pol.device_read(ctx, p, s, heads)[0]
-        span, edge = ctx.layout.span, self.profile.window_edge_tokens
+        span, edge = ctx.layout.span, float(self.profile.window_edge(prefill_dims(grp.layer, ctx)[0]))
         if span and edge:  # a window that binds is read with the tiles at its edge
             resident = p + s + 1
             read = read * (np.minimum(resident, span + edge) / np.minimum(resident, span))

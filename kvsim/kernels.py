@@ -26,12 +26,17 @@ entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). 
 KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
 `kv_split_tokens` or more; C such pieces keep C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy
 (p = `kv_occupancy_power`), a unit dequantising a KV dtype listed in `kv_dtype_unit_rate` counting as that
-share of one. KV dtypes listed in `kv_dtype_efficiency` are also bound by their dequantisation at that
-fraction of the bandwidth (a limit of its own, which a cache served from L2 does not lift). Every (sequence,
+share of one. A KV dtype with a dequantisation bound is also limited to that fraction of the bandwidth: the
+SMs' conversion rate over the whole device, which neither the units' occupancy nor a cache served from L2
+changes. Decode kernels are compiled per head dim with their own tiles, so the bound is fitted per head dim
+(`kv_dtype_head_efficiency`, interpolated in log head dim between fitted ones; `kv_dtype_efficiency` where
+none is given): FlashAttention-3's fp8 decode on H100 streams at 0.73, 0.87 and 0.46 of the bandwidth at head
+dims 64, 128 and 256. Every (sequence,
 KV head) unit costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) **
 attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. In decode the three
 parts overlap imperfectly: time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0:
-max(compute, memory) + units). A prefill's KV traffic is the write of the prompt's keys and values into the
+max(compute, memory) + units); decode kernels reading a KV dtype listed in `kv_dtype_overlap` overlap with
+that q instead (an fp8 unit's fixed work adds to its dequantising stream instead of hiding under it). A prefill's KV traffic is the write of the prompt's keys and values into the
 paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
 (the tables find no overlap): time = compute + units + memory.
 """
@@ -126,13 +131,13 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)
-    dq = prof.kv_dtype_efficiency.get(kv_dtype)
-    if dq:
-        mem = np.maximum(mem, kv_bytes / (bw * dq * occ))
+    dq = prof.kv_dequant_fraction(kv_dtype, head_dim) if decode else prof.kv_dtype_efficiency.get(kv_dtype)
+    if dq is not None:
+        mem = np.maximum(mem, kv_bytes / (bw * dq * (occ if not decode else 1.0)))
     per_unit = prof.attention_seq_overhead_s * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) \
         ** prof.attn_head_exponent
     unit_s = np.maximum(units, sms) * per_unit
-    q = prof.attention_overlap
+    q = prof.kv_dtype_overlap.get(kv_dtype, prof.attention_overlap) if decode else prof.attention_overlap
     if not decode:  # the cache write, then a causal pass whose units' fixed work adds to its compute
         t = comp + unit_s + mem
     elif q:

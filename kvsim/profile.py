@@ -23,7 +23,9 @@ the roofline is unchanged:
   by one sequence's queries and pays a fixed cost that its keys amortise): attn_small_efficiency ->
   attn_efficiency, half way at attn_half_tokens (attn_small_efficiency 0: that fixed cost alone);
 - KV reads reach kv_dtype_efficiency[kv dtype] of the bandwidth where given (fp8 KV is dequantisation-bound
-  on FlashAttention-3), kv_efficiency otherwise;
+  on FlashAttention-3), kv_efficiency otherwise; decode kernels take that bound per head dim from
+  kv_dtype_head_efficiency["dtype@head dim"] where given (each head dim is its own compiled kernel), and
+  overlap their parts with kv_dtype_overlap[kv dtype] in place of attention_overlap;
 - matrix work in a dtype listed in matmul_dtype_efficiency reaches that fraction of its own dense peak at
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
@@ -36,7 +38,8 @@ the roofline is unchanged:
   tiles or splits and its epilogue in varlen and paged kernels);
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
   per weight matmul and attention_overhead_s per attention kernel;
-- sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge);
+- sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge),
+  decode kernels to window_edge_head_tokens[head dim] where given (a key tile's length depends on the head dim);
 - routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency, and in kernel-level
   profiles rows / (rows + moe_half_rows) of that with `rows` tokens per expert (a fused MoE kernel's tiles
   and configuration are tuned for many rows per expert: Triton's fused_moe pads each expert's rows to its
@@ -98,6 +101,8 @@ class Profile:
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two
     kv_dtype_efficiency: dict = field(default_factory=dict)  # KV dtype -> fraction of bandwidth
+    # "dtype@head dim" -> the same for decode kernels of that head width (kernels are compiled per head dim)
+    kv_dtype_head_efficiency: dict = field(default_factory=dict)
     matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
     attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
     kv_half_units: float = 0.0  # parallel units of a decode step at which KV reads reach half speed
@@ -108,6 +113,7 @@ class Profile:
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
+    window_edge_head_tokens: dict = field(default_factory=dict)  # head dim -> the same for decode kernels that wide
     moe_efficiency: float = 1.0  # routed-expert matmuls' fraction of the matrix efficiency at their rows
     moe_half_rows: float = 0.0  # rows per expert at which a fused MoE kernel reaches half that (0: no ramp)
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
@@ -125,6 +131,7 @@ class Profile:
     # its values of the attention fields below where they differ (PREFILL_FIELDS).
     prefill_attention: dict = field(default_factory=dict)
     attention_overlap: float = 0.0  # q of (compute^q + memory^q + units^q)^(1/q) in attention (0: max + units)
+    kv_dtype_overlap: dict = field(default_factory=dict)  # KV dtype -> its decode kernels' attention_overlap
     reserved_bytes: float = 0.0  # device memory not available to the model (runtime, allocator slack)
     # Serving engines' reservations (kvsim/serving.py), taken from the engine's memory share before the KV pool.
     runtime_bytes: float = 0.0  # CUDA context, NCCL buffers and other memory outside the allocator, per device
@@ -172,7 +179,7 @@ class Profile:
         if self.attn_head_exponent > 4:
             raise KvsimError(f"profile {self.name}: attn_head_exponent must be at most 4")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
-                     "attn_dtype_efficiency", "kv_dtype_unit_rate"):
+                     "attn_dtype_efficiency", "kv_dtype_unit_rate", "kv_dtype_overlap"):
             table = getattr(self, name)
             if not isinstance(table, dict):
                 raise KvsimError(f"profile {self.name}: {name} must map dtypes to fractions")
@@ -183,11 +190,37 @@ class Profile:
                 except ValueError as e:
                     raise KvsimError(f"profile {self.name}: {name}: {e}") from None
                 # operand streams come from L2 as well as memory: their rate may pass the memory bandwidth
-                top = 10.0 if name == "matmul_operand_efficiency" else 1.5
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= top:
-                    raise KvsimError(f"profile {self.name}: {name}[{k}] must be in (0, {top:g}], got {v!r}")
+                top = {"matmul_operand_efficiency": 10.0, "kv_dtype_overlap": 64.0}.get(name, 1.5)
+                overlap = name == "kv_dtype_overlap"  # a q below 1 would take longer than the sum of the parts
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                        1 <= v <= top if overlap else 0 < v <= top):
+                    raise KvsimError(f"profile {self.name}: {name}[{k}] must be in {'[1' if overlap else '(0'}, "
+                                     f"{top:g}], got {v!r}")
                 clean[dt] = float(v)
             object.__setattr__(self, name, clean)
+        clean = {}
+        for k, v in dict(self.kv_dtype_head_efficiency).items():
+            dt, _, dim = str(k).partition("@")
+            try:
+                key = f"{canonical_dtype(dt)}@{int(dim)}"
+            except ValueError:
+                raise KvsimError(f"profile {self.name}: kv_dtype_head_efficiency keys are dtype@head_dim "
+                                 f"(fp8@128), got {k!r}") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5 or int(dim) <= 0:
+                raise KvsimError(f"profile {self.name}: kv_dtype_head_efficiency[{k}] must be in (0, 1.5], got {v!r}")
+            clean[key] = float(v)
+        object.__setattr__(self, "kv_dtype_head_efficiency", clean)
+        clean = {}
+        for k, v in dict(self.window_edge_head_tokens).items():
+            try:
+                dim = int(k)
+            except (TypeError, ValueError):
+                dim = 0
+            if dim <= 0 or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise KvsimError(f"profile {self.name}: window_edge_head_tokens maps head dims to key counts, "
+                                 f"got {k!r}: {v!r}")
+            clean[str(dim)] = float(v)
+        object.__setattr__(self, "window_edge_head_tokens", clean)
 
     def for_prefill(self) -> "Profile":
         """The profile prefill attention kernels run with: prefill_attention's values over these."""
@@ -233,6 +266,18 @@ class Profile:
             return self.moe_efficiency + 0.0 * rows
         return self.moe_efficiency * rows / (rows + self.moe_half_rows)
 
+    def kv_dequant_fraction(self, kv_dtype: str, head_dim):
+        """Bandwidth fraction at which dequantising a `kv_dtype` cache bounds a decode kernel's KV reads, per
+        head dim (_per_head_dim); None: no such bound."""
+        dims = {int(k.split("@")[1]): v for k, v in self.kv_dtype_head_efficiency.items()
+                if k.split("@")[0] == kv_dtype}
+        return _per_head_dim(dims, head_dim) if dims else self.kv_dtype_efficiency.get(kv_dtype)
+
+    def window_edge(self, head_dim):
+        """Keys beyond a sliding window that a decode kernel of `head_dim` reads (_per_head_dim)."""
+        dims = {int(k): v for k, v in self.window_edge_head_tokens.items()}
+        return _per_head_dim(dims, head_dim) if dims else self.window_edge_tokens + 0.0 * np.asarray(head_dim)
+
     def kv_fraction(self, kv_dtype: str, units=None):
         """Fraction of the bandwidth KV reads and writes reach for a cache stored in `kv_dtype`, with `units`
         (sequence, KV head) pairs sharing a decode step's reads (None: enough of them)."""
@@ -264,6 +309,15 @@ class Profile:
         meta = {k: v for k, v in data.items() if k != "params"} if "params" in data else kwargs.pop("meta", {})
         kwargs["meta"] = meta
         return cls(**kwargs)
+
+
+def _per_head_dim(values: dict, head_dim):
+    """A term fitted per head dim (FlashAttention compiles its kernels per head dim, with their own tiles), at
+    `head_dim`: interpolated in log head dim between the fitted head dims around it, the nearest one's
+    value beyond them."""
+    fitted = np.array(sorted(values), dtype=np.float64)
+    return np.interp(np.log(np.asarray(head_dim, dtype=np.float64)), np.log(fitted),
+                     [values[int(d)] for d in fitted])
 
 
 DATASHEET = Profile()

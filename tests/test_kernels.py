@@ -39,8 +39,9 @@ def test_cli_without_package_exits_2_with_one_line(monkeypatch, capsys):
 KNOWN = Profile(tiled=True, compute_efficiency=0.8, mem_efficiency=0.9, matmul_overhead_s=3e-6,
                 matmul_tile_fixed_k=100.0, matmul_half_ctas=20.0, matmul_dtype_efficiency={"fp8": 0.55},
                 matmul_operand_efficiency={"fp8": 3.0}, quant_row_overhead_s=4e-9,
-                kv_efficiency=0.9, kv_dtype_efficiency={"fp8": 0.6}, attention_seq_overhead_s=2e-8,
-                attention_overhead_s=1e-5, window_edge_tokens=100.0, attn_efficiency=0.6, attn_half_tokens=1000.0,
+                kv_efficiency=0.9, kv_dtype_head_efficiency={"fp8@64": 0.7, "fp8@128": 0.6, "fp8@256": 0.45},
+                kv_dtype_overlap={"fp8": 1.1}, attention_seq_overhead_s=2e-8, attention_overhead_s=1e-5,
+                window_edge_head_tokens={"64": 150.0, "128": 100.0, "256": 60.0}, attn_efficiency=0.6, attn_half_tokens=1000.0,
                 attn_dtype_efficiency={"fp8": 0.8}, kv_half_units=50.0, kv_split_tokens=300.0, kv_max_splits=32.0,
                 attn_head_exponent=0.4, attention_overlap=1.3,
                 prefill_attention={"kv_efficiency": 0.2, "attention_overhead_s": 1.2e-5,
@@ -93,8 +94,11 @@ def test_attention_fits_recover_known_parameters():
         err = fit.ape(fam.predict(prof, H100, fam.rows), fam.rows["seconds"])
         assert err.max() < 0.03, fam.name
     assert prof.attn_efficiency == pytest.approx(0.6, rel=0.05)
-    assert prof.kv_dtype_efficiency["fp8"] == pytest.approx(0.6, rel=0.05)
-    assert prof.window_edge_tokens == pytest.approx(100.0, rel=0.1)
+    # per head dim: each is its own compiled kernel, with its own dequantisation rate and key tiles
+    for key, value in KNOWN.kv_dtype_head_efficiency.items():
+        assert prof.kv_dtype_head_efficiency[key] == pytest.approx(value, rel=0.05), key
+    for key, value in KNOWN.window_edge_head_tokens.items():
+        assert prof.window_edge_head_tokens[key] == pytest.approx(value, rel=0.1), key
     assert prof.prefill_attention["window_edge_tokens"] == pytest.approx(400.0, rel=0.1)
 
 
@@ -345,3 +349,50 @@ def test_a_profile_used_on_other_hardware_says_so():
     assert any("fitted on h100-sxm" in n for n in pred.notes)
     pred = predict(load_model("llama-3-8b"), H100, None, Workload(), load_profile("h100-sxm-vllm"))
     assert not any("fitted on" in n for n in pred.notes)
+
+
+def test_per_head_dim_terms_interpolate_in_log_head_dim_and_hold_beyond():
+    prof = Profile(tiled=True, kv_dtype_head_efficiency={"fp8@64": 0.8, "fp8@256": 0.4},
+                   window_edge_head_tokens={"64": 200, "256": 50})
+    assert prof.kv_dequant_fraction("fp8", 128) == pytest.approx(0.6)  # half way in log head dim
+    assert prof.kv_dequant_fraction("fp8", [32, 512]).tolist() == [0.8, 0.4]
+    assert prof.kv_dequant_fraction("bf16", 128) is None  # no bound for a dtype without entries
+    assert float(prof.window_edge(128)) == pytest.approx(125.0)
+    assert float(Profile(window_edge_tokens=7.0).window_edge(96)) == 7.0
+
+
+@pytest.mark.parametrize("bad", [{"kv_dtype_head_efficiency": {"fp8@x": 0.5}},
+                                 {"kv_dtype_head_efficiency": {"fp8@128": 0.0}},
+                                 {"kv_dtype_head_efficiency": {"fp9@128": 0.5}},
+                                 {"window_edge_head_tokens": {"0": 10.0}},
+                                 {"window_edge_head_tokens": {"128": -1.0}},
+                                 {"kv_dtype_overlap": {"fp8": 0.5}}])
+def test_per_head_dim_and_overlap_tables_refuse_bad_entries(bad):
+    with pytest.raises(KvsimError):
+        Profile(**bad)
+
+
+def test_a_heldout_fit_takes_no_value_from_rows_it_did_not_see():
+    """The base a held-out split starts from was fitted on every row; a head dim the split's training rows
+    lack must not keep the value fitted on its own held-out rows."""
+    dec, _ = _attention_rows()
+    fam = families.decode_attention(dec)
+    base = fit.fit_family(fam, H100, Profile(tiled=True))
+    assert "fp8@256" in base.kv_dtype_head_efficiency
+    train = np.where(fam.rows["head_dim"] != 256)[0]
+    prof = fit.fit_family(fam, H100, base, train)
+    assert "fp8@256" not in prof.kv_dtype_head_efficiency and "256" not in prof.window_edge_head_tokens
+
+
+def test_a_profile_read_back_from_json_keeps_its_table_only_terms():
+    """The L2 floor describes the tables' replays; the report and transfer checks read profiles from JSON,
+    where it sits under table_only, and must price those rows as the fit did."""
+    dec, _ = _attention_rows()
+    args = families._attn_args(dec, "step")
+    fitted = dataclasses.replace(KNOWN, meta={"l2_overhead_s": 2e-6})
+    doc = {"params": {k: v for k, v in KNOWN.to_dict().items() if k != "meta"},
+           "table_only": {"l2_overhead_s": 2e-6}}
+    read_back = Profile.from_dict(doc)
+    l2 = 50 * 2**20
+    assert np.array_equal(ops.decode_attention(fitted, H100, *args, l2), ops.decode_attention(read_back, H100, *args, l2))
+    assert not np.array_equal(ops.decode_attention(KNOWN, H100, *args, l2), ops.decode_attention(read_back, H100, *args, l2))

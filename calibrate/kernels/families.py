@@ -94,9 +94,13 @@ def _attention_splits(d, long_from: int, big_from: int):
 
 
 # Most KV splits a framework lets its decode kernel use, where its source fixes it: vLLM captures FlashAttention
-# decode in CUDA graphs with at most VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH splits (vllm/envs.py, default 32).
-# Only contexts beyond the tables' shorter ones reach the cap, so the fit could not tell it from them.
-MAX_KV_SPLITS = {"vllm": (32.0, "vllm/envs.py: VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH = 32")}
+# decode in CUDA graphs with at most VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH splits (vllm/envs.py, default 32);
+# SGLang's FlashAttention backend passes num_splits=0, FlashAttention-3's own heuristic, which allows at most 128
+# (hopper/flash_api.cpp, get_num_splits). Only contexts beyond the tables' shorter ones reach the cap, so the fit
+# could not tell it from them (SGLang's cap extrapolated from contexts below 8K came out at 10).
+MAX_KV_SPLITS = {"vllm": (32.0, "vllm/envs.py: VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH = 32"),
+                 "sglang": (128.0, "sglang flashattention_backend.py: num_splits = 0 (FlashAttention-3's heuristic); "
+                                   "flash-attention hopper/flash_api.cpp: get_num_splits caps it at 128")}
 
 
 def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
@@ -106,7 +110,17 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
     def predict(prof, hw, d):
         return ops.decode_attention(prof, hw, *_attn_args(d, "length"), l2_bytes)
 
-    params = {**DECODE_PARAMS, "meta.l2_speedup": (1.0, 20.0, 1.5)} if l2_bytes else DECODE_PARAMS
+    params = dict(DECODE_PARAMS)
+    fp8_dims = sorted(df.loc[df["kv_cache_dtype"] == "fp8", "head_dim"].astype(int).unique())
+    if fp8_dims:  # one dequantisation bound per head dim the fp8 rows cover, in place of one for all
+        del params["kv_dtype_efficiency.fp8"]
+        params.update({f"kv_dtype_head_efficiency.fp8@{d}": DECODE_PARAMS["kv_dtype_efficiency.fp8"] for d in fp8_dims})
+    windowed_dims = sorted(df.loc[df["window_size"] > 0, "head_dim"].astype(int).unique())
+    if windowed_dims:  # a window's edge is whole key tiles, whose length each head dim's kernel sets
+        del params["window_edge_tokens"]
+        params.update({f"window_edge_head_tokens.{d}": DECODE_PARAMS["window_edge_tokens"] for d in windowed_dims})
+    params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
+        if l2_bytes else params
     fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
     return Family("decode_attention", params, predict, lambda d: _attention_splits(d, 8191, 128), df, fixed=fixed)
 

@@ -40,7 +40,8 @@ DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (
                  "kv_dtype_unit_rate.fp8": (0.05, 1.0, 0.6), "kv_occupancy_power": (1.0, 16.0, 2.0),
                  "window_edge_tokens": (1e-2, 1e4, 128.0), "kv_half_units": (1e-2, 1e5, 100.0),
                  "kv_split_tokens": (1.0, 1e6, 256.0), "kv_max_splits": (1.0, 1e4, 16.0),
-                 "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5)}
+                 "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5),
+                 "kv_dtype_overlap.fp8": (1.0, 20.0, 1.0)}
 FIT_ROWS = 4000
 MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6), "moe_half_rows": (1e-2, 1e5, 16.0)}
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
@@ -68,6 +69,18 @@ def _set(profile: Profile, values: dict) -> Profile:
     return dataclasses.replace(profile, **plain, **tables)
 
 
+def _unset(profile: Profile, names) -> Profile:
+    """`profile` without the named parameters: dict entries removed, fields at their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Profile)}
+    plain = {k: defaults[k] for k in names if "." not in k}
+    tables: dict = {}
+    for k in names:
+        if "." in k:
+            table, key = k.split(".", 1)
+            tables.setdefault(table, dict(getattr(profile, table))).pop(key, None)
+    return dataclasses.replace(profile, **plain, **tables)
+
+
 def _absent_default(name: str, bounds) -> bool:
     """Whether the lower end of the parameter's range is the term vanishing, so that leaving it out (a dict
     entry, or a field whose default is 0) is what the fit asked for."""
@@ -90,6 +103,9 @@ def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | 
     df = fam.rows.iloc[rows]
     base = _set(base, {k: v for k, (v, _) in fam.fixed.items()})
     names = [k for k in fam.params if _exercised(k, df) and k not in fam.fixed]
+    # a parameter these rows cannot inform takes no value from an earlier fit (a held-out split's base was
+    # fitted on every row, its held-out group included)
+    base = _unset(base, [k for k in fam.params if k not in names and k not in fam.fixed])
     while True:
         values, at_floor = _least_squares(fam, hw, base, df, names)
         dropped = [k for k in at_floor if _absent_default(k, fam.params[k])]
@@ -127,8 +143,14 @@ def _exercised(name: str, df) -> bool:
     """A parameter the rows cannot inform is left at its default (fp8 entries without fp8 rows, ...)."""
     if name in ("matmul_dtype_efficiency.fp8", "matmul_operand_efficiency.fp8", "quant_row_overhead_s"):
         return bool(df["gemm_dtype"].isin(["fp8", "fp8_block"]).any())
-    if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8", "kv_dtype_unit_rate.fp8"):
+    if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8", "kv_dtype_unit_rate.fp8",
+                "kv_dtype_overlap.fp8"):
         return bool((df["kv_cache_dtype"] == "fp8").any())
+    if name.startswith("kv_dtype_head_efficiency."):
+        dt, dim = name.split(".", 1)[1].split("@")
+        return bool(((df["kv_cache_dtype"] == dt) & (df["head_dim"] == int(dim))).any())
+    if name.startswith("window_edge_head_tokens."):
+        return bool(((df["window_size"] > 0) & (df["head_dim"] == int(name.split(".", 1)[1]))).any())
     if name.endswith("window_edge_tokens"):
         return bool((df["window_size"] > 0).any())
     return True

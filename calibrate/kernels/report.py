@@ -177,32 +177,40 @@ def _fmt(v):
 
 WEAKEST = """\
 - Decode steps of one or a few sequences at short contexts (b = 1-8, 1-4K tokens): the model counts one full
-  wave of per-(sequence, KV head) work on top of the kernel floor and predicts them about 10% slow on H100 vLLM,
-  while at 512 sequences and more the per-unit cost is not even monotonic in the batch (the measured steps at
-  1,024 sequences cost less per unit than at 512), which one per-unit term cannot follow.
-- fp8 KV caches: FlashAttention-3's fp8 decode units dequantise in their loop, so a step of a few sequences
-  reads its bytes slower than a bf16 one while a step of many reaches the same bandwidth (H100 vLLM, 8 KV
-  heads of 128, 65,536 tokens: 75 us against 117 us at one sequence, 376 against 693 at eight). A unit rate per
-  KV dtype (`kv_dtype_unit_rate`: it takes 1/rate as many units to fill the bandwidth) describes that; its one
-  value per profile still averages over head dims, and fp8 at head dim 256 is the worst attention group.
+  wave of per-(sequence, KV head) work on top of the kernel floor and predicts them about 10-15% slow on H100
+  vLLM, while at 256-1,024 (sequence, KV head) units the per-unit cost is higher than at more (measured: about
+  33 ns a unit from 128 to 1,024 units, 26 ns beyond), which one per-unit term cannot follow: steps of 128
+  sequences or more fitted from fewer are predicted 8-19% fast at contexts below 1K tokens. At equal units, more
+  sequences cost somewhat more than more KV heads (512 x 1 KV head 32 us, 64 x 8 KV heads 24 us), a
+  per-sequence cost the model folds into its per-unit one.
+- fp8 KV caches: FlashAttention-3's fp8 decode units dequantise in their loop. A step of a few sequences reads
+  its bytes slower than a bf16 one (`kv_dtype_unit_rate`); a step of many is bound by the dequantisation
+  rate, which depends on the head dim's kernel (H100 vLLM: 0.73, 0.87 and 0.46 of the bandwidth at head dims
+  64, 128 and 256; `kv_dtype_head_efficiency`), and its fixed work per unit adds to that stream instead of
+  hiding under it (`kv_dtype_overlap`: about 30 ns a unit plus the bytes at 2.87 TB/s, head dim 128). The
+  bound shows fully only at long contexts, so fitted from contexts below 8K it comes out low and fp8 steps at
+  64-128K tokens are predicted up to 20% slow.
 - Per-tensor fp8 GEMMs in vLLM and SGLang (CUTLASS scaled matmuls): a row count one past a multiple of 16
   (129, 257, 1025, ...) runs 20-80% slower than its neighbours at large k, a kernel-dispatch effect no tile
   model describes; and their per-row activation quantisation (`quant_row_overhead_s`) is fitted, not derived.
 - Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts; where the
-  framework's source gives it (vLLM: 32) it is taken from there, otherwise the fit extrapolates it; windowed
-  layers at long contexts run slower than their window's reads alone predict.
+  framework's source gives it (vLLM: 32 in CUDA graphs; SGLang: FlashAttention-3's own 128) it is taken from
+  there, otherwise (TensorRT-LLM) the fit extrapolates it. Sliding windows read whole key tiles at their edge,
+  fitted per head dim (`window_edge_head_tokens`); a windowed step of a few sequences still costs about 3 us
+  more than a full one over as many keys (head dim 64), which the model does not describe.
 - Fused MoE blocks: vLLM's Triton kernels switch tile configurations with the token count (Mixtral's shape
   takes 1.07 ms at 256 tokens and 1.84 ms at 320 on H100, the weights read twice), which neither
   `moe_efficiency` nor its ramp with rows per expert (`moe_half_rows`) follows; MoE blocks with 1,024 tokens or
   more fitted from fewer are the worst hold-out of all.
-- Rows whose KV fits in L2: the tables replay one op without flushing L2, so these read faster than HBM
-  allows. A fitted L2 speed-up (table-only) describes them; a real step, whose weights flush L2 between
-  layers, does not see it, so `kvsim predict` never uses it.
+- Rows whose KV fits in L2: the tables replay one op without flushing L2, so these read faster than HBM allows
+  and pay a lower floor (H100 vLLM: a step's time jumps by about 8 us where its KV outgrows the 50 MB L2). A
+  fitted L2 speed-up and floor (table-only) describe them; a real step, whose weights flush L2 between layers,
+  does not see them, so `kvsim predict` never uses them.
 - Large all-reduce messages fitted from small ones: one bandwidth efficiency and a floor cannot follow the
   switch from one-shot to two-shot all-reduce algorithms at large sizes.
-- TensorRT-LLM's attention kernels (XQA decode, its fused prefill) and SGLang's decode at long contexts: the
-  split-KV cap of these frameworks is not in their sources kvsim reads, so it is extrapolated from shorter
-  contexts, and TensorRT-LLM's kernels differ by head dim more than one set of terms follows.
+- TensorRT-LLM's attention kernels (XQA decode, its fused prefill): their split-KV cap is not in the sources
+  kvsim reads, so it is extrapolated from shorter contexts, and they differ by head dim more than one set of
+  terms follows.
 """
 
 
