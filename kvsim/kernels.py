@@ -36,8 +36,8 @@ KV head) unit costs `attention_seq_overhead_s` for a 128-wide head, scaled by (h
 attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. In decode the three
 parts overlap imperfectly: time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0:
 max(compute, memory) + units); decode kernels reading a KV dtype listed in `kv_dtype_overlap` overlap with
-that q instead (an fp8 unit's fixed work adds to its dequantising stream instead of hiding under it). A prefill's KV traffic is the write of the prompt's keys and values into the
-paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
+that q instead (an fp8 unit's fixed work adds to its dequantising stream instead of hiding under it). A
+prefill's KV traffic is the write of the prompt's keys and values into the paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
 (the tables find no overlap): time = compute + units + memory.
 """
 
@@ -133,7 +133,7 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)
     dq = prof.kv_dequant_fraction(kv_dtype, head_dim) if decode else prof.kv_dtype_efficiency.get(kv_dtype)
     if dq is not None:
-        mem = np.maximum(mem, kv_bytes / (bw * dq * (occ if not decode else 1.0)))
+        mem = np.maximum(mem, kv_bytes / (bw * dq))  # occ is 1 in prefill, and decode's bound is device-wide
     per_unit = prof.attention_seq_overhead_s * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) \
         ** prof.attn_head_exponent
     unit_s = np.maximum(units, sms) * per_unit

@@ -198,29 +198,29 @@ class Profile:
                                      f"{top:g}], got {v!r}")
                 clean[dt] = float(v)
             object.__setattr__(self, name, clean)
+        for name, top in (("kv_dtype_head_efficiency", 1.5), ("window_edge_head_tokens", float("inf"))):
+            object.__setattr__(self, name, self._per_head_table(name, getattr(self, name), top))
+
+    def _per_head_table(self, name: str, table, top: float) -> dict:
+        """A per-head-dim table checked, with canonical keys: "dtype@head dim" for bandwidth fractions in
+        (0, top], "head dim" for key counts in [0, top)."""
+        if not isinstance(table, dict):
+            raise KvsimError(f"profile {self.name}: {name} must map head dims to values")
+        keyed = name == "kv_dtype_head_efficiency"
         clean = {}
-        for k, v in dict(self.kv_dtype_head_efficiency).items():
-            dt, _, dim = str(k).partition("@")
+        for k, v in table.items():
+            dt, _, dim = str(k).partition("@") if keyed else ("", "", str(k))
             try:
-                key = f"{canonical_dtype(dt)}@{int(dim)}"
+                d = int(dim)
+                key = f"{canonical_dtype(dt)}@{d}" if keyed else str(d)
             except ValueError:
-                raise KvsimError(f"profile {self.name}: kv_dtype_head_efficiency keys are dtype@head_dim "
-                                 f"(fp8@128), got {k!r}") from None
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1.5 or int(dim) <= 0:
-                raise KvsimError(f"profile {self.name}: kv_dtype_head_efficiency[{k}] must be in (0, 1.5], got {v!r}")
+                d = 0
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (0 < v <= top if keyed else 0 <= v < top)
+            if d <= 0 or not ok:
+                raise KvsimError(f"profile {self.name}: {name} maps {'dtype@head_dim (fp8@128)' if keyed else 'head dims'}"
+                                 f" to {'fractions in (0, 1.5]' if keyed else 'key counts'}, got {k!r}: {v!r}")
             clean[key] = float(v)
-        object.__setattr__(self, "kv_dtype_head_efficiency", clean)
-        clean = {}
-        for k, v in dict(self.window_edge_head_tokens).items():
-            try:
-                dim = int(k)
-            except (TypeError, ValueError):
-                dim = 0
-            if dim <= 0 or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-                raise KvsimError(f"profile {self.name}: window_edge_head_tokens maps head dims to key counts, "
-                                 f"got {k!r}: {v!r}")
-            clean[str(dim)] = float(v)
-        object.__setattr__(self, "window_edge_head_tokens", clean)
+        return clean
 
     def for_prefill(self) -> "Profile":
         """The profile prefill attention kernels run with: prefill_attention's values over these."""

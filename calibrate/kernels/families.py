@@ -111,14 +111,15 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
         return ops.decode_attention(prof, hw, *_attn_args(d, "length"), l2_bytes)
 
     params = dict(DECODE_PARAMS)
-    fp8_dims = sorted(df.loc[df["kv_cache_dtype"] == "fp8", "head_dim"].astype(int).unique())
-    if fp8_dims:  # one dequantisation bound per head dim the fp8 rows cover, in place of one for all
-        del params["kv_dtype_efficiency.fp8"]
-        params.update({f"kv_dtype_head_efficiency.fp8@{d}": DECODE_PARAMS["kv_dtype_efficiency.fp8"] for d in fp8_dims})
-    windowed_dims = sorted(df.loc[df["window_size"] > 0, "head_dim"].astype(int).unique())
-    if windowed_dims:  # a window's edge is whole key tiles, whose length each head dim's kernel sets
-        del params["window_edge_tokens"]
-        params.update({f"window_edge_head_tokens.{d}": DECODE_PARAMS["window_edge_tokens"] for d in windowed_dims})
+    # one term per head dim its rows cover, in place of one for all: each head dim is its own compiled kernel,
+    # with its own dequantisation rate and key tiles (a window's edge is whole tiles)
+    for flat, table, key, rows in (("kv_dtype_efficiency.fp8", "kv_dtype_head_efficiency", "fp8@{}",
+                                    df["kv_cache_dtype"] == "fp8"),
+                                   ("window_edge_tokens", "window_edge_head_tokens", "{}", df["window_size"] > 0)):
+        dims = sorted(df.loc[rows, "head_dim"].astype(int).unique())
+        if dims:
+            bounds = params.pop(flat)
+            params.update({f"{table}.{key.format(d)}": bounds for d in dims})
     params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
         if l2_bytes else params
     fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
