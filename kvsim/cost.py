@@ -456,7 +456,8 @@ class CostModel:
         segs = pol.read_segments(ctx, p, s)
         flops = pol.attn_flops(ctx, pol.tokens_of(segs))
         read = pol.device_read(ctx, p, s, heads)[0]
-        span, edge = ctx.layout.span, float(self.profile.window_edge(prefill_dims(grp.layer, ctx)[0]))
+        span = ctx.layout.span
+        edge = float(self.profile.window_edge(prefill_dims(grp.layer, ctx)[0], self.kv_dtype or ""))
         if span and edge:  # a window that binds is read with the tiles at its edge
             resident = p + s + 1
             read = read * (np.minimum(resident, span + edge) / np.minimum(resident, span))
@@ -537,8 +538,7 @@ class CostModel:
                 rows = tokens * moe.top_k / touched
                 inter = moe.expert_intermediate / tp
                 for mm_n, mm_k in (((2 if moe.gated else 1) * inter, h), (h, inter)):
-                    c, m, t = self._matmul(rows, mm_n, mm_k, groups=touched,
-                                          efficiency=self.profile.moe_fraction(rows))
+                    c, m, t = self._matmul(rows, mm_n, mm_k, groups=touched, moe=True)
                     ph.add_times(n, 2.0 * tokens * moe.top_k * mm_n * mm_k, touched * mm_n * mm_k * self.wbytes,
                                  c, m, t, label="MoE experts")
             if self.elementwise:
@@ -567,7 +567,7 @@ class CostModel:
             tokens = seq
         c, m, t = kernels.attention(self.profile, self.hw, flops=a_flops * b, kv_bytes=a_bytes * b,
                                     kv_dtype=self.kv_dtype, seq_tokens=seq, units=units,
-                                    head_dim=kv_ctx.layout.k_dim, decode=not prefill, tokens=tokens,
+                                    head_dim=kv_ctx.layout.k_dim, decode=not prefill, tokens=tokens, seqs=b,
                                     peak=self.raw_peak, bw=self.raw_bw)
         ph.add_times(n, a_flops * b, a_bytes * b, c, m, t, totals=totals, label="attention (KV read/write)")
 
@@ -598,6 +598,8 @@ class CostModel:
                 ph.add(n, a_flops * b, a_bytes * b, timer, totals=totals, label="attention (KV read/write)")
                 if per_seq_s and kv_ctx is not None:
                     ph.time_s = ph.time_s + n * b * self.heads_on_device(kv_ctx) * per_seq_s
+                if not prefill and kv_ctx is not None and self.profile.decode_seq_overhead_s:
+                    ph.time_s = ph.time_s + n * self.profile.decode_seq_s(b)
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)

@@ -13,7 +13,9 @@ pick the tile and split that finish first (cuBLAS's heuristics, CUTLASS autotuni
 over TILES x SPLITS. One row through one 16-bit weight (a decode step at batch 1) runs a GEMV kernel that
 streams the weight at `gemv_mem_efficiency` of the bandwidth where the profile gives one. Each tile also
 pays a fixed prologue and epilogue, worth `matmul_tile_fixed_k` steps of
-its k loop. A kernel with few tiles cannot keep enough loads in flight: C thread blocks (tiles x splits) keep
+its k loop (a fused MoE kernel's tiles `moe_tile_fixed_k`: Triton's fused_moe gathers each tile's routed rows
+and scatters its outputs, so experts with short k loops, the fine-grained MoEs' small ones, reach less of the
+peak). A kernel with few tiles cannot keep enough loads in flight: C thread blocks (tiles x splits) keep
 C / sqrt(C^2 + matmul_half_ctas^2) of the bandwidth busy. W8A8 formats quantise the activations first, in a
 kernel of their own: read 16-bit, write 8-bit, plus `quant_row_overhead_s` per row; their scaled-matmul
 kernels (CUTLASS's in vLLM and SGLang) have no split-K. A kernel whose tiles each stream their own operand rows and columns (no
@@ -33,7 +35,10 @@ changes. Decode kernels are compiled per head dim with their own tiles, so the b
 none is given): FlashAttention-3's fp8 decode on H100 streams at 0.73, 0.87 and 0.46 of the bandwidth at head
 dims 64, 128 and 256. Every (sequence,
 KV head) unit costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) **
-attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. In decode the three
+attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. Each sequence of a
+decode step adds `decode_seq_overhead_s` whatever its KV heads (FlashAttention-3's varlen scheduler sorts the
+sequences and sizes their splits), in steps of at most `decode_seq_overhead_max_seqs` sequences where that is
+set (past 992 FlashAttention-3 neither sorts nor splits). In decode the three
 parts overlap imperfectly: time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0:
 max(compute, memory) + units); decode kernels reading a KV dtype listed in `kv_dtype_overlap` overlap with
 that q instead (an fp8 unit's fixed work adds to its dequantising stream instead of hiding under it). A
@@ -69,11 +74,15 @@ def sm_count(hw: HardwareSpec) -> int:
 
 
 def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, wbytes: float, abytes: float,
-           dtype: str, quantised: bool = False, groups=1.0, efficiency: float = 1.0):
-    """y[m, n] = x[m, k] @ W[k, n], `groups` independent ones in one kernel (a fused MoE block's experts).
-    `peak` and `bw` are the raw (datasheet or probed) dense peak of the matmul dtype and memory bandwidth;
-    `abytes` the bytes of each activation element the matmul reads; `efficiency` scales the compute."""
+           dtype: str, quantised: bool = False, groups=1.0, moe: bool = False):
+    """y[m, n] = x[m, k] @ W[k, n], `groups` independent ones in one kernel. `peak` and `bw` are the raw
+    (datasheet or probed) dense peak of the matmul dtype and memory bandwidth; `abytes` the bytes of each
+    activation element the matmul reads. `moe`: the groups are a fused MoE block's experts, each over its m
+    routed rows, computing at Profile.moe_fraction(m) of the matrix efficiency with tiles of their own fixed
+    cost (moe_tile_fixed_k)."""
     m, n, k, groups = (np.asarray(a, dtype=np.float64) for a in (m, n, k, groups))
+    efficiency = prof.moe_fraction(m) if moe else 1.0
+    fixed_k = prof.moe_tile_fixed_k if moe and prof.moe_tile_fixed_k else prof.matmul_tile_fixed_k
     membw = bw * prof.mem_efficiency
     if prof.gemv_mem_efficiency and not quantised:  # one row through one weight: a GEMV kernel of its own
         membw = np.where((m <= 1) & (groups == 1), bw * prof.gemv_mem_efficiency, membw)
@@ -93,7 +102,7 @@ def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, 
     tiles = groups * np.ceil(m / tm) * np.ceil(n / tn)
     ks = np.ceil(k / s)
     ctas = tiles * s
-    c = np.ceil(ctas / sms) * (2.0 * tm * tn * (ks + prof.matmul_tile_fixed_k)) / (peak * eff / sms)
+    c = np.ceil(ctas / sms) * (2.0 * tm * tn * (ks + fixed_k)) / (peak * eff / sms)
     occ = ctas / np.sqrt(ctas * ctas + prof.matmul_half_ctas ** 2) if prof.matmul_half_ctas else 1.0
     b = moved / (membw * occ) + np.where(s > 1, groups * m * n * ACC_BYTES * 2 * s / membw, 0.0)  # partials
     if operand:
@@ -111,10 +120,10 @@ def decode_occupancy(prof: Profile, units, tokens, sms: int = 0, kv_dtype: str =
 
 
 def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str, seq_tokens, units, head_dim,
-              decode: bool, tokens=None, peak: float, bw: float, l2_speedup=1.0):
+              decode: bool, tokens=None, seqs=None, peak: float, bw: float, l2_speedup=1.0):
     """One attention kernel: `flops` of scores and weighted values over `seq_tokens` keys per sequence,
-    `kv_bytes` of KV read and written, `units` (sequence, KV head) pairs; in decode `tokens` is each
-    sequence's cached context (the split-KV length). `l2_speedup` (table fits only) speeds up reads that a
+    `kv_bytes` of KV read and written, `units` (sequence, KV head) pairs of `seqs` sequences; in decode `tokens`
+    is each sequence's cached context (the split-KV length). `l2_speedup` (table fits only) speeds up reads that a
     replayed kernel finds in L2."""
     kv_bytes = np.asarray(kv_bytes, dtype=np.float64)
     units = np.asarray(units, dtype=np.float64)
@@ -123,7 +132,8 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
         occ = decode_occupancy(prof, units, tokens, kv_dtype=kv_dtype) if decode else 1.0
         comp = np.asarray(flops, dtype=np.float64) / (peak * prof.attention_fraction(seq_tokens, units))
         mem = kv_bytes / (bw * prof.kv_fraction(kv_dtype) * occ * l2_speedup)
-        return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s
+        per_seq = prof.decode_seq_s(seqs) if decode and seqs is not None else 0.0
+        return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s + per_seq
     if not decode:
         prof = prof.for_prefill()
     sms = sm_count(hw)
@@ -137,6 +147,8 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     per_unit = prof.attention_seq_overhead_s * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) \
         ** prof.attn_head_exponent
     unit_s = np.maximum(units, sms) * per_unit
+    if decode and seqs is not None:
+        unit_s = unit_s + prof.decode_seq_s(seqs)
     q = prof.kv_dtype_overlap.get(kv_dtype, prof.attention_overlap) if decode else prof.attention_overlap
     if not decode:  # the cache write, then a causal pass whose units' fixed work adds to its compute
         t = comp + unit_s + mem

@@ -36,14 +36,21 @@ the roofline is unchanged:
   (FlashAttention-3's fp8 decode: slower per unit at a few sequences, the full bandwidth at many);
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
   tiles or splits and its epilogue in varlen and paged kernels);
+- a decode attention kernel pays decode_seq_overhead_s per sequence whatever its KV heads, in steps of at
+  most decode_seq_overhead_max_seqs sequences where that is set (FlashAttention-3's varlen scheduler sorts
+  the sequences and sizes their splits in one thread block up to 992 of them, and does neither beyond);
 - graph-replayed engines pay no per-eager-kernel launch cost; a kernel still has a floor: matmul_overhead_s
   per weight matmul and attention_overhead_s per attention kernel;
 - sliding-window kernels attend to window_edge_tokens keys beyond the window (whole tiles or pages at its edge),
-  decode kernels to window_edge_head_tokens[head dim] where given (a key tile's length depends on the head dim);
+  decode kernels to window_edge_head_tokens[head dim] where given (a key tile's length depends on the head dim),
+  and to window_edge_head_tokens["dtype@head dim"] when they read a cache of that dtype (fp8 kernels' key tiles
+  are longer: FlashAttention-3's tile_size_fwd_sm90 gives 160-224 keys at head dim 128 against 128 for 16 bits);
 - routed-expert matmuls (a fused MoE block) reach moe_efficiency of the matrix efficiency, and in kernel-level
   profiles rows / (rows + moe_half_rows) of that with `rows` tokens per expert (a fused MoE kernel's tiles
   and configuration are tuned for many rows per expert: Triton's fused_moe pads each expert's rows to its
-  block and switches configurations with the token count);
+  block and switches configurations with the token count), and in kernel-level profiles their tiles pay
+  moe_tile_fixed_k steps of their k loop where given (Triton's fused_moe gathers and scatters each tile's routed
+  rows: fine-grained experts' short k loops reach less of the peak);
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
@@ -105,6 +112,8 @@ class Profile:
     kv_dtype_head_efficiency: dict = field(default_factory=dict)
     matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
     attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
+    decode_seq_overhead_s: float = 0.0  # per sequence of a decode attention kernel, whatever its KV heads
+    decode_seq_overhead_max_seqs: float = 0.0  # steps of more sequences than this do not pay it (0: all do)
     kv_half_units: float = 0.0  # parallel units of a decode step at which KV reads reach half speed
     kv_occupancy_power: float = 2.0  # sharpness p of that knee: C / (C^p + kv_half_units^p)^(1/p)
     kv_dtype_unit_rate: dict = field(default_factory=dict)  # KV dtype -> a decode unit's KV rate vs a 16-bit cache
@@ -113,9 +122,11 @@ class Profile:
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
-    window_edge_head_tokens: dict = field(default_factory=dict)  # head dim -> the same for decode kernels that wide
+    # head dim (or "kv dtype@head dim") -> the same for decode kernels that wide (reading that KV dtype)
+    window_edge_head_tokens: dict = field(default_factory=dict)
     moe_efficiency: float = 1.0  # routed-expert matmuls' fraction of the matrix efficiency at their rows
     moe_half_rows: float = 0.0  # rows per expert at which a fused MoE kernel reaches half that (0: no ramp)
+    moe_tile_fixed_k: float = 0.0  # a fused MoE kernel's tile prologue and epilogue in k steps (0: matmul_tile_fixed_k)
     comm_efficiency: float = 1.0  # fraction of interconnect bandwidth reached by all-reduces
     allreduce_overhead_s: float = 0.0  # per all-reduce
     # Kernel-level model (kvsim/kernels.py), for profiles fitted to single-kernel tables.
@@ -203,21 +214,23 @@ class Profile:
 
     def _per_head_table(self, name: str, table, top: float) -> dict:
         """A per-head-dim table checked, with canonical keys: "dtype@head dim" for bandwidth fractions in
-        (0, top], "head dim" for key counts in [0, top)."""
+        (0, top]; "head dim" (16-bit caches) or "dtype@head dim" (kernels reading that KV dtype) for key counts
+        in [0, top)."""
         if not isinstance(table, dict):
             raise KvsimError(f"profile {self.name}: {name} must map head dims to values")
         keyed = name == "kv_dtype_head_efficiency"
         clean = {}
         for k, v in table.items():
-            dt, _, dim = str(k).partition("@") if keyed else ("", "", str(k))
+            dt, _, dim = str(k).rpartition("@")
             try:
                 d = int(dim)
-                key = f"{canonical_dtype(dt)}@{d}" if keyed else str(d)
+                key = f"{canonical_dtype(dt)}@{d}" if dt or keyed else str(d)
             except ValueError:
                 d = 0
             ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (0 < v <= top if keyed else 0 <= v < top)
             if d <= 0 or not ok:
-                raise KvsimError(f"profile {self.name}: {name} maps {'dtype@head_dim (fp8@128)' if keyed else 'head dims'}"
+                raise KvsimError(f"profile {self.name}: {name} maps "
+                                 f"{'dtype@head_dim (fp8@128)' if keyed else 'head dims (128) or dtype@head_dim'}"
                                  f" to {'fractions in (0, 1.5]' if keyed else 'key counts'}, got {k!r}: {v!r}")
             clean[key] = float(v)
         return clean
@@ -266,6 +279,13 @@ class Profile:
             return self.moe_efficiency + 0.0 * rows
         return self.moe_efficiency * rows / (rows + self.moe_half_rows)
 
+    def decode_seq_s(self, seqs):
+        """Seconds a decode attention kernel spends on its `seqs` sequences' own scheduling, whatever their KV
+        heads: decode_seq_overhead_s each, none past decode_seq_overhead_max_seqs where that is set."""
+        seqs = np.asarray(seqs, dtype=np.float64)
+        cap = self.decode_seq_overhead_max_seqs
+        return np.where((seqs <= cap) | (cap == 0), seqs * self.decode_seq_overhead_s, 0.0)
+
     def kv_dequant_fraction(self, kv_dtype: str, head_dim):
         """Bandwidth fraction at which dequantising a `kv_dtype` cache bounds a decode kernel's KV reads, per
         head dim (_per_head_dim); None: no such bound."""
@@ -273,9 +293,13 @@ class Profile:
                 if k.split("@")[0] == kv_dtype}
         return _per_head_dim(dims, head_dim) if dims else self.kv_dtype_efficiency.get(kv_dtype)
 
-    def window_edge(self, head_dim):
-        """Keys beyond a sliding window that a decode kernel of `head_dim` reads (_per_head_dim)."""
-        dims = {int(k): v for k, v in self.window_edge_head_tokens.items()}
+    def window_edge(self, head_dim, kv_dtype: str = ""):
+        """Keys beyond a sliding window that a decode kernel of `head_dim` reads (_per_head_dim): its own entries
+        where the kernel reads a `kv_dtype` cache that has some (an fp8 kernel's key tiles are longer than a
+        16-bit one's), the plain head-dim entries otherwise."""
+        table = self.window_edge_head_tokens
+        own = {int(k.split("@")[1]): v for k, v in table.items() if kv_dtype and k.split("@")[0] == kv_dtype}
+        dims = own or {int(k): v for k, v in table.items() if "@" not in k}
         return _per_head_dim(dims, head_dim) if dims else self.window_edge_tokens + 0.0 * np.asarray(head_dim)
 
     def kv_fraction(self, kv_dtype: str, units=None):

@@ -41,7 +41,9 @@ KNOWN = Profile(tiled=True, compute_efficiency=0.8, mem_efficiency=0.9, matmul_o
                 matmul_operand_efficiency={"fp8": 3.0}, quant_row_overhead_s=4e-9,
                 kv_efficiency=0.9, kv_dtype_head_efficiency={"fp8@64": 0.7, "fp8@128": 0.6, "fp8@256": 0.45},
                 kv_dtype_overlap={"fp8": 1.1}, attention_seq_overhead_s=2e-8, attention_overhead_s=1e-5,
-                window_edge_head_tokens={"64": 150.0, "128": 100.0, "256": 60.0}, attn_efficiency=0.6, attn_half_tokens=1000.0,
+                window_edge_head_tokens={"64": 150.0, "128": 100.0, "256": 60.0, "fp8@64": 250.0, "fp8@128": 180.0,
+                                         "fp8@256": 90.0}, decode_seq_overhead_s=1e-8,
+                attn_efficiency=0.6, attn_half_tokens=1000.0,
                 attn_dtype_efficiency={"fp8": 0.8}, kv_half_units=50.0, kv_split_tokens=300.0, kv_max_splits=32.0,
                 attn_head_exponent=0.4, attention_overlap=1.3,
                 prefill_attention={"kv_efficiency": 0.2, "attention_overhead_s": 1.2e-5,
@@ -99,6 +101,7 @@ def test_attention_fits_recover_known_parameters():
         assert prof.kv_dtype_head_efficiency[key] == pytest.approx(value, rel=0.05), key
     for key, value in KNOWN.window_edge_head_tokens.items():
         assert prof.window_edge_head_tokens[key] == pytest.approx(value, rel=0.1), key
+    assert prof.decode_seq_overhead_s == pytest.approx(1e-8, rel=0.1)
     assert prof.prefill_attention["window_edge_tokens"] == pytest.approx(400.0, rel=0.1)
 
 
@@ -136,7 +139,8 @@ def test_kernel_terms_leave_the_datasheet_unchanged_by_default():
 NEW_TERMS = {"matmul_tile_fixed_k": 200.0, "matmul_half_ctas": 200.0, "quant_row_overhead_s": 1e-7,
              "matmul_operand_efficiency": {"fp8": 0.2}, "attn_dtype_efficiency": {"fp8": 0.3},
              "attn_head_exponent": 2.0, "attention_overlap": 1.0, "kv_occupancy_power": 8.0,
-             "kv_dtype_unit_rate": {"fp8": 0.2}, "prefill_attention": {"attention_overhead_s": 1e-3}}
+             "kv_dtype_unit_rate": {"fp8": 0.2}, "prefill_attention": {"attention_overhead_s": 1e-3},
+             "decode_seq_overhead_s": 1e-6}
 
 
 @pytest.mark.parametrize("term", sorted(NEW_TERMS))
@@ -243,6 +247,30 @@ def test_fused_moe_efficiency_ramps_with_rows_per_expert():
     assert float(slow.ttft_s) > float(fast.ttft_s)
 
 
+def test_fused_moe_tiles_pay_their_own_fixed_cost():
+    """moe_tile_fixed_k replaces matmul_tile_fixed_k in the experts' grouped GEMMs only: a compute-bound MoE
+    prefill slows, a dense model does not change."""
+    moe_tiles = dataclasses.replace(KNOWN, moe_tile_fixed_k=2000.0)
+    slow = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=8192), moe_tiles)
+    fast = predict(load_model("mixtral-8x7b"), H100, None, Workload(prompt=8192), KNOWN)
+    assert float(slow.ttft_s) > 1.1 * float(fast.ttft_s)
+    assert float(_prefill(moe_tiles).ttft_s) == float(_prefill(KNOWN).ttft_s)
+
+
+def test_moe_shapes_faster_than_their_weights_are_left_out():
+    """A shape that some row runs faster than the datasheet bandwidth streams the experts its tokens touch does
+    not describe what was timed (aiconfigurator's 2048x5120, 512 experts, top-22 on H100)."""
+    rows = [dict(num_tokens=t, hidden_size=4096, inter_size=i, topk=2, num_experts=8, moe_tp_size=1, moe_ep_size=1,
+                 moe_dtype="bfloat16", distribution="balanced", kernel_source="x") for t in (1, 64) for i in (1536, 14336)]
+    df = pd.DataFrame(rows)
+    df["seconds"] = families.moe(df.assign(seconds=1.0)).predict(KNOWN, H100, df)
+    weights = 2 * 3 * 4096 * 14336 * 2
+    df.loc[(df.inter_size == 14336) & (df.num_tokens == 1), "seconds"] = 0.5 * weights / H100.memory_bandwidth
+    kept = families.moe(df, H100.memory_bandwidth).rows
+    assert set(kept["inter_size"]) == {1536} and len(kept) == 2
+    assert len(families.moe(df).rows) == 4
+
+
 def test_a_kernel_profile_needs_the_device_sm_count():
     with pytest.raises(KvsimError, match="SM count"):
         predict(load_model("llama-3-8b"), load_hardware("l4"), None, Workload(), KNOWN)
@@ -253,6 +281,36 @@ def test_per_sequence_attention_cost_is_charged_per_sequence_kv_head_and_layer()
     more = _decode(Profile(attention_seq_overhead_s=1e-6))
     # llama-3-8b: 32 layers x 8 KV heads x batch 8
     assert float(more.tpot_first_s - base.tpot_first_s) == pytest.approx(32 * 8 * 8 * 1e-6, rel=1e-9)
+
+
+def test_per_sequence_decode_cost_is_charged_per_sequence_up_to_its_cap():
+    """decode_seq_overhead_s: per sequence and layer whatever the KV heads, in decode only, and not at all in a
+    step of more sequences than decode_seq_overhead_max_seqs (FlashAttention-3 stops sorting them past 992)."""
+    per_seq = Profile(decode_seq_overhead_s=1e-6)
+    base = _decode(Profile(), batch=[8, 1024])
+    more = _decode(per_seq, batch=[8, 1024])
+    assert np.allclose(more.tpot_first_s - base.tpot_first_s, [32 * 8 * 1e-6, 32 * 1024 * 1e-6], rtol=1e-9)
+    assert float(_prefill(per_seq).ttft_s) == float(_prefill(Profile()).ttft_s)
+    capped = _decode(dataclasses.replace(per_seq, decode_seq_overhead_max_seqs=992.0), batch=[8, 1024])
+    assert np.allclose(capped.tpot_first_s - base.tpot_first_s, [32 * 8 * 1e-6, 0.0], rtol=1e-9, atol=1e-15)
+
+
+def test_fp8_decode_kernels_take_their_own_window_edge():
+    """An fp8 cache's decode kernels have longer key tiles: their window edge is the "fp8@head dim" entry where
+    the profile has one, the 16-bit kernels' otherwise."""
+    prof = Profile(window_edge_head_tokens={"128": 100.0, "fp8@128": 300.0})
+    assert float(prof.window_edge(128)) == 100.0 and float(prof.window_edge(128, "bf16")) == 100.0
+    assert float(prof.window_edge(128, "fp8")) == 300.0
+    assert float(Profile(window_edge_head_tokens={"128": 100.0}).window_edge(128, "fp8")) == 100.0
+    beyond = dict(model="mistral-7b-v0.1", prompt=16000, kv_dtype="fp8")
+    assert float(_decode(prof, **beyond).tpot_first_s) > float(
+        _decode(Profile(window_edge_head_tokens={"128": 100.0}), **beyond).tpot_first_s)
+
+
+def test_only_flashattention3_frameworks_fix_the_scheduler_cap():
+    dec, _ = _attention_rows()
+    assert families.decode_attention(dec, framework="vllm", fa3=True).fixed["decode_seq_overhead_max_seqs"][0] == 992
+    assert "decode_seq_overhead_max_seqs" not in families.decode_attention(dec, framework="vllm").fixed
 
 
 def test_matmul_and_attention_floors_are_per_kernel():
@@ -366,6 +424,8 @@ def test_per_head_dim_terms_interpolate_in_log_head_dim_and_hold_beyond():
                                  {"kv_dtype_head_efficiency": {"fp9@128": 0.5}},
                                  {"window_edge_head_tokens": {"0": 10.0}},
                                  {"window_edge_head_tokens": {"128": -1.0}},
+                                 {"window_edge_head_tokens": {"fp9@128": 10.0}},
+                                 {"window_edge_head_tokens": {"fp8@": 10.0}},
                                  {"kv_dtype_overlap": {"fp8": 0.5}}])
 def test_per_head_dim_and_overlap_tables_refuse_bad_entries(bad):
     with pytest.raises(KvsimError):

@@ -8,7 +8,8 @@ k there); all-reduce sizes log-log between measured sizes; attention query-head 
 the two measured ones around them; other attention and MoE shapes must be measured exactly, or the case
 is skipped and says so. kvsim's side is the cost model's same work (its norm and
 activation traffic, which the tables do not time, left out), so agreement measures the profile, not what
-the tables omit. `python -m calibrate.kernels.compose --profile h100-sxm-vllm` prints the table.
+the tables omit. GEMMs wider than the table's widest n are composed of column blocks that it covers.
+`python -m calibrate.kernels.compose --profile h100-sxm-vllm` prints the table.
 """
 
 from __future__ import annotations
@@ -51,11 +52,15 @@ class Tables:
         self.allreduce = families.allreduce(ar.rows).rows if ar is not None else None
 
     def gemm_s(self, m: int, n: int, k: int) -> float:
+        """A GEMM wider than the grid's widest n (a 128K-token vocabulary's logits) is composed of equal column
+        blocks within the grid: each output column depends on its own weight columns only, and extrapolating
+        latency linearly past the grid's last two n would follow whichever kernels cuBLAS picked there."""
         if m not in self.gemm:
             raise LookupError(f"GEMM m={m} not measured")
         if m not in self._interp:
             self._interp[m] = self._grid(self.gemm[m])
-        return float(self._interp[m]([[n, k]])[0])
+        blocks = -(-n // int(self.gemm[m]["n"].max()))
+        return blocks * float(self._interp[m]([[n / blocks, k]])[0])
 
     @staticmethod
     def _grid(sub):

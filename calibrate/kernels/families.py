@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvsim import load_hardware
+from kvsim.cost import touched_experts
+
+from . import aiconfigurator as aic
 from . import ops
 from .fit import ALLREDUCE_PARAMS, DECODE_PARAMS, GEMM_PARAMS, MOE_PARAMS, PREFILL_PARAMS, Family
 
@@ -18,8 +22,10 @@ SELECTION = """\
   ratios of 48 or more (TensorRT-LLM takes another, 5-25x slower kernel path there);
 - all-reduce keeps CUDA-graph rows (the engines replay graphs in decode);
 - MoE keeps balanced routing on one device (no tensor or expert split) in bf16 (fp8 fused MoE reaches
-  another fraction of its peak than fp8 GEMMs and is left out), the fastest kernel per shape; it is fitted
-  after the GEMMs, whose terms it shares.
+  another fraction of its peak than fp8 GEMMs and is left out), the fastest kernel per shape, and drops a
+  shape that some row runs faster than the datasheet bandwidth can stream the experts its tokens touch
+  (H100 vLLM: 2048x5120 with 512 experts, top-22, and 2688x1856 with 128, top-6, at 0.76 of that floor: their
+  columns do not describe what was timed); it is fitted after the GEMMs, whose terms it shares.
 """
 
 
@@ -27,6 +33,12 @@ SELECTION = """\
 # quantisation and scale handling), which no roofline term describes. Shapes narrower than an LLM projection
 # under 8-way tensor parallelism are left out too.
 GEMM_DTYPES = ("bfloat16", "fp8")
+# A GEMM shape runs whichever kernel the library's heuristics pick, and for about a quarter of the shapes that is a
+# slower one (H100 vLLM, one row through a 4096-65536 x 4096-65536 bf16 weight: most stream it at 2.9-3.1 TB/s,
+# the rest at 2.4-2.6, with no pattern in n or k that carries across row counts). Least squares fits between the
+# two populations and prices every shape 5-10% slow; a robust loss fits the usual kernel (held-out MAPE 9.2 ->
+# 8.7% and 7.9 -> 7.7% on H100 vLLM, composed Llama decode steps at one sequence 10% slow -> within 7%).
+GEMM_LOSS = ("soft_l1", 0.02)
 MIN_GEMM_DIM = 512
 
 
@@ -70,7 +82,7 @@ def gemm(df) -> Family:
     def splits(d):
         return [("unseen (n, k) shapes, 5 folds", _folds(d["n"].astype(str) + "x" + d["k"].astype(str))),
                 ("m >= 2048 fitted from m < 2048", _two_way(d["m"] >= 2048))]
-    return Family("gemm", GEMM_PARAMS, predict, splits, df)
+    return Family("gemm", GEMM_PARAMS, predict, splits, df, loss=GEMM_LOSS)
 
 
 def _attention_rows(df):
@@ -101,10 +113,19 @@ def _attention_splits(d, long_from: int, big_from: int):
 MAX_KV_SPLITS = {"vllm": (32.0, "vllm/envs.py: VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FOR_CUDA_GRAPH = 32"),
                  "sglang": (128.0, "sglang flashattention_backend.py: num_splits = 0 (FlashAttention-3's heuristic); "
                                    "flash-attention hopper/flash_api.cpp: get_num_splits caps it at 128")}
+# FlashAttention-3's varlen scheduler (hopper/flash_prepare_scheduler.cu) sorts a step's sequences and sizes their
+# KV splits in one thread block while they number at most 992; beyond, it stops sorting and splitting (vLLM refuses
+# full CUDA graphs past 992 for this reason). The tables show the per-sequence cost stop there: H100 vLLM, one KV
+# head at a 2-token context, 33.1 us at 512 sequences and 41.5 us at 1,024, against 24.3 and 38.0 us for the same
+# (sequence, KV head) units spread over 8 KV heads.
+FA3_SCHED_MAX_SEQS = (992.0, "flash-attention hopper/flash_prepare_scheduler.cu: sequences beyond 992 are "
+                             "neither sorted nor split (PREPARE_VARLEN_MAX_BATCHES_1CTA)")
+FA3_FRAMEWORKS = ("vllm", "sglang")  # their Hopper attention backends run FlashAttention-3
 
 
-def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
-    """Decode steps: `length` is the cached history (a step reads length + 1 tokens)."""
+def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool = False) -> Family:
+    """Decode steps: `length` is the cached history (a step reads length + 1 tokens). `fa3`: the framework runs
+    FlashAttention-3 on these rows' device."""
     df = _attention_rows(df).assign(length=lambda d: d["step"])
 
     def predict(prof, hw, d):
@@ -112,17 +133,21 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "") -> Family:
 
     params = dict(DECODE_PARAMS)
     # one term per head dim its rows cover, in place of one for all: each head dim is its own compiled kernel,
-    # with its own dequantisation rate and key tiles (a window's edge is whole tiles)
-    for flat, table, key, rows in (("kv_dtype_efficiency.fp8", "kv_dtype_head_efficiency", "fp8@{}",
-                                    df["kv_cache_dtype"] == "fp8"),
-                                   ("window_edge_tokens", "window_edge_head_tokens", "{}", df["window_size"] > 0)):
+    # with its own dequantisation rate and key tiles (a window's edge is whole tiles, longer ones for fp8 caches)
+    fp8, windowed = df["kv_cache_dtype"] == "fp8", df["window_size"] > 0
+    for flat, table, key, rows in (("kv_dtype_efficiency.fp8", "kv_dtype_head_efficiency", "fp8@{}", fp8),
+                                   ("window_edge_tokens", "window_edge_head_tokens", "{}", windowed & ~fp8),
+                                   ("window_edge_tokens", "window_edge_head_tokens", "fp8@{}", windowed & fp8)):
         dims = sorted(df.loc[rows, "head_dim"].astype(int).unique())
         if dims:
-            bounds = params.pop(flat)
+            bounds = DECODE_PARAMS[flat]
+            params.pop(flat, None)
             params.update({f"{table}.{key.format(d)}": bounds for d in dims})
     params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
         if l2_bytes else params
     fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
+    if fa3:
+        fixed["decode_seq_overhead_max_seqs"] = FA3_SCHED_MAX_SEQS
     return Family("decode_attention", params, predict, lambda d: _attention_splits(d, 8191, 128), df, fixed=fixed)
 
 
@@ -151,15 +176,20 @@ def allreduce(df) -> Family:
     return Family("allreduce", ALLREDUCE_PARAMS, predict, splits, df)
 
 
-BUILDERS = {"gemm": gemm, "allreduce": allreduce}
-
-
-def moe(df) -> Family:
-    """Fused MoE blocks with balanced routing: the GEMM terms plus one efficiency of their own."""
+def moe(df, bandwidth: float = 0.0) -> Family:
+    """Fused MoE blocks with balanced routing: the GEMM terms plus one efficiency of their own. With the device's
+    `bandwidth`, a shape that some row runs faster than streaming the weights of the experts its tokens touch
+    allows is left out: its columns do not describe what was timed."""
     keep = (df["distribution"].eq("balanced") & df["moe_dtype"].eq("bfloat16") & df["moe_tp_size"].eq(1)
             & df["moe_ep_size"].eq(1))  # one device: kvsim models no expert parallelism
     df = _fastest(df[keep], ["num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
                              "moe_ep_size", "moe_dtype"])
+    if bandwidth:
+        e, k, t = (df[c].to_numpy(np.float64) for c in ("num_experts", "topk", "num_tokens"))
+        weights = touched_experts(e, k, t) * 3 * df["hidden_size"] * df["inter_size"] * ops.ACT_BYTES
+        shape = ["hidden_size", "inter_size", "num_experts", "topk"]
+        possible = (df["seconds"] * bandwidth >= weights).groupby([df[c] for c in shape]).transform("all")
+        df = df[possible].reset_index(drop=True)
 
     def predict(prof, hw, d):
         return ops.moe(prof, hw, *(d[c].to_numpy() for c in ("num_tokens", "hidden_size", "inter_size", "topk",
@@ -178,9 +208,11 @@ def for_system(tables: dict, l2_bytes: float = 0.0) -> list[Family]:
     out = [gemm(tables["gemm"].rows)]
     if tables["prefill_attention"] is not None:  # before decode: decode holds its attention ramp
         out.append(prefill_attention(tables["prefill_attention"].rows))
-    out.append(decode_attention(tables["decode_attention"].rows, l2_bytes, tables["decode_attention"].framework))
+    dec = tables["decode_attention"]
+    out.append(decode_attention(dec.rows, l2_bytes, dec.framework,
+                                fa3=dec.framework in FA3_FRAMEWORKS and dec.system in aic.HOPPER))
     if tables["moe"] is not None:
-        fam = moe(tables["moe"].rows)
+        fam = moe(tables["moe"].rows, load_hardware(aic.HARDWARE[dec.system]).memory_bandwidth)
         if len(fam.rows):
             out.append(fam)
     if tables["allreduce"] is not None:

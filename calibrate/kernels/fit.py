@@ -3,7 +3,8 @@ and measure held-out error by holding out whole groups.
 
 Each family fits only the parameters its ops exercise; parameters fitted by an earlier family are held
 fixed (prefill attention reuses decode's attention floor, MoE reuses the GEMM ramp). Least squares on
-log(predicted / measured), each parameter fitted as its logarithm within bounds. A held-out split fits on
+log(predicted / measured) (GEMMs with a robust loss: Family.loss), each parameter fitted as its logarithm
+within bounds. A held-out split fits on
 every row outside a group and predicts the group: a head dim or KV-head count never seen, long contexts
 from short ones, large batches from small ones, GEMM shapes never seen.
 """
@@ -41,9 +42,11 @@ DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (
                  "window_edge_tokens": (1e-2, 1e4, 128.0), "kv_half_units": (1e-2, 1e5, 100.0),
                  "kv_split_tokens": (1.0, 1e6, 256.0), "kv_max_splits": (1.0, 1e4, 16.0),
                  "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5),
-                 "kv_dtype_overlap.fp8": (1.0, 20.0, 1.0)}
+                 "kv_dtype_overlap.fp8": (1.0, 20.0, 1.0),
+                 "decode_seq_overhead_s": (1e-11, 1e-4, 1e-8)}
 FIT_ROWS = 4000
-MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6), "moe_half_rows": (1e-2, 1e5, 16.0)}
+MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6), "moe_half_rows": (1e-2, 1e5, 16.0),
+              "moe_tile_fixed_k": (1.0, 1e5, 300.0)}
 ALLREDUCE_PARAMS = {"comm_efficiency": (0.01, 1.5, 0.7), "allreduce_overhead_s": (1e-8, 1e-2, 1e-5)}
 
 
@@ -56,6 +59,10 @@ class Family:
     rows: object = None  # pandas DataFrame
     by: str = ""  # column whose values are reported as op families of their own
     fixed: dict = dataclasses.field(default_factory=dict)  # known values (not fitted) the family sets, with why
+    # scipy least_squares loss and f_scale on the log residuals: "linear" is plain least squares; "soft_l1" with
+    # a small scale weighs residuals beyond it by their size (close to least absolute deviations), so a family
+    # whose rows hold two populations is fitted to its larger one instead of between them
+    loss: tuple = ("linear", 1.0)
 
 
 
@@ -132,7 +139,8 @@ def _least_squares(fam: Family, hw: HardwareSpec, base: Profile, df, names: list
     # floors and bandwidths trade off, and so do a kernel's rooflines: start from four corners
     for shift in (0.0 * floors, -floors, floors, 1.5 * (1.0 - floors)):
         start = np.clip(x0 + shift, lo + 1e-6, hi - 1e-6)
-        res = least_squares(residuals, start, bounds=(lo, hi), x_scale=1.0, diff_step=1e-4, max_nfev=300)
+        res = least_squares(residuals, start, bounds=(lo, hi), x_scale=1.0, diff_step=1e-4, max_nfev=300,
+                            loss=fam.loss[0], f_scale=fam.loss[1])
         if best is None or res.cost < best.cost:
             best = res
     at_floor = [k for k, x, l in zip(names, best.x, lo) if x - l < 0.25]  # within 25% of the lower bound
@@ -150,7 +158,9 @@ def _exercised(name: str, df) -> bool:
         dt, dim = name.split(".", 1)[1].split("@")
         return bool(((df["kv_cache_dtype"] == dt) & (df["head_dim"] == int(dim))).any())
     if name.startswith("window_edge_head_tokens."):
-        return bool(((df["window_size"] > 0) & (df["head_dim"] == int(name.split(".", 1)[1]))).any())
+        dt, _, dim = name.split(".", 1)[1].rpartition("@")
+        rows = (df["window_size"] > 0) & (df["head_dim"] == int(dim))
+        return bool((rows & ((df["kv_cache_dtype"] == dt) if dt else (df["kv_cache_dtype"] != "fp8"))).any())
     if name.endswith("window_edge_tokens"):
         return bool((df["window_size"] > 0).any())
     return True

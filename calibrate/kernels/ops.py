@@ -56,9 +56,9 @@ def _table_only(prof: Profile, key: str, default: float) -> float:
     return prof.meta.get(key, prof.meta.get("table_only", {}).get(key, default))
 
 
-def _window_tokens(prof: Profile, tokens, window, head_dim):
+def _window_tokens(prof: Profile, tokens, window, head_dim, kv_dtype: str):
     """Keys a decode kernel reads of `tokens` when a sliding window of `window` (0: none) binds, edge included."""
-    return np.where(window > 0, np.minimum(tokens, window + prof.window_edge(head_dim)), tokens)
+    return np.where(window > 0, np.minimum(tokens, window + prof.window_edge(head_dim, kv_dtype)), tokens)
 
 
 def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_heads, head_dim, kv_dtype,
@@ -71,7 +71,7 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
     for name, sel in _by_name(kv_dtype):
         kv_dt, elem = KV_DTYPES[name]
         bs, ctx, kh, dd = b[sel], step[sel] + 1, kvh[sel], d[sel]
-        tokens = _window_tokens(prof, ctx, w[sel], dd)
+        tokens = _window_tokens(prof, ctx, w[sel], dd, kv_dt)
         moved = bs * (tokens + 1) * kh * 2 * dd * elem
         # The tables replay one op in a CUDA graph without flushing L2, so a cache that fits in L2 is read from
         # it on every replay, and the kernel's floor is the L2's latency rather than memory's (H100 vLLM: a
@@ -82,7 +82,7 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
         l2 = np.where(in_l2, _table_only(prof, "l2_speedup", 1.0), 1.0)
         _, _, t = kernels.attention(prof, hw, flops=bs * h[sel] * tokens * (4 * dd + 5), kv_bytes=moved,
                                     kv_dtype=kv_dt, seq_tokens=tokens, units=bs * kh, head_dim=dd, decode=True,
-                                    tokens=tokens, peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw), l2_speedup=l2)
+                                    tokens=tokens, seqs=bs, peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw), l2_speedup=l2)
         out[sel] = t + np.where(in_l2, _table_only(prof, "l2_overhead_s", prof.attention_overhead_s),
                                 prof.attention_overhead_s)
     return out
@@ -117,7 +117,7 @@ def moe(prof: Profile, hw: HardwareSpec, tokens, hidden, inter, topk, experts, t
         touched = touched_experts(e[sel], k[sel], t_[sel])
         rows = t_[sel] * k[sel] / touched  # tokens each touched expert's matmuls see
         kw = dict(peak=_peak(prof, hw, mm_dt), bw=_bw(prof, hw), wbytes=wbytes, abytes=abytes, dtype=mm_dt,
-                  quantised=mm_dt in W8A8, groups=touched / ep[sel], efficiency=prof.moe_fraction(rows))
+                  quantised=mm_dt in W8A8, groups=touched / ep[sel], moe=True)
         up = kernels.matmul(prof, hw, rows, 2 * it[sel] / tp[sel], hd[sel], **kw)[2]
         down = kernels.matmul(prof, hw, rows, hd[sel], it[sel] / tp[sel], **kw)[2]
         out[sel] = up + down
