@@ -107,10 +107,10 @@ def cmd_calibrate(argv) -> int:
     problem = Problem(df, hw, base)
     free = free_params(names, problem)
     fixed = {}
-    if str(df["executor"].iloc[0]) == "native-c" and "materialised_reads" in free:
+    if str(df["executor"].iloc[0]).startswith("native-c") and "materialised_reads" in free:
         # that executor reads quantized and selected pages in place: there is no copy for the term to describe
         free = tuple(k for k in free if k != "materialised_reads")
-        fixed["materialised_reads"] = "0: the native-c executor reads pages in place (no dequantised or gathered copy)"
+        fixed["materialised_reads"] = "0: the native-c executors read pages in place (no dequantised or gathered copy)"
         if not free:
             raise KvsimError("--fit: nothing left to fit (materialised_reads is fixed at 0 for native-c data)")
     n_conf = df[["model", "seq", "policy"]].drop_duplicates().shape[0]

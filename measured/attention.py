@@ -40,10 +40,14 @@ def register() -> None:
 
 
 def prepare(model) -> None:
-    """Point the model's attention modules at kvsim's attention (transformers' own switch)."""
+    """Point the model's attention modules at kvsim's attention (transformers' own switch), and its weight
+    matmuls at the native skinny matmul for decode steps (measured/linear.py)."""
+    from .linear import native_matmuls
+
     register()
     if getattr(model.config, "_attn_implementation", None) != NAME:
         model.set_attn_implementation(NAME)
+    native_matmuls(model)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ per-token bias.
 
 Two implementations with one meaning:
 - `native` (CPU): measured/decode.c, compiled at first use with the system C compiler into the kvsim cache and
-  called through ctypes. Rows are decoded in registers and used at once: no dequantised, gathered or expanded
+  called through ctypes (its skinny matmul runs the decode step's weight matmuls too: measured/linear.py). Rows are decoded in registers and used at once: no dequantised, gathered or expanded
   copy of the cache is written, so a step reads each stored byte once.
 - `torch` (any device, and the reference the tests hold the kernel to): pages are decoded into a float copy,
   concatenated and attended with two matmuls. On a GPU this is what runs; there, quantized or selected reads
@@ -41,6 +41,9 @@ KINDS = {"raw": None, "int": 3, "fp8": 4}
 RAW = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 META = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 MAX_DIM = 4096  # decode.c's row buffer
+# The executor name rows carry: "native-c" ran decode.c's attention with torch's weight matmuls; this one runs
+# the decode step's weight matmuls in decode.c too (calibrate refuses to fit the two together).
+NATIVE = "native-c+linear"
 
 
 @dataclass
@@ -124,8 +127,9 @@ def use_native(device: torch.device) -> bool:
 
 
 def executor(device: torch.device) -> str:
-    """Which implementation runs decode attention on `device` (recorded with every measurement)."""
-    return "native-c" if use_native(torch.device(device)) else "torch"
+    """Which implementation runs a decode step's attention and weight matmuls on `device` (recorded with every
+    measurement): decode.c's attention and skinny matmuls (measured/linear.py), or torch's."""
+    return NATIVE if use_native(torch.device(device)) else "torch"
 
 
 def attend(q: torch.Tensor, pages: list[Page], scale: float, softcap=None, bias: torch.Tensor | None = None,
@@ -217,7 +221,24 @@ def library() -> ctypes.CDLL:
     lib.kvsim_attend.restype = ctypes.c_int
     lib.kvsim_quantize.argtypes = [i64, i64, i64, i64, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr]
     lib.kvsim_quantize.restype = ctypes.c_int
+    lib.kvsim_linear.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64, i64]
+    lib.kvsim_linear.restype = ctypes.c_int
     return lib
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., k] @ weight[n, k]^T (+ bias) through decode.c's skinny matmul: every weight row read once, in
+    place. For fp32 rows with a contiguous last dimension; callers keep it to a decode step's few rows."""
+    k, n = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32, device=x.device)
+    rc = library().kvsim_linear(x2.shape[0], n, k, x2.data_ptr(), x2.stride(0), weight.data_ptr(), weight.stride(0),
+                                0 if bias is None else bias.data_ptr(), y.data_ptr(), n, torch.get_num_threads())
+    if rc:
+        raise ValueError(f"native linear refused a {tuple(x2.shape)} x {tuple(weight.shape)} matmul")
+    return y.reshape(*x.shape[:-1], n)
 
 
 def quantize(x: torch.Tensor, bits: int, group: int, scale_bits: int):

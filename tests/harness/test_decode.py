@@ -221,3 +221,35 @@ def test_sinks_take_probability_and_give_no_value():
     p = s.softmax(-1)
     assert torch.allclose(out, torch.matmul(p[..., :-1], v), atol=1e-5)
     assert torch.allclose(torch.cat([probs, p_new], -1), p[..., :-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 64, 96), (3, 40, 7), (8, 13, 100), (16, 576, 1729), (5, 8, 1)])
+def test_native_linear_equals_torch(m, k, n):
+    """decode.c's skinny matmul: every block and tail shape (weight rows in threes, input rows in fours, k in
+    eights), with and without bias, on strided input rows."""
+    w, b = torch.randn(n, k), torch.randn(n)
+    x = torch.randn(m, 2 * k)[:, ::2]  # rows whose elements are not contiguous: copied first
+    for bias in (None, b):
+        ref = torch.nn.functional.linear(x, w, bias)
+        assert torch.allclose(decode.linear(x, w, bias), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_native_matmuls_keep_parameters_ties_and_fall_back():
+    """The swap shares each weight (a tied output head stays tied, state-dict names unchanged); more rows
+    than a decode step (a prefill), other dtypes and the torch executor go through torch's linear."""
+    from measured.linear import MAX_ROWS, NativeLinear, native_matmuls
+    model = tiny("llama-gqa")
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as SmolLM2's is
+    names = set(model.state_dict())
+    head = model.lm_head.weight
+    native_matmuls(model)
+    native_matmuls(model)  # idempotent
+    assert isinstance(model.lm_head, NativeLinear) and model.lm_head.weight is head
+    assert set(model.state_dict()) == names
+    lin = model.model.layers[0].mlp.down_proj
+    assert type(lin) is NativeLinear
+    for rows in (1, MAX_ROWS, MAX_ROWS + 1):
+        x = torch.randn(rows, lin.in_features)
+        assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight), rtol=1e-4, atol=1e-4)
+    x = torch.randn(2, lin.in_features, dtype=torch.float64)
+    assert lin(x.float()).dtype == torch.float32 and lin.double()(x).dtype == torch.float64

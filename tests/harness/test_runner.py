@@ -132,7 +132,8 @@ def test_estimate_predicts_a_sweep_and_measures_nothing(tmp_path):
 
 def test_rows_name_their_decode_executor(tmp_path, monkeypatch):
     out = tmp_path / "m.csv"
-    for choice, want in (("native", "native-c"), ("torch", "torch")):
+    from measured.decode import NATIVE
+    for choice, want in (("native", NATIVE), ("torch", "torch")):
         monkeypatch.setenv("KVSIM_ATTENTION", choice)
         r = kvsim("measure", "--model", "gpt2", "--seq", "24", "--gen", "2", "--repeats", "1", "--warmup", "0",
                   "--out", str(out), "--resume")
