@@ -178,34 +178,49 @@ def _fmt(v):
 WEAKEST = """\
 - Decode steps of one or a few sequences at short contexts (b = 1-8, 1-4K tokens): the model counts one full
   wave of per-(sequence, KV head) work on top of the kernel floor and predicts them about 10-15% slow on H100
-  vLLM, while at 256-1,024 (sequence, KV head) units the per-unit cost is higher than at more (measured: about
-  33 ns a unit from 128 to 1,024 units, 26 ns beyond), which one per-unit term cannot follow: steps of 128
-  sequences or more fitted from fewer are predicted 8-19% fast at contexts below 1K tokens. At equal units, more
-  sequences cost somewhat more than more KV heads (512 x 1 KV head 32 us, 64 x 8 KV heads 24 us), a
-  per-sequence cost the model folds into its per-unit one.
+  vLLM. At equal (sequence, KV head) units more sequences cost more than more KV heads (512 x 1 KV head 33 us,
+  64 x 8 KV heads 24 us) while a step holds at most 992 sequences: FlashAttention-3's varlen scheduler sorts
+  them and sizes their splits in one thread block up to there and does neither beyond
+  (hopper/flash_prepare_scheduler.cu), so `decode_seq_overhead_s` (about 17 ns a sequence on H100 and H200) stops
+  at 992 sequences, a cap taken from the source. Beyond that the per-unit cost still varies with the step's
+  size (about 33 ns a unit from 128 to 1,024 units, 26 ns beyond).
 - fp8 KV caches: FlashAttention-3's fp8 decode units dequantise in their loop. A step of a few sequences reads
   its bytes slower than a bf16 one (`kv_dtype_unit_rate`); a step of many is bound by the dequantisation
-  rate, which depends on the head dim's kernel (H100 vLLM: 0.73, 0.87 and 0.46 of the bandwidth at head dims
-  64, 128 and 256; `kv_dtype_head_efficiency`), and its fixed work per unit adds to that stream instead of
-  hiding under it (`kv_dtype_overlap`: about 30 ns a unit plus the bytes at 2.87 TB/s, head dim 128). The
-  bound shows fully only at long contexts, so fitted from contexts below 8K it comes out low and fp8 steps at
-  64-128K tokens are predicted up to 20% slow.
+  rate, which depends on the head dim's kernel (`kv_dtype_head_efficiency`), and its fixed work per unit adds
+  to that stream instead of hiding under it (`kv_dtype_overlap`). The bound shows fully only at long contexts,
+  so fitted from contexts below 8K fp8 steps at 64-128K tokens are predicted slow.
+- Sliding windows: kernels read whole key tiles at a window's edge, and an fp8 cache's kernels have longer
+  tiles than a 16-bit one's (FlashAttention-3's tile_size_fwd_sm90: 160-224 keys at head dim 128 against
+  128), so the edge is fitted per head dim and KV dtype (`window_edge_head_tokens`, "fp8@128" entries). The
+  tables' windows end on power-of-two contexts, aligned with 16-bit tiles, so their fitted edges are smaller than
+  what an arbitrary position reads; a windowed step of a few sequences still costs about 3 us more than a full
+  one over as many keys (head dim 64), which the model does not describe.
+- GEMMs: a shape runs whichever kernel the library's heuristics pick, and for about a quarter of the shapes
+  that is a slower one (one row through a bf16 weight on H100: most stream it at 2.9-3.1 TB/s, the rest at
+  2.4-2.6), with no pattern in n or k that carries across row counts; the GEMM fit takes a robust loss, so it
+  prices the usual kernel and misses the others by 10-20%. Large-n, small-k GEMMs at many rows run below the
+  fitted efficiency (H200, 4096 x 37,888 x 3,584: 650 TFLOP/s against about 800 elsewhere): Qwen2.5-7B's
+  4K-token prefill composes 13% slower than predicted.
 - Per-tensor fp8 GEMMs in vLLM and SGLang (CUTLASS scaled matmuls): a row count one past a multiple of 16
   (129, 257, 1025, ...) runs 20-80% slower than its neighbours at large k, a kernel-dispatch effect no tile
   model describes; and their per-row activation quantisation (`quant_row_overhead_s`) is fitted, not derived.
 - Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts; where the
   framework's source gives it (vLLM: 32 in CUDA graphs; SGLang: FlashAttention-3's own 128) it is taken from
-  there, otherwise (TensorRT-LLM) the fit extrapolates it. Sliding windows read whole key tiles at their edge,
-  fitted per head dim (`window_edge_head_tokens`); a windowed step of a few sequences still costs about 3 us
-  more than a full one over as many keys (head dim 64), which the model does not describe.
-- Fused MoE blocks: vLLM's Triton kernels switch tile configurations with the token count (Mixtral's shape
-  takes 1.07 ms at 256 tokens and 1.84 ms at 320 on H100, the weights read twice), which neither
-  `moe_efficiency` nor its ramp with rows per expert (`moe_half_rows`) follows; MoE blocks with 1,024 tokens or
-  more fitted from fewer are the worst hold-out of all.
+  there, otherwise (TensorRT-LLM) the fit extrapolates it.
+- Fused MoE blocks: vLLM's Triton kernels run the configuration tuned for their (experts, width, device) where
+  vLLM ships one, and switch configurations with the token count (Mixtral's shape takes 1.07 ms at 256 tokens
+  and 1.84 ms at 320 on H100, the weights read twice). One efficiency with a tile cost of its own
+  (`moe_tile_fixed_k`: fine-grained experts' short k loops reach less of the peak) follows the shapes to 8% on
+  unseen ones, but not a shape with a tuned configuration: on H200 Mixtral's experts reach 665 TFLOP/s against
+  575 for the similar 6144 x 16384 one, so Mixtral's prefills compose 14-20% faster than predicted. MoE blocks
+  with 1,024 tokens or more fitted from fewer are the worst hold-out of all (below that the blocks are
+  weight-bound and their compute efficiency is not seen). Two table shapes run faster than their weights can
+  stream and are left out (the selection above).
 - Rows whose KV fits in L2: the tables replay one op without flushing L2, so these read faster than HBM allows
   and pay a lower floor (H100 vLLM: a step's time jumps by about 8 us where its KV outgrows the 50 MB L2). A
   fitted L2 speed-up and floor (table-only) describe them; a real step, whose weights flush L2 between layers,
-  does not see them, so `kvsim predict` never uses them.
+  does not see them, so `kvsim predict` never uses them, and a composed decode step at 1K tokens of one
+  sequence (whose measured attention rows are L2-resident) is predicted 3-4% slower for it.
 - Large all-reduce messages fitted from small ones: one bandwidth efficiency and a floor cannot follow the
   switch from one-shot to two-shot all-reduce algorithms at large sizes.
 - TensorRT-LLM's attention kernels (XQA decode, its fused prefill): their split-KV cap is not in the sources
