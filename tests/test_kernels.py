@@ -89,7 +89,7 @@ def test_gemm_fit_recovers_known_parameters():
 
 def test_attention_fits_recover_known_parameters():
     dec, pre = _attention_rows()
-    prefill, decode = families.prefill_attention(pre), families.decode_attention(dec)
+    prefill, decode = families.prefill_attention(pre), families.decode_attention(dec, fa3=True)
     prof = fit.fit_family(prefill, H100, Profile(tiled=True))
     prof = fit.fit_family(decode, H100, prof)
     for fam in (prefill, decode):
@@ -307,10 +307,12 @@ def test_fp8_decode_kernels_take_their_own_window_edge():
         _decode(Profile(window_edge_head_tokens={"128": 100.0}), **beyond).tpot_first_s)
 
 
-def test_only_flashattention3_frameworks_fix_the_scheduler_cap():
+def test_only_flashattention3_frameworks_fit_the_per_sequence_cost_with_its_cap():
     dec, _ = _attention_rows()
-    assert families.decode_attention(dec, framework="vllm", fa3=True).fixed["decode_seq_overhead_max_seqs"][0] == 992
-    assert "decode_seq_overhead_max_seqs" not in families.decode_attention(dec, framework="vllm").fixed
+    fa3 = families.decode_attention(dec, framework="vllm", fa3=True)
+    assert fa3.fixed["decode_seq_overhead_max_seqs"][0] == 992 and "decode_seq_overhead_s" in fa3.params
+    other = families.decode_attention(dec, framework="vllm")
+    assert "decode_seq_overhead_max_seqs" not in other.fixed and "decode_seq_overhead_s" not in other.params
 
 
 def test_matmul_and_attention_floors_are_per_kernel():
