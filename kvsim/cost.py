@@ -25,7 +25,7 @@ import numpy as np
 from .errors import KvsimError
 from .hardware import HardwareSpec
 from . import kernels
-from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE, touched_experts
 from .parallel import check_model as check_tensor_parallel
 from .parallel import kv_heads_per_device
 from .policies.base import LayerCtx
@@ -120,13 +120,6 @@ def causal_pairs(p: np.ndarray, span) -> np.ndarray:
 def expected_experts(moe: MoE, tokens: np.ndarray) -> np.ndarray:
     """Experts whose weights a batch of `tokens` routed tokens touches, with uniform independent routing."""
     return touched_experts(moe.n_experts, moe.top_k, tokens)
-
-
-def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
-    """expected_experts over arrays of expert counts and top-k."""
-    n_experts = np.asarray(n_experts, dtype=np.float64)
-    miss = (1.0 - np.asarray(top_k) / n_experts) ** np.asarray(tokens, dtype=np.float64)
-    return n_experts * (1.0 - miss)
 
 
 def prefill_dims(layer: Layer, ctx: LayerCtx) -> tuple[int, int]:
@@ -237,6 +230,7 @@ class Phase:
     flops: object = 0.0
     bytes: object = 0.0
     policy_layers: int = 0
+    kernels: object = 0.0  # eager kernel launches that depend on the pass (ModelSpec.expert_kernels), beyond kernels()
     # per operation class (label -> [flops, bytes, compute_s, memory_s, time_s]): what `kvsim predict
     # --breakdown` prints; the same numbers as the totals, split by where they were added
     parts: dict = field(default_factory=dict, compare=False)
@@ -265,7 +259,8 @@ class Phase:
         for k, v in other.parts.items():
             parts[k] = [a + b for a, b in zip(parts.get(k, [0.0] * 5), v)]
         return Phase(*(getattr(self, f) + getattr(other, f) for f in
-                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers")),
+                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers",
+                        "kernels")),
                      parts=parts)
 
 
@@ -438,7 +433,7 @@ class CostModel:
         mixer, pol = grp.layer.mixer, self.policy
         if isinstance(mixer, (Mamba, LinearAttention)):
             state = self.layer_state_bytes(mixer)
-            flops = np.asarray(p if prefill else 1, dtype=np.float64) * mixer.step_flops()
+            flops = mixer.prefill_flops(p) if prefill else np.float64(mixer.step_flops())
             if pol.quantizes_state:  # the pass dequantises the state it reads and quantises what it writes
                 elements = sum(part.elements for part in mixer.state_parts(self.model.hidden))
                 flops = flops + 2.0 * dequant_ops(pol.quant.bits, pol.quant.kind) * elements
@@ -473,8 +468,12 @@ class CostModel:
     def pass_phase(self, tokens, b) -> Phase:
         """fixed_phase of one forward pass over `tokens` rows from `b` sequences (one logit row each): a
         serving step mixing prefill chunks and decode tokens is one such pass."""
-        if self.profile.tiled:
-            return self._kernel_pass_phase(tokens, b)
+        ph = self._kernel_pass_phase(tokens, b) if self.profile.tiled else self._roofline_pass_phase(tokens, b)
+        ph.kernels = self.model.expert_kernels(tokens)
+        return ph
+
+    def _roofline_pass_phase(self, tokens, b) -> Phase:
+        """pass_phase as the per-layer roofline prices it."""
         model, tp, h = self.model, self.tp, self.model.hidden
         tokens = np.asarray(tokens, dtype=np.float64)
         ph = Phase()
@@ -606,6 +605,8 @@ class CostModel:
             if prefill and self.profile.unfused_scan_s and isinstance(grp.layer.mixer, Mamba) and \
                     grp.layer.mixer.version == 1:
                 self._add_unfused_scan(ph, grp, p, b, totals)
+            if prefill and self.profile.unfused_chunk_s and isinstance(grp.layer.mixer, (Mamba, LinearAttention)):
+                self._add_unfused_chunks(ph, grp, p, b, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -659,6 +660,18 @@ class CostModel:
             row = ph.parts.setdefault("unfused SSM scan", [0.0] * 5)
             row[4] = row[4] + grp.count * (elementwise + launches)
 
+    def _add_unfused_chunks(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
+        """An unfused chunked prefill (transformers' torch paths of Mamba-2's SSD and the gated delta rule): per
+        chunk and head it materialises L x L tensors (decay segment sums, their exponentials and masks, C.B^T
+        with B and C repeated to every head) in many elementwise passes and permuted copies, unfused_chunk_s
+        seconds per element; fused kernels keep them on chip (their FLOP are in the mixer's prefill_flops)."""
+        elements = grp.layer.mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
+        t = grp.count * self.profile.unfused_chunk_s * elements
+        ph.time_s = ph.time_s + t
+        if totals:
+            row = ph.parts.setdefault("unfused chunked scan", [0.0] * 5)
+            row[4] = row[4] + t
+
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""
         return self.fixed_phase(p, b, prefill) + self.cache_phase(p, b, s, prefill)
@@ -674,7 +687,7 @@ class CostModel:
         if prof.tiled and prof.prefill_attention:  # a pass with prompt tokens runs the prefill kernels
             attn_floor = np.where(np.asarray(prompt_tokens) > 0, prof.for_prefill().attention_overhead_s, attn_floor)
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
-                  + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
+                  + prof.kernel_overhead_s * (self.kernels + ph.kernels) + prof.matmul_overhead_s * self.matmuls
                   + attn_floor * self.attention_kernels)
         device = device + prof.prefill_token_overhead_s * prompt_tokens + prof.policy_layer_overhead_s * policy_layers
         overlap = self.policy.place is not None and self.policy.place.overlap

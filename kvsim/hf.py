@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import KvsimError
 from .jsonio import read_object
 from .limits import INPUT_MAX, check_layers
-from .model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
+from .model import MLA, MLP, SSD_CHUNK, Attention, Layer, LinearAttention, Mamba, ModelSpec, MoE
 
 # Keys that carry no information about memory, bandwidth or FLOPs.
 _IGNORED = {
@@ -274,7 +274,7 @@ def _mamba(cfg: dict) -> ModelSpec:
         heads = _get(cfg, "num_heads", required=True)
         d_inner = heads * _get(cfg, "head_dim", required=True)
         mixer = Mamba(d_inner, d_state, conv, version=2, n_heads=heads, n_groups=_get(cfg, "n_groups", 1),
-                      conv_bias=conv_bias, proj_bias=bias)
+                      conv_bias=conv_bias, proj_bias=bias, chunk=_get(cfg, "chunk_size", SSD_CHUNK))
     else:
         rank = cfg.get("time_step_rank", "auto")
         dt_rank = math.ceil(hidden / 16) if rank == "auto" else _get(cfg, "time_step_rank")

@@ -17,6 +17,8 @@ Cache semantics (what the harness in measured/ holds, byte for byte):
 
 from __future__ import annotations
 
+import numpy as np
+
 from dataclasses import dataclass, field, fields, replace
 
 from .errors import KvsimError
@@ -200,6 +202,7 @@ class Mamba:
     conv_bias: bool = True
     proj_bias: bool = False
     bc_norms: bool = False  # RMSNorms on the time step, B and C (Jamba's Mamba layers)
+    chunk: int = 0  # Mamba-2: tokens per chunk of its prefill's state-space dual (SSD) algorithm (0: 256)
 
     def __post_init__(self):
         _positive(self, "d_inner", "d_state", "d_conv", "n_groups")
@@ -245,6 +248,31 @@ class Mamba:
     def step_flops(self) -> int:
         """Per token, outside the projections: conv, discretisation, state update, readout."""
         return 2 * self.conv_channels * self.d_conv + 6 * self.d_inner * self.d_state
+
+    @property
+    def ssd_chunk(self) -> int:
+        return (self.chunk or SSD_CHUNK) if self.version == 2 else 0
+
+    def prefill_flops(self, tokens) -> np.ndarray:
+        """A sequence's prefill of `tokens` outside the projections. Mamba-1 steps its state token by token
+        (step_flops each); Mamba-2 runs the chunked SSD algorithm its kernels (and transformers' torch path) run:
+        per chunk of L tokens, C.B^T per group (2 L^2 N), its masked product with the chunk's inputs per head
+        (2 L^2 P), and the chunk's state in and out per head (4 L N P). Charged per token at the full-chunk rate:
+        engines cut chunks from the batch's token stream, so a prompt split across scheduler steps costs what it
+        costs whole."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        if self.version == 1:
+            return tokens * self.step_flops()
+        L, n, p = self.ssd_chunk, self.d_state, self.d_inner // self.n_heads
+        per_token = 2.0 * L * n * self.n_groups + self.n_heads * (2.0 * L * p + 4.0 * n * p)
+        return tokens * (2.0 * self.conv_channels * self.d_conv + per_token)
+
+    def chunk_elements(self, tokens) -> np.ndarray:
+        """Elements of the L x L per-head tensors an unfused chunked prefill materialises per sequence (0 for
+        Mamba-1, which has no chunks)."""
+        L = self.ssd_chunk
+        return np.ceil(np.asarray(tokens, dtype=np.float64) / L) * self.n_heads * L * L if L else \
+            0.0 * np.asarray(tokens, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -305,6 +333,16 @@ class LinearAttention:
         state with the key and decays it: 7 instead of 4 FLOP per state element), and the conv."""
         per = 7 if self.delta_rule else 4
         return per * self.n_heads * self.key_dim * self.value_dim + 2 * self.conv_channels * self.conv
+
+    def prefill_flops(self, tokens) -> np.ndarray:
+        """A sequence's prefill of `tokens` outside the projections: step_flops per token."""
+        return np.asarray(tokens, dtype=np.float64) * self.step_flops()
+
+    def chunk_elements(self, tokens) -> np.ndarray:
+        """Elements of the L x L per-head tensors an unfused chunked prefill materialises per sequence: the gated
+        delta rule's torch path runs chunks of GDN_CHUNK tokens (its kernels too); plain linear attention none."""
+        t = np.asarray(tokens, dtype=np.float64)
+        return np.ceil(t / GDN_CHUNK) * self.n_heads * GDN_CHUNK * GDN_CHUNK if self.delta_rule else 0.0 * t
 
 
 @dataclass(frozen=True)
@@ -380,6 +418,24 @@ Mixer = Attention | MLA | Mamba | LinearAttention
 _NORM_KERNELS = {True: 1, False: 6}  # LayerNorm is one fused kernel; RMSNorm is cast, pow, mean, rsqrt, 2 muls
 _ROPE_KERNELS = 10  # rotate-half and multiply-add, for q and k
 _ATTENTION_KERNELS = 8  # scores, scale, max, subtract, exp, sum, divide, weighted values
+# An eager MoE block (transformers' experts loop) finds the experts its tokens hit (one-hot, permute, sum, compare,
+# nonzero, zeros for the output) and then runs each hit expert in turn: select its tokens, gather them, gate-up,
+# activation, multiply, down, gather the routing weights, scale, scatter-add: a pass over many tokens launches
+# these for every expert, one decode token's for its top-k.
+# Chunk lengths of the chunked prefill algorithms: Mamba-2's SSD (its configs' chunk_size default; mamba_ssm and
+# transformers) and the gated delta rule's (fla's chunk_gated_delta_rule and transformers' torch path: 64).
+SSD_CHUNK = 256
+GDN_CHUNK = 64
+_MOE_DISPATCH_KERNELS = 6
+_MOE_EXPERT_KERNELS = 9
+
+
+def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
+    """Experts whose weights `tokens` routed tokens touch, with uniform independent routing (vectorised over
+    expert counts, top-k and tokens)."""
+    n_experts = np.asarray(n_experts, dtype=np.float64)
+    miss = (1.0 - np.asarray(top_k) / n_experts) ** np.asarray(tokens, dtype=np.float64)
+    return n_experts * (1.0 - miss)
 
 
 def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
@@ -398,8 +454,8 @@ def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
     else:
         n += 10
     mlp = layer.mlp
-    if isinstance(mlp, MoE):
-        n += 4 + 5 * (mlp.top_k + mlp.n_shared)  # router (gemm, softmax, top-k, gather) + expert MLPs
+    if isinstance(mlp, MoE):  # the routed experts' kernels depend on the pass's tokens: ModelSpec.expert_kernels
+        n += 4 + _MOE_DISPATCH_KERNELS + 5 * mlp.n_shared  # router (gemm, softmax, top-k, gather), dispatch, shared
         n += 3 if mlp.shared_gate and mlp.n_shared else 0  # gate gemm, sigmoid, multiply
     elif mlp is not None:
         n += 5 if mlp.gated else 3  # gate, up, act, mul, down | up, act, down
@@ -479,6 +535,13 @@ class ModelSpec:
         rope = self.learned_positions == 0
         per = sum(layer_kernels(layer, self.norm_bias, rope) for layer in self.layers)
         return per + 2 + (_NORM_KERNELS[self.norm_bias] if self.final_norm else 0) + 1
+
+    def expert_kernels(self, tokens) -> np.ndarray:
+        """Kernels an eager forward pass over `tokens` routed tokens launches for the routed experts it hits
+        (uniform routing: touched_experts), summed over the MoE layers."""
+        tokens = np.asarray(tokens, dtype=np.float64)
+        return sum((_MOE_EXPERT_KERNELS * touched_experts(layer.mlp.n_experts, layer.mlp.top_k, tokens)
+                    for layer in self.layers if isinstance(layer.mlp, MoE)), 0.0 * tokens)
 
     def with_(self, **changes) -> "ModelSpec":
         values = {f.name: getattr(self, f.name) for f in fields(self)}

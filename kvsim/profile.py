@@ -54,7 +54,8 @@ the roofline is unchanged:
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
-unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token).
+unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token) and unfused_chunk_s (an
+unfused chunked prefill's L x L tensors per chunk and head: Mamba-2's SSD, the gated delta rule).
 
 With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
 one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
@@ -104,6 +105,9 @@ class Profile:
     # Unfused executors run Mamba-1's selective scan over a prompt token by token, discretising and stepping
     # every state element per token (cost.CostModel._add_unfused_scan); fused scan kernels cost nothing here (0).
     unfused_scan_s: float = 0.0  # seconds per state element and prompt token of that loop
+    # Unfused executors run chunked prefills (Mamba-2's SSD, the gated delta rule) as many elementwise passes over
+    # L x L tensors per chunk and head (cost.CostModel._add_unfused_chunks); fused kernels keep them on chip (0).
+    unfused_chunk_s: float = 0.0  # seconds per element of those tensors
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two

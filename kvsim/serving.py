@@ -322,8 +322,8 @@ class Serving:
         for grp, active in zip(cost.groups, cost.policy_active):
             n, mixer = grp.count, grp.layer.mixer
             if isinstance(mixer, (Mamba, LinearAttention)):
-                flops, moved, share, on_host = c_tok * mixer.step_flops(), 2.0 * cost.layer_state_bytes(mixer), \
-                    1.0 / tp, False
+                flops = mixer.prefill_flops(c_tok)  # prompt tokens: the mixer's chunked prefill
+                moved, share, on_host = 2.0 * cost.layer_state_bytes(mixer), 1.0 / tp, False
             else:
                 ctx = grp.ctx if grp.ctx is not None else grp.source
                 lay = ctx.layout

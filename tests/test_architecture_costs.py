@@ -1,4 +1,5 @@
-"""Cost-model accounting for MLA's two cache forms, recurrent state and the unfused Mamba-1 scan."""
+"""Cost-model accounting for MLA's two cache forms, recurrent state, the unfused Mamba-1 scan, Mamba-2's chunked
+prefill and eager MoE launches."""
 
 import dataclasses
 
@@ -82,3 +83,60 @@ def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
     assert "unfused_scan_s" not in free_params(None, Problem([load_model("gpt2")]))
     assert "unfused_scan_s" in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
     assert "unfused_scan_s" not in free_params(None, Problem([_mamba(2)]))
+    assert "unfused_chunk_s" in free_params(None, Problem([_mamba(2)]))
+    assert "unfused_chunk_s" not in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
+
+
+def test_mamba2_prefill_runs_the_chunked_ssd_at_its_chunk_rate():
+    """Mamba-2's prefill FLOP are the SSD algorithm's (per token at the full-chunk rate: C.B^T per group, the
+    masked product and the chunk states per head); Mamba-1 and decode steps keep the recurrent step."""
+    m2, m1 = _mamba(2), _mamba(1)
+    mixer = m2.layers[0].mixer
+    L, n, p = 256, 16, 256 // 8
+    per_token = 2 * mixer.conv_channels * mixer.d_conv + 2 * L * n * 1 + 8 * (2 * L * p + 4 * n * p)
+    assert np.allclose(mixer.prefill_flops([1, 1000]), [per_token, 1000 * per_token])
+    assert float(m1.layers[0].mixer.prefill_flops(10)) == 10 * m1.layers[0].mixer.step_flops()
+    wl = Workload(prompt=1000, gen=4)
+    assert float(predict(m2, HW, None, wl).prefill_flops) > float(predict(m2.with_(layers=tuple(
+        dataclasses.replace(l, mixer=dataclasses.replace(l.mixer, chunk=16)) for l in m2.layers)), HW, None,
+        wl).prefill_flops)
+    from kvsim.hf import from_hf_config
+    cfg = {"model_type": "mamba2", "hidden_size": 64, "num_hidden_layers": 2, "state_size": 16, "num_heads": 4,
+           "head_dim": 32, "vocab_size": 100, "chunk_size": 128}
+    assert from_hf_config(cfg).layers[0].mixer.chunk == 128
+
+
+def test_unfused_chunk_term_is_exact_and_neutral_by_default():
+    """unfused_chunk_s: per element of the padded chunks' L x L per-head tensors of Mamba-2 and the gated delta
+    rule, in the prefill only; zero changes nothing, and models without chunked layers never pay it."""
+    base = Profile(name="t", mem_efficiency=0.5)
+    on = dataclasses.replace(base, unfused_chunk_s=1e-9)
+    p, b = np.array([64, 300]), 2
+    wl = Workload(prompt=p, gen=4, batch=b)
+    m2 = _mamba(2)
+    extra = predict(m2, HW, None, wl, on).ttft_s - predict(m2, HW, None, wl, base).ttft_s
+    assert np.allclose(extra, 3 * 1e-9 * np.ceil(p / 256) * 8 * 256 * 256 * b, rtol=1e-9)
+    assert np.array_equal(predict(m2, HW, None, wl, on).tpot_s, predict(m2, HW, None, wl, base).tpot_s)
+    from pathlib import Path
+
+    from kvsim.hf import from_hf_config, load_json
+    gdn = from_hf_config(load_json(Path(__file__).parents[1] / "measured/configs/qwen3-next-small.json"))
+    assert float(predict(gdn, HW, None, Workload(prompt=640), on).ttft_s) > \
+        float(predict(gdn, HW, None, Workload(prompt=640), base).ttft_s)
+    for other in (_mamba(1), ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)):
+        assert np.array_equal(predict(other, HW, None, wl, on).ttft_s, predict(other, HW, None, wl, base).ttft_s)
+
+
+def test_eager_moe_launches_scale_with_the_experts_a_pass_hits():
+    """kernel_overhead_s over an eager MoE block: its dispatch once, then every expert the pass's tokens hit
+    (uniform routing), so a long prompt's prefill pays for all experts and one decode token for its top-k."""
+    from kvsim.model import MoE, touched_experts
+    moe = MoE(32, 4, 64)
+    m = ModelSpec("e", 128, 100, (Layer(Attention(4, 2, 32), moe),) * 2)
+    dense = m.with_(layers=(Layer(Attention(4, 2, 32), None),) * 2)
+    assert m.kernels() - dense.kernels() == 2 * (4 + 6)  # router and dispatch per layer, no expert
+    assert np.allclose(m.expert_kernels([1, 4096]), 2 * 9 * touched_experts(32, 4, np.array([1.0, 4096.0])))
+    slow = Profile(name="k", kernel_overhead_s=1e-5)
+    wl = Workload(prompt=512, gen=2, batch=1)
+    extra = predict(m, HW, None, wl, slow).ttft_s - predict(m, HW, None, wl, Profile(name="z")).ttft_s
+    assert float(extra) == pytest.approx(1e-5 * (m.kernels() + float(m.expert_kernels(512))), rel=1e-9)
