@@ -208,7 +208,8 @@ def summary(pred_ttft: np.ndarray, pred_tpot: np.ndarray, meas_ttft: np.ndarray,
 def splits(df, batch_above: int, seq_above: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The extrapolation hold-outs: name -> [(label, train rows, test rows)]. leave-one-model-out fits once per
     model on every other model; batch trains on batch <= batch_above and tests above it; prompt trains on prompts
-    <= seq_above and tests above it. Rows of neither side of a split are not used by it."""
+    <= seq_above and tests above it. Rows of neither side of a split are not used by it, nor test rows whose
+    policy no training row has."""
     idx = np.arange(len(df))
     models = sorted(df["model"].astype(str).unique())
     out = {"leave-one-model-out": [(m, idx[df["model"].astype(str).to_numpy() != m],
@@ -216,7 +217,11 @@ def splits(df, batch_above: int, seq_above: int) -> dict[str, list[tuple[str, np
     b, s = df["batch"].to_numpy(), df["seq"].to_numpy()
     out["batch"] = [(f"batch <= {batch_above} -> > {batch_above}", idx[b <= batch_above], idx[b > batch_above])]
     out["prompt"] = [(f"prompt <= {seq_above} -> > {seq_above}", idx[s <= seq_above], idx[s > seq_above])]
-    return out
+    # A test row whose policy no training row runs is not a prediction: nothing in training identifies that
+    # policy's parameters (leave-one-model-out over data where only one model runs the policies).
+    policy = df["policy"].astype(str).to_numpy()
+    return {name: [(label, train, test[np.isin(policy[test], policy[train])]) for label, train, test in parts]
+            for name, parts in out.items()}
 
 
 def extrapolate(problem: Problem, batch_above: int, seq_above: int, free=None, report=lambda s: None) -> dict:

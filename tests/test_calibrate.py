@@ -251,3 +251,15 @@ def test_evaluate_reports_error_per_model_and_over_all_rows():
     assert t.loc["a", "tpot_mape"] == pytest.approx(0.1) and t.loc["b", "tpot_median"] == pytest.approx(-0.5)
     assert t.loc["a", "ttft_mape"] == pytest.approx(0.5) and t.loc["all rows", "rows"] == 3
     assert t.loc["all rows", "tpot_mape"] == pytest.approx((0.1 + 0.1 + 0.5) / 3)
+
+
+def test_extrapolation_scores_only_policies_its_training_rows_run():
+    import pandas as pd
+    from calibrate.fit import splits
+    df = pd.DataFrame({"model": ["a", "a", "b", "b"], "policy": ["full", "int4", "full", "full"],
+                       "batch": [1, 8, 1, 8], "seq": [128, 128, 2048, 2048]})
+    lomo = dict((label, (train, test)) for label, train, test in splits(df, 4, 1024)["leave-one-model-out"])
+    assert list(lomo["a"][1]) == [0]  # model a's int4 row: no other model runs int4, so no fit can predict it
+    assert list(lomo["b"][1]) == [2, 3]
+    (_, train, test), = splits(df, 4, 1024)["batch"]
+    assert list(train) == [0, 2] and list(test) == [3]  # row 1 (int4 at batch 8) has no int4 row to train on
