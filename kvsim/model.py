@@ -418,14 +418,16 @@ Mixer = Attention | MLA | Mamba | LinearAttention
 _NORM_KERNELS = {True: 1, False: 6}  # LayerNorm is one fused kernel; RMSNorm is cast, pow, mean, rsqrt, 2 muls
 _ROPE_KERNELS = 10  # rotate-half and multiply-add, for q and k
 _ATTENTION_KERNELS = 8  # scores, scale, max, subtract, exp, sum, divide, weighted values
-# An eager MoE block (transformers' experts loop) finds the experts its tokens hit (one-hot, permute, sum, compare,
-# nonzero, zeros for the output) and then runs each hit expert in turn: select its tokens, gather them, gate-up,
-# activation, multiply, down, gather the routing weights, scale, scatter-add: a pass over many tokens launches
-# these for every expert, one decode token's for its top-k.
 # Chunk lengths of the chunked prefill algorithms: Mamba-2's SSD (its configs' chunk_size default; mamba_ssm and
 # transformers) and the gated delta rule's (fla's chunk_gated_delta_rule and transformers' torch path: 64).
 SSD_CHUNK = 256
 GDN_CHUNK = 64
+# An eager MoE block (transformers' experts_implementation="eager" loop) finds the experts its tokens hit
+# (one-hot, permute, sum, compare, nonzero, zeros for the output) and then runs each hit expert in turn: select
+# its tokens, gather them, gate-up, activation, multiply, down, gather the routing weights, scale, scatter-add: a
+# pass over many tokens launches these for every expert, one decode token's for its top-k. transformers 5.25
+# picks "grouped_mm" instead wherever torch can dispatch it (the harness's MoE models on this CPU included), whose
+# launches do not grow with the experts hit: this term over-counts those runs.
 _MOE_DISPATCH_KERNELS = 6
 _MOE_EXPERT_KERNELS = 9
 

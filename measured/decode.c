@@ -638,8 +638,8 @@ int kvsim_quantize(int64_t B, int64_t H, int64_t n, int64_t d, const float *x, i
    three times (SmolLM2's 113 MB output head: 3.6 ms of memory traffic, 22 ms through torch's linear at 8
    rows). Here every weight row is read once, straight from where it lies: blocks of LIN_NW weight rows are
    dotted with LIN_NX input rows at a time, LIN_NW x LIN_NX accumulators in registers, and the block is reused
-   from L1 for the next input rows (about twice torch's speed at 8 rows; 4.4 ms for that head at one row). Output rows are split over threads. x, w, y have contiguous rows of
-   strides ldx, ldw, ldy (elements). */
+   from L1 for the next input rows (about twice torch's speed at 8 rows; 4.4 ms for that head at one row).
+   Output rows are split over threads. x, w, y have contiguous rows of strides ldx, ldw, ldy (elements). */
 /* 6 x 2 measured fastest here among 2x4, 2x6, 3x4, 4x3, 5x2 and 6x2 (SmolLM2's 576 x 3072 at 8 rows: 3x4 334 us,
    6x2 266-294 us) */
 #define LIN_NW 6

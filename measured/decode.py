@@ -9,8 +9,9 @@ per-token bias.
 
 Two implementations with one meaning:
 - `native` (CPU): measured/decode.c, compiled at first use with the system C compiler into the kvsim cache and
-  called through ctypes (its skinny matmul runs the decode step's weight matmuls too: measured/linear.py). Rows are decoded in registers and used at once: no dequantised, gathered or expanded
-  copy of the cache is written, so a step reads each stored byte once.
+  called through ctypes (its skinny matmul runs the decode step's weight matmuls too: measured/linear.py).
+  Rows are decoded in registers and used at once: no dequantised, gathered or expanded copy of the cache is
+  written, so a step reads each stored byte once.
 - `torch` (any device, and the reference the tests hold the kernel to): pages are decoded into a float copy,
   concatenated and attended with two matmuls. On a GPU this is what runs; there, quantized or selected reads
   materialise a full-width copy (eager torch has no fused dequantising matmul).
