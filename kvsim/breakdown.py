@@ -31,7 +31,7 @@ def rows(pred) -> list[dict]:
     out = []
     for name, prefill, s in phases:
         ph = cost.phase(p, b, s, prefill)
-        total = cost.phase_time(ph, p, prefill)
+        total = cost.phase_time(ph, p, b, prefill)
         for op, (flops, moved, c, m, t) in ph.parts.items():
             flops, moved, c, m, t = map(_f, (flops, moved, c, m, t))
             if flops == 0 and moved == 0 and t == 0:
@@ -39,7 +39,7 @@ def rows(pred) -> list[dict]:
             out.append({"phase": name, "op": op, "flops": flops, "bytes": moved,
                         "intensity": flops / moved if moved else None,
                         "bound": "compute" if c >= m else "memory", "time_s": t})
-        device = _f(cost.phase_time(dataclasses.replace(ph, host_s=0.0), p, prefill))
+        device = _f(cost.phase_time(dataclasses.replace(ph, host_s=0.0), p, b, prefill))
         # the host link's share is what it adds beyond the device's time (offload may overlap the two)
         extra = {"interconnect": _f(ph.comm_s), "host link": _f(total) - device,
                  "fixed overheads": device - _f(ph.time_s) - _f(ph.comm_s)}

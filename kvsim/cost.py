@@ -676,8 +676,11 @@ class CostModel:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""
         return self.fixed_phase(p, b, prefill) + self.cache_phase(p, b, s, prefill)
 
-    def phase_time(self, ph: Phase, p, prefill: bool) -> np.ndarray:
-        return self.step_time(ph, p if prefill else 0, 0 if prefill else ph.policy_layers)
+    def phase_time(self, ph: Phase, p, b, prefill: bool) -> np.ndarray:
+        """Time of phase() of p prompt tokens per sequence and b sequences: a prefill pays the per-token
+        overhead for every prompt token of the batch, as a serving step does for every token it schedules."""
+        p, b = np.asarray(p, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        return self.step_time(ph, p * b if prefill else 0, 0 if prefill else ph.policy_layers)
 
     def step_time(self, ph: Phase, prompt_tokens, policy_layers) -> np.ndarray:
         """Time of one forward pass: `ph` plus the profile's fixed overheads, with `prompt_tokens` prompt

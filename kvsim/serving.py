@@ -353,7 +353,7 @@ class Serving:
         cost = self.cost
         p, b = np.asarray(p, dtype=np.int64), np.asarray(b, dtype=np.int64)
         whole = cost.phase(p, b, np.zeros_like(p), prefill=True)
-        whole_t = cost.phase_time(whole, p, prefill=True)
+        whole_t = cost.phase_time(whole, p, b, prefill=True)
         chunk = self.chunk(p, b)
         if not np.any(chunk < p):
             return whole_t, whole
@@ -362,9 +362,9 @@ class Serving:
         ndim = len(np.broadcast_shapes(p.shape, b.shape))
         idx, w = chunk_nodes(n_full, CHUNK_NODES, ndim)
         body = self.chunk_phase(chunk, b, idx * chunk, False)
-        body_t = cost.phase_time(body, chunk, prefill=True)
+        body_t = cost.phase_time(body, chunk, b, prefill=True)
         tail = self.chunk_phase(last, b, n_full * chunk, True)
-        tail_t = cost.phase_time(tail, last, prefill=True)
+        tail_t = cost.phase_time(tail, last, b, prefill=True)
         ttft = np.sum(body_t * w, axis=0) + tail_t
         fields_ = ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes")
         summed = Phase(*(np.sum(np.asarray(getattr(body, f)) * w, axis=0) + getattr(tail, f) for f in fields_),

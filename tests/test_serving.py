@@ -185,7 +185,7 @@ def test_chunked_ttft_sums_every_chunk():
     for i in range(8):
         c = min(1000, p - 1000 * i)
         ph = srv.chunk_phase(c, 1, 1000 * i, i == 7)
-        by_hand += float(cm.phase_time(ph, c, prefill=True))
+        by_hand += float(cm.phase_time(ph, c, 1, prefill=True))
     assert float(ttft) == pytest.approx(by_hand, rel=1e-12)
     # many chunks: the segment rule stays within a fraction of a percent of the exact sum
     p = 100_000
@@ -193,15 +193,15 @@ def test_chunked_ttft_sums_every_chunk():
     ttft, _ = srv.prefill(np.int64(p), np.int64(1))
     n = -(-p // 512)
     exact = sum(float(cm.phase_time(srv.chunk_phase(min(512, p - 512 * i), 1, 512 * i, i == n - 1),
-                                    min(512, p - 512 * i), prefill=True)) for i in range(n))
+                                    min(512, p - 512 * i), 1, prefill=True)) for i in range(n))
     assert float(ttft) == pytest.approx(exact, rel=2e-3)
 
 
 def test_one_chunk_equals_the_whole_prompt_pass():
     cm = cost_model(LLAMA)
     srv = Serving(cm, VLLM, H100.memory_bytes)
-    one = cm.phase_time(srv.chunk_phase(4000, 2, 0, True), 4000, prefill=True)
-    whole = cm.phase_time(cm.phase(4000, 2, 0, prefill=True), 4000, prefill=True)
+    one = cm.phase_time(srv.chunk_phase(4000, 2, 0, True), 4000, 2, prefill=True)
+    whole = cm.phase_time(cm.phase(4000, 2, 0, prefill=True), 4000, 2, prefill=True)
     assert float(one) == pytest.approx(float(whole), rel=1e-12)
     pred = predict(LLAMA, H100, None, Workload(prompt=4000, batch=2), engine=VLLM)  # 4,000 x 2 <= 8,192
     assert float(pred.ttft_s) == float(predict(LLAMA, H100, None, Workload(prompt=4000, batch=2)).ttft_s)
@@ -277,3 +277,15 @@ def test_cli_serving_errors_are_one_line(args, message):
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_prefill_token_overhead_counts_every_prompt_token_of_the_batch():
+    """A static batch's prefill pays prefill_token_overhead_s for each of its b x p tokens, as a serving step
+    does for each token it schedules."""
+    import dataclasses
+    on = dataclasses.replace(DATASHEET, prefill_token_overhead_s=1e-6)
+    for engine in (HF, VLLM.with_(max_num_batched_tokens=128)):
+        wl = Workload(prompt=np.array([64, 300]), gen=4, batch=4)
+        extra = predict(LLAMA, H100, None, wl, on, engine=engine).ttft_s - \
+            predict(LLAMA, H100, None, wl, DATASHEET, engine=engine).ttft_s
+        assert np.allclose(extra, 1e-6 * np.array([64, 300]) * 4, rtol=1e-9)

@@ -145,10 +145,10 @@ def predicted_step(cost: CostModel, b: int, length: int, decode: bool) -> float:
     if decode:
         p = np.array(length - 1)
         ph = cost.phase(p, np.array(b), np.array(0), prefill=False)
-        return float(cost.phase_time(ph, p, prefill=False))
+        return float(cost.phase_time(ph, p, b, prefill=False))
     p = np.array(length)
     ph = cost.phase(p, np.array(b), np.array(0), prefill=True)
-    return float(cost.phase_time(ph, p, prefill=True))
+    return float(cost.phase_time(ph, p, b, prefill=True))
 
 
 def check(profile_name: str, system: str, framework: str) -> list[dict]:
