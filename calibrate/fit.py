@@ -19,6 +19,7 @@ import numpy as np
 from kvsim import Profile, Workload, load_model, parse_composition, predict
 from kvsim.errors import KvsimError
 from kvsim.hardware import HardwareSpec
+from kvsim.cost import unfused_attention
 from kvsim.hf import from_hf_config, load_json
 from kvsim.model import LinearAttention, Mamba
 
@@ -38,6 +39,8 @@ PARAMS = {
     "materialised_reads": (1e-4, 2.0, 0.5),
     "unfused_scan_s": (1e-14, 1e-7, 1e-10),
     "unfused_chunk_s": (1e-14, 1e-7, 1e-10),
+    "unfused_attention_s": (1e-14, 1e-7, 1e-10),
+    "unfused_state_s": (1e-14, 1e-7, 1e-10),
 }
 # Parameters of terms only some architectures have: fitted by default only where the data holds such a model
 # (elsewhere nothing identifies them and they keep the base profile's value).
@@ -45,7 +48,9 @@ ONLY_WITH = {"unfused_scan_s": lambda spec: any(isinstance(l.mixer, Mamba) and l
                                               for l in spec.layers),
              "unfused_chunk_s": lambda spec: any(isinstance(l.mixer, (Mamba, LinearAttention))
                                                  and float(np.max(l.mixer.chunk_elements(1))) > 0
-                                                 for l in spec.layers)}
+                                                 for l in spec.layers),
+             "unfused_attention_s": lambda spec: any(unfused_attention(l) for l in spec.layers),
+             "unfused_state_s": lambda spec: any(isinstance(l.mixer, (Mamba, LinearAttention)) for l in spec.layers)}
 
 
 def model_spec(name: str, base: str | Path | None = None):

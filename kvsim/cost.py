@@ -131,6 +131,19 @@ def prefill_dims(layer: Layer, ctx: LayerCtx) -> tuple[int, int]:
     return ctx.layout.score_dim, ctx.layout.value_dim
 
 
+def unfused_attention(layer: Layer) -> bool:
+    """Whether an eager torch executor runs this layer's prompt attention unfused: the fused CPU kernel
+    behind scaled_dot_product_attention (flash) takes one head width for q, k and v and no sink logits, so
+    MLA (score width qk_nope + qk_rope against value width v_head_dim) falls back to its math path, and
+    sink logits (gpt-oss) need an explicit softmax. GPU engines run both fused (FlashMLA, FlashAttention-3
+    with sinks); their profiles leave unfused_attention_s at 0."""
+    mixer = layer.mixer
+    if isinstance(mixer, MLA):
+        score, value = mixer.prefill_dims()
+        return score != value
+    return isinstance(mixer, Attention) and (mixer.sinks or mixer.dv != mixer.head_dim)
+
+
 def _mlp_weight_bytes(model: ModelSpec, layer: Layer, tokens: np.ndarray, wbytes: float) -> np.ndarray:
     mlp = layer.mlp
     if mlp is None:
@@ -602,11 +615,10 @@ class CostModel:
             flops, traffic = flops + n * a_flops, traffic + n * a_bytes
             if not prefill and grp.ctx is not None and self.profile.materialised_reads:
                 self._add_copy(ph, grp, p, s, b * n, attention, totals)
-            if prefill and self.profile.unfused_scan_s and isinstance(grp.layer.mixer, Mamba) and \
-                    grp.layer.mixer.version == 1:
-                self._add_unfused_scan(ph, grp, p, b, totals)
-            if prefill and self.profile.unfused_chunk_s and isinstance(grp.layer.mixer, (Mamba, LinearAttention)):
-                self._add_unfused_chunks(ph, grp, p, b, totals)
+            if prefill:
+                self.add_unfused_prefill(ph, grp, p, p, b, totals)
+            elif self.profile.unfused_state_s and isinstance(grp.layer.mixer, (Mamba, LinearAttention)):
+                self._add_unfused_state(ph, grp, b, totals)
             if grp.on_host:
                 host = host + n * a_host
             if grp.ctx is not None and grp.ctx.rank >= 0 and active:
@@ -644,6 +656,48 @@ class CostModel:
             row = ph.parts.setdefault("unfused KV copy", [0.0] * 5)
             for i, v in ((1, moved), (3, m), (4, m)):
                 row[i] = row[i] + v
+
+    def add_unfused_prefill(self, ph: Phase, grp: Group, q_tokens, k_tokens, b, totals: bool) -> None:
+        """The executor terms of an unfused prefill pass in which each of b sequences runs q_tokens prompt
+        tokens against k_tokens keys (the whole prompt, or a chunk after earlier ones): a stepped Mamba-1 scan,
+        a chunked scan's L x L tensors, an attention's materialised scores. Each is 0 in profiles of fused
+        executors."""
+        prof, mixer = self.profile, grp.layer.mixer
+        if prof.unfused_scan_s and isinstance(mixer, Mamba) and mixer.version == 1:
+            self._add_unfused_scan(ph, grp, q_tokens, b, totals)
+        if prof.unfused_chunk_s and isinstance(mixer, (Mamba, LinearAttention)):
+            self._add_unfused_chunks(ph, grp, q_tokens, b, totals)
+        if prof.unfused_attention_s and unfused_attention(grp.layer):
+            self._add_unfused_attention(ph, grp, q_tokens, k_tokens, b, totals)
+
+    def _add_unfused_attention(self, ph: Phase, grp: Group, q_tokens, k_tokens, b, totals: bool) -> None:
+        """An attention the executor cannot fuse (unfused_attention) materialises every query head's
+        q_tokens x k_tokens scores, masked entries included, and passes over them several times (scale,
+        mask, softmax, the cast back): unfused_attention_s seconds per element, beyond the FLOP that
+        attention's roofline already charges."""
+        ctx = grp.ctx if grp.ctx is not None else grp.source
+        heads = ctx.layout.n_q_heads / self.tp
+        elements = heads * np.asarray(q_tokens, dtype=np.float64) * np.asarray(k_tokens, dtype=np.float64) * \
+            np.asarray(b, dtype=np.float64)
+        t = grp.count * self.profile.unfused_attention_s * elements
+        ph.time_s = ph.time_s + t
+        if totals:
+            row = ph.parts.setdefault("unfused attention scores", [0.0] * 5)
+            row[4] = row[4] + t
+
+    def _add_unfused_state(self, ph: Phase, grp: Group, b, totals: bool) -> None:
+        """An unfused recurrent decode step (transformers' torch paths) builds state-sized temporaries (the
+        discretised decay, B x input, their product and sum; the delta rule's decayed state, its read and
+        correction) and passes over them elementwise: unfused_state_s seconds per recurrent state element
+        (not the conv window), beyond the state's own read and write that the roofline charges. A fused
+        kernel updates the state in place in one pass (0)."""
+        mixer = grp.layer.mixer
+        elements = sum(part.elements for part in mixer.state_parts(self.model.hidden) if part.kind == "ssm")
+        t = grp.count * self.profile.unfused_state_s * elements * np.asarray(b, dtype=np.float64) / self.tp
+        ph.time_s = ph.time_s + t
+        if totals:
+            row = ph.parts.setdefault("unfused state update", [0.0] * 5)
+            row[4] = row[4] + t
 
     def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
         """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep it

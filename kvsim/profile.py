@@ -55,7 +55,9 @@ the roofline is unchanged:
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
 unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token) and unfused_chunk_s (an
-unfused chunked prefill's L x L tensors per chunk and head: Mamba-2's SSD, the gated delta rule).
+unfused chunked prefill's L x L tensors per chunk and head: Mamba-2's SSD, the gated delta rule) and
+unfused_attention_s (a prompt attention run unfused, per query head and query-key element: MLA and sink logits
+under eager torch) and unfused_state_s (a recurrent decode step through state-sized temporaries).
 
 With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
 one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
@@ -108,6 +110,12 @@ class Profile:
     # Unfused executors run chunked prefills (Mamba-2's SSD, the gated delta rule) as many elementwise passes over
     # L x L tensors per chunk and head (cost.CostModel._add_unfused_chunks); fused kernels keep them on chip (0).
     unfused_chunk_s: float = 0.0  # seconds per element of those tensors
+    # Unfused executors run a prompt's attention that torch's fused kernel cannot (MLA's unequal score and value
+    # widths, sink logits) by materialising every head's scores (cost.unfused_attention); fused kernels: 0.
+    unfused_attention_s: float = 0.0  # seconds per score element
+    # Unfused executors step a recurrent state in decode through state-sized temporaries
+    # (cost.CostModel._add_unfused_state); fused kernels update it in place (0).
+    unfused_state_s: float = 0.0  # seconds per recurrent state element per decode step
     attn_efficiency: float = 0.0  # attention FLOP/s fraction over long sequences (0: matrix efficiency)
     attn_small_efficiency: float = 0.0  # the same over very short sequences (0: same as attn_efficiency)
     attn_half_tokens: float = 0.0  # tokens per sequence half way between the two

@@ -336,6 +336,7 @@ class Serving:
                     moved = moved + pol.bytes_of(ctx, [Segment(ctx.heads, c_tok)])
                 share, on_host = cost.kv_share(ctx), grp.on_host
             ph.add(n, flops / tp * b, moved * share * b, attention)
+            cost.add_unfused_prefill(ph, grp, c_tok, s + c_tok, b, totals=False)
             if on_host:
                 host = host + n * moved
             if np.any(work) and grp.ctx is not None and grp.ctx.rank >= 0 and active:

@@ -1,5 +1,5 @@
 """Cost-model accounting for MLA's two cache forms, recurrent state, the unfused Mamba-1 scan, Mamba-2's chunked
-prefill and eager MoE launches."""
+prefill, unfused prompt attention, unfused recurrent decode steps and eager MoE launches."""
 
 import dataclasses
 
@@ -85,6 +85,10 @@ def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
     assert "unfused_scan_s" not in free_params(None, Problem([_mamba(2)]))
     assert "unfused_chunk_s" in free_params(None, Problem([_mamba(2)]))
     assert "unfused_chunk_s" not in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
+    assert "unfused_state_s" in free_params(None, Problem([_mamba(1)]))
+    assert "unfused_state_s" not in free_params(None, Problem([load_model("gpt2")]))
+    assert "unfused_attention_s" in free_params(None, Problem([load_model("deepseek-v2-lite")]))
+    assert "unfused_attention_s" not in free_params(None, Problem([load_model("gpt2"), _mamba(2)]))
 
 
 def test_mamba2_prefill_runs_the_chunked_ssd_at_its_chunk_rate():
@@ -140,3 +144,56 @@ def test_eager_moe_launches_scale_with_the_experts_a_pass_hits():
     wl = Workload(prompt=512, gen=2, batch=1)
     extra = predict(m, HW, None, wl, slow).ttft_s - predict(m, HW, None, wl, Profile(name="z")).ttft_s
     assert float(extra) == pytest.approx(1e-5 * (m.kernels() + float(m.expert_kernels(512))), rel=1e-9)
+
+
+def test_unfused_attention_is_what_torchs_fused_cpu_kernel_cannot_run():
+    """Unequal score and value widths (MLA, either cache form) and sink logits; not plain, grouped or
+    windowed attention."""
+    from kvsim.cost import unfused_attention
+    assert all(unfused_attention(l) for l in load_model("deepseek-v3").layers)
+    assert all(unfused_attention(l) for l in load_model("deepseek-v3").with_mla_cache("decompressed").layers)
+    assert not unfused_attention(Layer(MLA(8, 64, 16, 16, 32), None))
+    assert unfused_attention(Layer(Attention(8, 2, 64, sinks=True), None))
+    assert unfused_attention(Layer(Attention(8, 2, 64, v_head_dim=32), None))
+    assert not any(unfused_attention(Layer(a, None)) for a in (Attention(8, 2, 64), Attention(8, 8, 64, window=128)))
+
+
+def test_unfused_attention_term_is_exact_in_whole_and_chunked_prefills():
+    """unfused_attention_s per query head and query-key element: p x p per sequence for a whole prompt, each
+    chunk's c x (earlier + c) in a chunked one; never in decode, never for layers the fused kernel runs."""
+    from kvsim import load_engine
+    from kvsim.cost import CostModel
+    from kvsim.serving import Serving
+    vllm = load_engine("vllm")
+    sink = ModelSpec("s", 128, 100, (Layer(Attention(4, 2, 32, sinks=True), MLP(256)),) * 3)
+    base = Profile(name="t", mem_efficiency=0.5)
+    on = dataclasses.replace(base, unfused_attention_s=1e-9)
+    p, b = np.array([64, 300]), 2
+    wl = Workload(prompt=p, gen=4, batch=b)
+    extra = predict(sink, HW, None, wl, on).ttft_s - predict(sink, HW, None, wl, base).ttft_s
+    assert np.allclose(extra, 3 * 1e-9 * 4 * p * p * b, rtol=1e-9)
+    assert np.array_equal(predict(sink, HW, None, wl, on).tpot_s, predict(sink, HW, None, wl, base).tpot_s)
+    plain = ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)
+    assert np.array_equal(predict(plain, HW, None, wl, on).ttft_s, predict(plain, HW, None, wl, base).ttft_s)
+    chunked = [Serving(CostModel(sink, HW, parse_composition([]), kv_dtype="bf16", weight_dtype=None, tp=1, pp=1,
+                                 profile=prof), vllm.with_(max_num_batched_tokens=100),
+                       HW.memory_bytes) for prof in (base, on)]
+    (t0, _), (t1, _) = (srv.prefill(np.int64(300), np.int64(1)) for srv in chunked)
+    assert float(t1 - t0) == pytest.approx(3 * 1e-9 * 4 * sum(100 * (100 * i + 100) for i in range(3)), rel=1e-9)
+
+
+def test_unfused_state_term_is_exact_per_decode_step():
+    """unfused_state_s per recurrent state element (not the conv window) per sequence and decode step, in
+    Mamba and linear-attention layers; prefills and attention layers never pay it."""
+    base = Profile(name="t", mem_efficiency=0.5)
+    on = dataclasses.replace(base, unfused_state_s=1e-9)
+    wl = Workload(prompt=np.array([64, 300]), gen=4, batch=3)
+    for version in (1, 2):
+        m = _mamba(version)
+        mixer = m.layers[0].mixer
+        extra = predict(m, HW, None, wl, on).tpot_s - predict(m, HW, None, wl, base).tpot_s
+        assert np.allclose(extra, 3 * 1e-9 * mixer.d_inner * mixer.d_state * 3, rtol=1e-9)
+        assert np.array_equal(predict(m, HW, None, wl, on).ttft_s, predict(m, HW, None, wl, base).ttft_s)
+    plain = ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)
+    assert np.array_equal(predict(plain, HW, None, wl, on).tpot_s, predict(plain, HW, None, wl, base).tpot_s)
+
