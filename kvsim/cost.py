@@ -580,7 +580,8 @@ class CostModel:
         c, m, t = kernels.attention(self.profile, self.hw, flops=a_flops * b, kv_bytes=a_bytes * b,
                                     kv_dtype=self.kv_dtype, seq_tokens=seq, units=units,
                                     head_dim=kv_ctx.layout.k_dim, decode=not prefill, tokens=tokens, seqs=b,
-                                    peak=self.raw_peak, bw=self.raw_bw)
+                                    peak=self.raw_peak, bw=self.raw_bw,
+                                    group=kv_ctx.layout.n_q_heads / kv_ctx.layout.n_kv_heads)
         ph.add_times(n, a_flops * b, a_bytes * b, c, m, t, totals=totals, label="attention (KV read/write)")
 
     def cache_phase(self, p, b, s, prefill: bool, totals: bool = True) -> Phase:

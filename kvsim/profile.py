@@ -29,7 +29,8 @@ the roofline is unchanged:
 - matrix work in a dtype listed in matmul_dtype_efficiency reaches that fraction of its own dense peak at
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
-  kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"): with few such pieces the kernel cannot
+  kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"; kv_split_rule "fa2": as
+  FlashAttention-2 splits them, fa2_num_splits, with decode_aux_kernel_s per auxiliary kernel): with few such pieces the kernel cannot
   keep enough loads in flight (kv_half_units sets how many it takes, kv_occupancy_power how sharply they
   saturate the memory system); a unit that dequantises a cache stored in a dtype listed in kv_dtype_unit_rate
   streams its KV at that share of a 16-bit unit's rate, so it takes 1/rate as many units to fill the bandwidth
@@ -77,6 +78,49 @@ from pathlib import Path
 from .errors import KvsimError
 from .jsonio import read_object
 from .units import canonical_dtype
+
+
+SPLIT_RULES = ("", "fa2")  # Profile.kv_split_rule
+
+# FlashAttention-2's split-KV decoding (csrc/flash_attn/flash_api.cpp, set_params_splitkv and
+# num_splits_heuristic), which vLLM's FlashAttention backend leaves to the kernel on Ampere (it passes
+# num_splits=0 to FA2; its 32-split cap for CUDA graphs is FlashAttention-3's alone).
+FA2_BLOCK_M = 64  # query rows per tile: a decode step's grouped query heads are its rows
+FA2_MAX_SPLITS = 128
+FA2_CTAS_PER_SM = 2  # "we multiply number of SMs by 2 to hard-code the fact that we're using 128 threads per block"
+
+
+def fa2_num_splits(pairs, tokens, sms: int, head_dim=128, group=1) -> np.ndarray:
+    """KV splits FlashAttention-2 gives each (sequence, KV head) pair of a decode step with `tokens` keys per
+    sequence. Only grouped-query steps split: it packs a KV head's `group` query heads as the rows of one
+    tile and calls num_splits_heuristic, which gives 1 split when the tiles already fill 80% of
+    2 x `sms` slots, and otherwise the fewest splits (up to 128, the slots and the key blocks of kBlockN:
+    256, 128 or 64 keys at head dims up to 64, 128 and beyond) whose waves are at least 0.85 as full as the
+    best's, skipping counts that leave the blocks per split unchanged. Multi-head steps never split."""
+    pairs, tokens, head_dim, group = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64)
+                                                           for x in (pairs, tokens, head_dim, group)))
+    block_n = np.where(head_dim <= 64, 256.0, np.where(head_dim <= 128, 128.0, 64.0))
+    n_blocks = np.ceil(np.maximum(tokens, 1.0) / block_n)
+    tiles = pairs * np.ceil(group / FA2_BLOCK_M)
+    slots = float(FA2_CTAS_PER_SM * sms)
+    cap = np.minimum(np.minimum(FA2_MAX_SPLITS, slots), n_blocks)
+    s = np.arange(1, FA2_MAX_SPLITS + 1, dtype=np.float64).reshape((-1,) + (1,) * tiles.ndim)
+    eligible = (s <= cap) & ((s == 1) | (np.ceil(n_blocks / s) != np.ceil(n_blocks / np.maximum(s - 1, 1))))
+    waves = tiles * s / slots
+    eff = np.where(eligible, waves / np.ceil(waves), 0.0)
+    good = eligible & (eff >= 0.85 * eff.max(axis=0))
+    splits = np.argmax(good, axis=0) + 1.0  # the smallest count that qualifies (s = 1 always is eligible)
+    return np.where((group > 1) & (tiles < 0.8 * slots), splits, 1.0)
+
+
+def fa2_aux_kernels(pairs, tokens, sms: int, head_dim=128, group=1, kv_heads=2) -> np.ndarray:
+    """Kernels a FlashAttention-2 decode step launches beside the attention kernel (and the cache write): a
+    grouped-query step over several KV heads copies its queries into the packed layout
+    (q.reshape(b, kv_heads, group, d).transpose(1, 2)) and its output back (over one KV head the transpose
+    moves a dimension of size 1 and both stay views), and a split step combines the splits' partial outputs
+    in a kernel of its own."""
+    group, kv_heads = np.asarray(group, dtype=np.float64), np.asarray(kv_heads, dtype=np.float64)
+    return 2.0 * ((group > 1) & (kv_heads > 1)) + (fa2_num_splits(pairs, tokens, sms, head_dim, group) > 1)
 
 
 # attention fields a profile's prefill_attention may set for prefill kernels
@@ -131,6 +175,12 @@ class Profile:
     kv_dtype_unit_rate: dict = field(default_factory=dict)  # KV dtype -> a decode unit's KV rate vs a 16-bit cache
     kv_split_tokens: float = 0.0  # tokens per split of a sequence's KV in decode (0: no splitting)
     kv_max_splits: float = 0.0  # most splits per (sequence, KV head)
+    # "fa2": a kernel-level decode step splits KV as FlashAttention-2 decides (fa2_num_splits), in place of
+    # kv_split_tokens and kv_max_splits; "": those two
+    kv_split_rule: str = ""
+    # under "fa2", per kernel a decode step launches beside attention's own: the grouped-query layout's copies of
+    # the queries and outputs, and the combine of split partial outputs (fa2_aux_kernels)
+    decode_aux_kernel_s: float = 0.0
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
@@ -172,6 +222,9 @@ class Profile:
             object.__setattr__(self, "prefill_attention", {k: float(v) if not isinstance(v, bool) else v
                                                           for k, v in self.prefill_attention.items()})
             self.for_prefill()  # validates the values
+        if self.kv_split_rule not in SPLIT_RULES:
+            raise KvsimError(f"profile {self.name}: kv_split_rule must be one of "
+                             f"{', '.join(repr(r) for r in SPLIT_RULES)}, got {self.kv_split_rule!r}")
         if not isinstance(self.tiled, bool):
             raise KvsimError(f"profile {self.name}: tiled must be true or false, got {self.tiled!r}")
         for f in fields(self):
@@ -272,10 +325,13 @@ class Profile:
             return (self.attn_small_efficiency * h + self.attn_efficiency * seq_tokens) / (h + seq_tokens)
         return self.attn_efficiency + 0.0 * seq_tokens
 
-    def decode_units(self, pairs, tokens, sms: int = 0):
+    def decode_units(self, pairs, tokens, sms: int = 0, head_dim=128, group=1):
         """Parallel units of a decode step: (sequence, KV head) pairs, each split along its `tokens`. With the
         device's SM count (kernel-level profiles), splits are chosen as FlashAttention's heuristic does: enough
-        to fill the SMs, each at least kv_split_tokens long, at most kv_max_splits."""
+        to fill the SMs, each at least kv_split_tokens long, at most kv_max_splits; or, with kv_split_rule
+        "fa2", by FlashAttention-2's own rule for `group` query heads per KV head at `head_dim`."""
+        if self.kv_split_rule == "fa2" and sms:
+            return pairs * fa2_num_splits(pairs, tokens, sms, head_dim, group)
         if not self.kv_split_tokens:
             return pairs
         tokens = np.asarray(tokens, dtype=np.float64)

@@ -458,3 +458,57 @@ def test_a_profile_read_back_from_json_keeps_its_table_only_terms():
     l2 = 50 * 2**20
     assert np.array_equal(ops.decode_attention(fitted, H100, *args, l2), ops.decode_attention(read_back, H100, *args, l2))
     assert not np.array_equal(ops.decode_attention(KNOWN, H100, *args, l2), ops.decode_attention(read_back, H100, *args, l2))
+
+
+def test_flashattention2_splits_as_its_heuristic_does():
+    """num_splits_heuristic over 2 x 108 A100 slots: a few grouped-query tiles split until their waves are
+    nearly full; tiles filling 80% of the slots, and multi-head steps, never split; the count stays within the
+    key blocks (128 keys at head dim 128, 256 at 64) and skips counts that leave the blocks per split unchanged."""
+    from kvsim.profile import fa2_num_splits
+    got = fa2_num_splits(np.array([8, 64, 64, 256, 1, 1, 4]), np.array([4095, 8191, 2047, 8191, 131071, 300, 4095]),
+                         108, 128, 4)
+    assert got.tolist() == [16.0, 3.0, 3.0, 1.0, 114.0, 3.0, 32.0]
+    assert fa2_num_splits(8, 4095, 108, 128, 1) == 1.0  # multi-head attention: no split
+    assert fa2_num_splits(1, 300, 108, 64, 8) == 2.0  # 2 blocks of 256 keys: at most 2 splits
+    assert fa2_num_splits(1, 100, 108, 128, 8) == 1.0  # one key block
+
+
+def test_an_fa2_profile_splits_decode_by_the_kernels_rule():
+    """With kv_split_rule "fa2" a kernel-level profile's decode occupancy follows fa2_num_splits (kv_split_tokens
+    and kv_max_splits unused); an unknown rule is refused; the vLLM A100 decode family fixes the rule."""
+    from kvsim import kernels
+    base = Profile(tiled=True, kv_half_units=100.0, kv_occupancy_power=2.0)
+    fa2 = dataclasses.replace(base, kv_split_rule="fa2", kv_split_tokens=1e5, kv_max_splits=2.0)
+    a100 = load_hardware("a100-80gb")
+    occ = kernels.decode_occupancy(fa2, 8.0, 4095.0, kernels.sm_count(a100), head_dim=128, group=4)
+    assert occ == pytest.approx(fa2.kv_occupancy(8.0 * 16))
+    mha = kernels.decode_occupancy(fa2, 8.0, 4095.0, kernels.sm_count(a100), head_dim=128, group=1)
+    assert mha == pytest.approx(fa2.kv_occupancy(8.0))
+    with pytest.raises(KvsimError, match="kv_split_rule"):
+        Profile(kv_split_rule="fa9")
+    rows = pd.DataFrame({"batch_size": [1], "step": [1023], "num_heads": [32], "num_key_value_heads": [8],
+                         "head_dim": [128], "kv_cache_dtype": ["bfloat16"], "window_size": [0], "seconds": [1e-5]})
+    fam = families.decode_attention(rows, framework="vllm", fa2=True)
+    assert fam.fixed["kv_split_rule"][0] == "fa2" and "kv_split_tokens" not in fam.params
+
+
+def test_fa2_decode_steps_pay_their_auxiliary_kernels():
+    """decode_aux_kernel_s per kernel beside attention under the "fa2" rule: a grouped-query step's two layout
+    copies (none over one KV head, where they are views), and a combine when it splits; a multi-head step none;
+    profiles without the rule never pay it."""
+    from kvsim import kernels
+    from kvsim.profile import fa2_aux_kernels
+    a100 = load_hardware("a100-80gb")
+    sms = kernels.sm_count(a100)
+    assert fa2_aux_kernels([8, 256, 8, 8], 4095, sms, 128, [4, 4, 1, 32], [8, 8, 8, 1]).tolist() == \
+        [3.0, 2.0, 0.0, 1.0]
+    fa2 = Profile(tiled=True, kv_split_rule="fa2", kv_half_units=100.0)
+
+    def step(prof, group):
+        return kernels.attention(prof, a100, flops=1e6, kv_bytes=1e6, kv_dtype="bf16", seq_tokens=4095.0,
+                                 units=8.0, head_dim=128, decode=True, seqs=1.0, peak=1e14, bw=1e12, group=group)[2]
+    paid = dataclasses.replace(fa2, decode_aux_kernel_s=2e-6)
+    assert float(step(paid, 4) - step(fa2, 4)) == pytest.approx(3 * 2e-6)
+    assert float(step(paid, 1)) == float(step(fa2, 1))
+    no_rule = dataclasses.replace(paid, kv_split_rule="")
+    assert float(step(no_rule, 4)) == float(step(dataclasses.replace(no_rule, decode_aux_kernel_s=0.0), 4))

@@ -34,6 +34,7 @@ HARDWARE = {"h100_sxm": "h100-sxm", "h200_sxm": "h200", "a100_sxm": "a100-80gb",
 # L2 capacity (NVIDIA H100 and A100 architecture whitepapers: 50 MB on H100 SXM5 and H200, 40 MB on A100),
 # for the table rows whose working set stays in L2 between replays
 HOPPER = ("h100_sxm", "h200_sxm", "h100_pcie")  # SM90 systems
+AMPERE = ("a100_sxm",)  # SM80 systems
 
 L2_BYTES = {"h100_sxm": 50 * 2**20, "h200_sxm": 50 * 2**20, "a100_sxm": 40 * 2**20, "h100_pcie": 50 * 2**20}
 

@@ -121,11 +121,18 @@ MAX_KV_SPLITS = {"vllm": (32.0, "vllm/envs.py: VLLM_FLASH_ATTN_MAX_NUM_SPLITS_FO
 FA3_SCHED_MAX_SEQS = (992.0, "flash-attention hopper/flash_prepare_scheduler.cu: sequences beyond 992 are "
                              "neither sorted nor split (PREPARE_VARLEN_MAX_BATCHES_1CTA)")
 FA3_FRAMEWORKS = ("vllm", "sglang")  # their Hopper attention backends run FlashAttention-3
+# On Ampere vLLM's FlashAttention backend runs FlashAttention-2 (v1/attention/backends/fa_utils.py: version 3
+# only on SM90) and passes it num_splits=0 (flash_attn.py: max_num_splits is set only for FlashAttention-3's
+# ahead-of-time scheduler), so the kernel's own heuristic splits KV, with no 32-split cap
+# (kvsim.profile.fa2_num_splits). The collector's rows name the kernel: kernel_source "vllm_flash_attn".
+FA2_SPLITS = ("fa2", "vllm 0.14 on SM80: FlashAttention-2 with num_splits=0, its num_splits_heuristic decides "
+                     "(flash-attention csrc/flash_attn/flash_api.cpp set_params_splitkv)")
+FA2_FRAMEWORKS = ("vllm",)
 
 
-def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool = False) -> Family:
-    """Decode steps: `length` is the cached history (a step reads length + 1 tokens). `fa3`: the framework runs
-    FlashAttention-3 on these rows' device."""
+def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool = False, fa2: bool = False) -> Family:
+    """Decode steps: `length` is the cached history (a step reads length + 1 tokens). `fa3` / `fa2`: the
+    framework runs FlashAttention-3 / FlashAttention-2 (with the kernel's own KV splits) on these rows' device."""
     df = _attention_rows(df).assign(length=lambda d: d["step"])
 
     def predict(prof, hw, d):
@@ -146,6 +153,12 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool =
     params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
         if l2_bytes else params
     fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
+    if fa2:  # the kernel's rule in place of fitted split lengths and a cap
+        fixed = {"kv_split_rule": FA2_SPLITS}
+        params.pop("kv_split_tokens")
+        params.pop("kv_max_splits")
+    else:  # FlashAttention-2's grouped-query copies and split combine (kvsim.profile.fa2_aux_kernels)
+        params.pop("decode_aux_kernel_s")
     if fa3:
         fixed["decode_seq_overhead_max_seqs"] = FA3_SCHED_MAX_SEQS
     else:  # a per-sequence cost whose mechanism (and its end) these kernels are not known to have: fitted on
@@ -213,7 +226,8 @@ def for_system(tables: dict, l2_bytes: float = 0.0) -> list[Family]:
         out.append(prefill_attention(tables["prefill_attention"].rows))
     dec = tables["decode_attention"]
     out.append(decode_attention(dec.rows, l2_bytes, dec.framework,
-                                fa3=dec.framework in FA3_FRAMEWORKS and dec.system in aic.HOPPER))
+                                fa3=dec.framework in FA3_FRAMEWORKS and dec.system in aic.HOPPER,
+                                fa2=dec.framework in FA2_FRAMEWORKS and dec.system in aic.AMPERE))
     if tables["moe"] is not None:
         fam = moe(tables["moe"].rows, load_hardware(aic.HARDWARE[dec.system]).memory_bandwidth)
         if len(fam.rows):

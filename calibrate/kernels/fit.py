@@ -43,7 +43,7 @@ DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (
                  "kv_split_tokens": (1.0, 1e6, 256.0), "kv_max_splits": (1.0, 1e4, 16.0),
                  "attn_head_exponent": (1e-3, 3.0, 0.4), "attention_overlap": (1.0, 20.0, 1.5),
                  "kv_dtype_overlap.fp8": (1.0, 20.0, 1.0),
-                 "decode_seq_overhead_s": (1e-11, 1e-4, 1e-8)}
+                 "decode_seq_overhead_s": (1e-11, 1e-4, 1e-8), "decode_aux_kernel_s": (1e-9, 1e-3, 2e-6)}
 FIT_ROWS = 4000
 MOE_PARAMS = {"moe_efficiency": (0.02, 1.5, 0.6), "moe_half_rows": (1e-2, 1e5, 16.0),
               "moe_tile_fixed_k": (1.0, 1e5, 300.0)}

@@ -83,7 +83,7 @@ def decode_attention(prof: Profile, hw: HardwareSpec, batch, step, heads, kv_hea
         _, _, t = kernels.attention(prof, hw, flops=bs * h[sel] * tokens * (4 * dd + 5), kv_bytes=moved,
                                     kv_dtype=kv_dt, seq_tokens=tokens, units=bs * kh, head_dim=dd, decode=True,
                                     tokens=tokens, seqs=bs, peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw),
-                                    l2_speedup=l2)
+                                    l2_speedup=l2, group=h[sel] / kh)
         out[sel] = t + np.where(in_l2, _table_only(prof, "l2_overhead_s", prof.attention_overhead_s),
                                 prof.attention_overhead_s)
     return out

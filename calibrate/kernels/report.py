@@ -135,13 +135,13 @@ def render(transfers: list[tuple[str, str, str]], plots: bool = True) -> str:
             for split, r in splits.items():
                 lines.append(f"| {fam} | {split} | {r['rows']:,} | {r['mape']:.1%} | {r['median_ape']:.1%} | "
                              f"{r['p90_ape']:.1%} | {r['datasheet_mape']:.1%} |")
-        params = {k: v for k, v in prof.to_dict().items() if k not in ("meta", "name", "device", "tiled")
-                  and v not in (0, 0.0, {}, 1.0)}
-        lines += ["", "Fitted: " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in params.items()) + "."]
         fixed = src.get("not_fitted", {})
+        params = {k: v for k, v in prof.to_dict().items() if k not in ("meta", "name", "device", "tiled")
+                  and k not in fixed and v not in (0, 0.0, {}, 1.0, "")}
+        lines += ["", "Fitted: " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in params.items()) + "."]
         if fixed:
             lines.append("Not fitted (known from the framework's source): "
-                         + ", ".join(f"`{k}` = {v['value']:g} ({v['source']})" for k, v in fixed.items()) + ".")
+                         + ", ".join(f"`{k}` = {_fmt(v['value'])} ({v['source']})" for k, v in fixed.items()) + ".")
         lines += ["Table-only (describes the measurement, not used by `kvsim predict`): "
                   + ", ".join(f"`{k}` = {v:.3g}" for k, v in m.get("table_only", {}).items()) + ".", ""]
         if plots:
@@ -170,6 +170,8 @@ def render(transfers: list[tuple[str, str, str]], plots: bool = True) -> str:
 
 
 def _fmt(v):
+    if isinstance(v, str):
+        return f'"{v}"'
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {x:.3g}" for k, x in v.items()) + "}"
     return f"{v:.3g}"
