@@ -38,7 +38,8 @@ def rows(pred) -> list[dict]:
                 continue
             out.append({"phase": name, "op": op, "flops": flops, "bytes": moved,
                         "intensity": flops / moved if moved else None,
-                        "bound": "compute" if c >= m else "memory", "time_s": t})
+                        # executor terms priced per element (unfused scans, scores, state updates) have no roofline
+                        "bound": "executor" if c == m == 0 else "compute" if c >= m else "memory", "time_s": t})
         device = _f(cost.phase_time(dataclasses.replace(ph, host_s=0.0), p, b, prefill))
         # the host link's share is what it adds beyond the device's time (offload may overlap the two)
         extra = {"interconnect": _f(ph.comm_s), "host link": _f(total) - device,

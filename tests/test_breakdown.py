@@ -36,3 +36,17 @@ def test_breakdown_table_and_refusals(capsys):
     assert "weight matmuls" in capsys.readouterr().out
     assert main(["predict", "--breakdown", "--format", "csv"]) == 2
     assert main(["predict", "--breakdown", "--engine", "vllm"]) == 2
+
+
+def test_executor_terms_are_not_called_compute_bound():
+    """An unfused executor term has time but no FLOP or bytes of its own: its row says `executor`."""
+    import dataclasses
+
+    from kvsim import Profile, Workload, load_hardware, predict
+    from kvsim.breakdown import rows
+    from kvsim.model import MLP, Attention, Layer, ModelSpec
+    sink = ModelSpec("s", 128, 100, (Layer(Attention(4, 2, 32, sinks=True), MLP(256)),) * 2)
+    prof = dataclasses.replace(Profile(name="t"), unfused_attention_s=1e-9)
+    out = rows(predict(sink, load_hardware("cpu"), None, Workload(prompt=512, gen=2), prof, engine="hf"))
+    row = next(r for r in out if r["op"] == "unfused attention scores")
+    assert row["bound"] == "executor" and row["time_s"] > 0
