@@ -234,6 +234,28 @@ def test_native_linear_equals_torch(m, k, n):
         assert torch.allclose(decode.linear(x, w, bias), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_native_matmuls_take_gpt2s_conv1d_in_place():
+    """GPT-2's Conv1D projections (x @ weight[in, out]) run the skinny matmul too: the same parameter, its shape
+    and state-dict name unchanged, its values laid out [out, in]; decode-sized calls and prefills agree with
+    x @ weight + bias (test_correctness decodes GPT-2 against a teacher-forced pass with the swap in place)."""
+    from transformers.pytorch_utils import Conv1D
+
+    from measured.linear import MAX_ROWS, NativeConv1D, native_matmuls
+    model = tiny("gpt2-mha")
+    names = {k: v.shape for k, v in model.state_dict().items()}
+    attn = model.transformer.h[0].attn.c_attn
+    weight = attn.weight
+    native_matmuls(model)
+    native_matmuls(model)  # idempotent
+    conv = model.transformer.h[0].attn.c_attn
+    assert type(conv) is NativeConv1D and conv.weight is weight and weight.t().is_contiguous()
+    assert {k: v.shape for k, v in model.state_dict().items()} == names
+    assert not any(type(m) is Conv1D for m in model.modules())
+    for rows in (1, MAX_ROWS, MAX_ROWS + 1):
+        x = torch.randn(rows, conv.nx)
+        assert torch.allclose(conv(x), x @ conv.weight + conv.bias, rtol=1e-4, atol=1e-4)
+
+
 def test_native_matmuls_keep_parameters_ties_and_fall_back():
     """The swap shares each weight (a tied output head stays tied, state-dict names unchanged); more rows
     than a decode step (a prefill), other dtypes and the torch executor go through torch's linear."""
