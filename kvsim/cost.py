@@ -144,6 +144,15 @@ def unfused_attention(layer: Layer) -> bool:
     return isinstance(mixer, Attention) and (mixer.sinks or mixer.dv != mixer.head_dim)
 
 
+def _add_executor_time(ph: "Phase", label: str, t, totals: bool) -> None:
+    """An executor term priced per element (no FLOP or bytes of its own): its time, and with `totals` its
+    breakdown row."""
+    ph.time_s = ph.time_s + t
+    if totals:
+        row = ph.parts.setdefault(label, [0.0] * 5)
+        row[4] = row[4] + t
+
+
 def _mlp_weight_bytes(model: ModelSpec, layer: Layer, tokens: np.ndarray, wbytes: float) -> np.ndarray:
     mlp = layer.mlp
     if mlp is None:
@@ -680,11 +689,8 @@ class CostModel:
         heads = ctx.layout.n_q_heads / self.tp
         elements = heads * np.asarray(q_tokens, dtype=np.float64) * np.asarray(k_tokens, dtype=np.float64) * \
             np.asarray(b, dtype=np.float64)
-        t = grp.count * self.profile.unfused_attention_s * elements
-        ph.time_s = ph.time_s + t
-        if totals:
-            row = ph.parts.setdefault("unfused attention scores", [0.0] * 5)
-            row[4] = row[4] + t
+        _add_executor_time(ph, "unfused attention scores", grp.count * self.profile.unfused_attention_s * elements,
+                           totals)
 
     def _add_unfused_state(self, ph: Phase, grp: Group, b, totals: bool) -> None:
         """An unfused recurrent decode step (transformers' torch paths) builds state-sized temporaries (the
@@ -695,10 +701,7 @@ class CostModel:
         mixer = grp.layer.mixer
         elements = sum(part.elements for part in mixer.state_parts(self.model.hidden) if part.kind == "ssm")
         t = grp.count * self.profile.unfused_state_s * elements * np.asarray(b, dtype=np.float64) / self.tp
-        ph.time_s = ph.time_s + t
-        if totals:
-            row = ph.parts.setdefault("unfused state update", [0.0] * 5)
-            row[4] = row[4] + t
+        _add_executor_time(ph, "unfused state update", t, totals)
 
     def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
         """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep it
@@ -710,10 +713,7 @@ class CostModel:
         tokens = np.asarray(p, dtype=np.float64)
         elementwise = per * m.d_inner * m.d_state * tokens * b / self.tp
         launches = SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
-        ph.time_s = ph.time_s + grp.count * (elementwise + launches)
-        if totals:
-            row = ph.parts.setdefault("unfused SSM scan", [0.0] * 5)
-            row[4] = row[4] + grp.count * (elementwise + launches)
+        _add_executor_time(ph, "unfused SSM scan", grp.count * (elementwise + launches), totals)
 
     def _add_unfused_chunks(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
         """An unfused chunked prefill (transformers' torch paths of Mamba-2's SSD and the gated delta rule): per
@@ -721,11 +721,7 @@ class CostModel:
         with B and C repeated to every head) in many elementwise passes and permuted copies, unfused_chunk_s
         seconds per element; fused kernels keep them on chip (their FLOP are in the mixer's prefill_flops)."""
         elements = grp.layer.mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
-        t = grp.count * self.profile.unfused_chunk_s * elements
-        ph.time_s = ph.time_s + t
-        if totals:
-            row = ph.parts.setdefault("unfused chunked scan", [0.0] * 5)
-            row[4] = row[4] + t
+        _add_executor_time(ph, "unfused chunked scan", grp.count * self.profile.unfused_chunk_s * elements, totals)
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

@@ -27,9 +27,10 @@ tile's fixed cost amortised over its keys), at `attn_dtype_efficiency[kv dtype]`
 entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). A decode kernel spreads its
 KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
 `kv_split_tokens` or more (with `kv_split_rule` "fa2", as FlashAttention-2's heuristic splits them, each of
-the step's grouped-query copies and split combine costing `decode_aux_kernel_s`); C such pieces keep C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy
-(p = `kv_occupancy_power`), a unit dequantising a KV dtype listed in `kv_dtype_unit_rate` counting as that
-share of one. A KV dtype with a dequantisation bound is also limited to that fraction of the bandwidth: the
+the step's grouped-query copies and split combine costing `decode_aux_kernel_s`); C such pieces keep
+C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy (p = `kv_occupancy_power`), a unit dequantising a KV
+dtype listed in `kv_dtype_unit_rate` counting as that share of one. A KV dtype with a dequantisation bound is
+also limited to that fraction of the bandwidth: the
 SMs' conversion rate over the whole device, which neither the units' occupancy nor a cache served from L2
 changes. Decode kernels are compiled per head dim with their own tiles, so the bound is fitted per head dim
 (`kv_dtype_head_efficiency`, interpolated in log head dim between fitted ones; `kv_dtype_efficiency` where
@@ -115,9 +116,13 @@ def matmul(prof: Profile, hw: HardwareSpec, m, n, k, *, peak: float, bw: float, 
 
 
 def decode_occupancy(prof: Profile, units, tokens, sms: int = 0, kv_dtype: str = "", head_dim=128, group=1):
-    """Share of a decode kernel's KV bandwidth its split (sequence, KV head) units keep busy; a unit that
-    dequantises a `kv_dtype` listed in kv_dtype_unit_rate streams slower and counts as that share of one."""
-    split = prof.decode_units(units, tokens, sms, head_dim, group)
+    """Share of a decode kernel's KV bandwidth its split (sequence, KV head) units keep busy."""
+    return _split_occupancy(prof, prof.decode_units(units, tokens, sms, head_dim, group), kv_dtype)
+
+
+def _split_occupancy(prof: Profile, split, kv_dtype: str):
+    """decode_occupancy of `split` units already split; a unit that dequantises a `kv_dtype` listed in
+    kv_dtype_unit_rate streams slower and counts as that share of one."""
     return prof.kv_occupancy(split * prof.kv_dtype_unit_rate.get(kv_dtype, 1.0))
 
 
@@ -125,8 +130,8 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
               decode: bool, tokens=None, seqs=None, peak: float, bw: float, l2_speedup=1.0, group=1):
     """One attention kernel: `flops` of scores and weighted values over `seq_tokens` keys per sequence,
     `kv_bytes` of KV read and written, `units` (sequence, KV head) pairs of `seqs` sequences, `group` query heads
-    per KV head; in decode `tokens` is each sequence's cached context (the split-KV length). `l2_speedup` (table fits only) speeds up reads that a
-    replayed kernel finds in L2."""
+    per KV head; in decode `tokens` is each sequence's cached context (the split-KV length). `l2_speedup` (table
+    fits only) speeds up reads that a replayed kernel finds in L2."""
     kv_bytes = np.asarray(kv_bytes, dtype=np.float64)
     units = np.asarray(units, dtype=np.float64)
     tokens = tokens if tokens is not None else seq_tokens
@@ -139,7 +144,8 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     if not decode:
         prof = prof.for_prefill()
     sms = sm_count(hw)
-    occ = decode_occupancy(prof, units, tokens, sms, kv_dtype, head_dim, group) if decode else 1.0
+    split = prof.decode_units(units, tokens, sms, head_dim, group) if decode else units
+    occ = _split_occupancy(prof, split, kv_dtype) if decode else 1.0
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)
@@ -158,7 +164,6 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
         t = (comp ** q + mem ** q + unit_s ** q) ** (1.0 / q)
     else:
         t = np.maximum(comp, mem) + unit_s
-    if decode and prof.kv_split_rule == "fa2" and prof.decode_aux_kernel_s:
-        kv_heads = units / np.maximum(seqs, 1.0) if seqs is not None else 2.0
-        t = t + prof.decode_aux_kernel_s * fa2_aux_kernels(units, tokens, sms, head_dim, group, kv_heads)
+    if decode and prof.kv_split_rule == "fa2" and prof.decode_aux_kernel_s:  # decode callers give `seqs`
+        t = t + prof.decode_aux_kernel_s * fa2_aux_kernels(split / units, group, units / seqs)
     return comp, mem, t

@@ -30,11 +30,12 @@ the roofline is unchanged:
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
   kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"; kv_split_rule "fa2": as
-  FlashAttention-2 splits them, fa2_num_splits, with decode_aux_kernel_s per auxiliary kernel): with few such pieces the kernel cannot
-  keep enough loads in flight (kv_half_units sets how many it takes, kv_occupancy_power how sharply they
-  saturate the memory system); a unit that dequantises a cache stored in a dtype listed in kv_dtype_unit_rate
-  streams its KV at that share of a 16-bit unit's rate, so it takes 1/rate as many units to fill the bandwidth
-  (FlashAttention-3's fp8 decode: slower per unit at a few sequences, the full bandwidth at many);
+  FlashAttention-2 splits them, fa2_num_splits, with decode_aux_kernel_s per auxiliary kernel): with few such
+  pieces the kernel cannot keep enough loads in flight (kv_half_units sets how many it takes,
+  kv_occupancy_power how sharply they saturate the memory system); a unit that dequantises a cache stored in
+  a dtype listed in kv_dtype_unit_rate streams its KV at that share of a 16-bit unit's rate, so it takes 1/rate
+  as many units to fill the bandwidth (FlashAttention-3's fp8 decode: slower per unit at a few sequences, the
+  full bandwidth at many);
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
   tiles or splits and its epilogue in varlen and paged kernels);
 - a decode attention kernel pays decode_seq_overhead_s per sequence whatever its KV heads, in steps of at
@@ -113,14 +114,14 @@ def fa2_num_splits(pairs, tokens, sms: int, head_dim=128, group=1) -> np.ndarray
     return np.where((group > 1) & (tiles < 0.8 * slots), splits, 1.0)
 
 
-def fa2_aux_kernels(pairs, tokens, sms: int, head_dim=128, group=1, kv_heads=2) -> np.ndarray:
-    """Kernels a FlashAttention-2 decode step launches beside the attention kernel (and the cache write): a
-    grouped-query step over several KV heads copies its queries into the packed layout
-    (q.reshape(b, kv_heads, group, d).transpose(1, 2)) and its output back (over one KV head the transpose
-    moves a dimension of size 1 and both stay views), and a split step combines the splits' partial outputs
-    in a kernel of its own."""
+def fa2_aux_kernels(splits, group, kv_heads) -> np.ndarray:
+    """Kernels a FlashAttention-2 decode step launches beside the attention kernel (and the cache write), with
+    `splits` per (sequence, KV head) (fa2_num_splits): a grouped-query step over several KV heads copies its
+    queries into the packed layout (q.reshape(b, kv_heads, group, d).transpose(1, 2)) and its output back
+    (over one KV head the transpose moves a dimension of size 1 and both stay views), and a split step combines
+    the splits' partial outputs in a kernel of its own."""
     group, kv_heads = np.asarray(group, dtype=np.float64), np.asarray(kv_heads, dtype=np.float64)
-    return 2.0 * ((group > 1) & (kv_heads > 1)) + (fa2_num_splits(pairs, tokens, sms, head_dim, group) > 1)
+    return 2.0 * ((group > 1) & (kv_heads > 1)) + (np.asarray(splits) > 1)
 
 
 # attention fields a profile's prefill_attention may set for prefill kernels

@@ -497,10 +497,12 @@ def test_fa2_decode_steps_pay_their_auxiliary_kernels():
     copies (none over one KV head, where they are views), and a combine when it splits; a multi-head step none;
     profiles without the rule never pay it."""
     from kvsim import kernels
-    from kvsim.profile import fa2_aux_kernels
+    from kvsim.profile import fa2_aux_kernels, fa2_num_splits
     a100 = load_hardware("a100-80gb")
     sms = kernels.sm_count(a100)
-    assert fa2_aux_kernels([8, 256, 8, 8], 4095, sms, 128, [4, 4, 1, 32], [8, 8, 8, 1]).tolist() == \
+    group = [4, 4, 1, 32]
+    splits = fa2_num_splits([8, 256, 8, 8], 4095, sms, 128, group)
+    assert fa2_aux_kernels(splits, group, [8, 8, 8, 1]).tolist() == \
         [3.0, 2.0, 0.0, 1.0]
     fa2 = Profile(tiled=True, kv_split_rule="fa2", kv_half_units=100.0)
 

@@ -152,12 +152,12 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool =
             params.update({f"{table}.{key.format(d)}": bounds for d in dims})
     params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
         if l2_bytes else params
-    fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
     if fa2:  # the kernel's rule in place of fitted split lengths and a cap
         fixed = {"kv_split_rule": FA2_SPLITS}
         params.pop("kv_split_tokens")
         params.pop("kv_max_splits")
-    else:  # FlashAttention-2's grouped-query copies and split combine (kvsim.profile.fa2_aux_kernels)
+    else:  # decode_aux_kernel_s prices FlashAttention-2's auxiliary kernels (kvsim.profile.fa2_aux_kernels)
+        fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
         params.pop("decode_aux_kernel_s")
     if fa3:
         fixed["decode_seq_overhead_max_seqs"] = FA3_SCHED_MAX_SEQS
