@@ -263,3 +263,11 @@ def test_extrapolation_scores_only_policies_its_training_rows_run():
     assert list(lomo["b"][1]) == [2, 3]
     (_, train, test), = splits(df, 4, 1024)["batch"]
     assert list(train) == [0, 2] and list(test) == [3]  # row 1 (int4 at batch 8) has no int4 row to train on
+
+
+def test_every_shipped_profile_is_named_as_its_file():
+    """`--profile NAME` resolves calibrate/profiles/NAME.json; the profile inside must print that name (a fit
+    written to another path and copied in keeps the name of the path it was written to)."""
+    from kvsim.profile import load_profile, shipped_profiles
+    for name, path in shipped_profiles().items():
+        assert load_profile(path).name == name, path

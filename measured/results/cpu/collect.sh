@@ -15,7 +15,7 @@
 # cache runs every (prompt, batch) under the cap, the other core policies a subset that still holds batch 8-16 and
 # prompts of 2,048-4,096 on every model (the extrapolation hold-outs of `kvsim calibrate`), and the remaining policy
 # families run on SmolLM2 at three points. Blocks run in passes (every shape's full cache, then their core
-# policies, then the rest) so that an interrupted collection already spans every shape. Estimated: 2.6 h of measuring by the committed profile, plus about 10 s
+# policies, then the rest) so that an interrupted collection already spans every shape. Estimated: 2.0 h of measuring by the committed profile, plus about 10 s
 # for each of the 51 `measure` runs to build its random model (`bash collect.sh --estimate`).
 set -euo pipefail
 cd "$(dirname "$0")"
