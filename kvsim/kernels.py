@@ -27,7 +27,10 @@ tile's fixed cost amortised over its keys), at `attn_dtype_efficiency[kv dtype]`
 entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). A decode kernel spreads its
 KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
 `kv_split_tokens` or more (with `kv_split_rule` "fa2", as FlashAttention-2's heuristic splits them, each of
-the step's grouped-query copies and split combine costing `decode_aux_kernel_s`); C such pieces keep
+the step's grouped-query copies and split combine costing `decode_aux_kernel_s`; with "trtllm", on the kernel
+TensorRT-LLM picks for the step: XQA, split by its own rule, a 16-bit cache's separate rotary-embedding and
+KV-append kernel costing `decode_aux_kernel_s`, or MMHA, one unit per (sequence, query head) streaming its KV
+head itself, split to fill one wave, with the profile's `mmha` terms and floor); C such pieces keep
 C / (C^p + kv_half_units^p)^(1/p) of the bandwidth busy (p = `kv_occupancy_power`), a unit dequantising a KV
 dtype listed in `kv_dtype_unit_rate` counting as that share of one. A KV dtype with a dequantisation bound is
 also limited to that fraction of the bandwidth: the
@@ -36,7 +39,8 @@ changes. Decode kernels are compiled per head dim with their own tiles, so the b
 (`kv_dtype_head_efficiency`, interpolated in log head dim between fitted ones; `kv_dtype_efficiency` where
 none is given): FlashAttention-3's fp8 decode on H100 streams at 0.73, 0.87 and 0.46 of the bandwidth at head
 dims 64, 128 and 256. Every (sequence,
-KV head) unit costs `attention_seq_overhead_s` for a 128-wide head, scaled by (head dim / 128) **
+KV head) unit costs `attention_seq_overhead_s` (a decode kernel reading a KV dtype listed in
+`kv_dtype_seq_overhead_s`: that) for a 128-wide head, scaled by (head dim / 128) **
 attn_head_exponent, and the units run in waves: fewer than one per SM cost a full wave. Each sequence of a
 decode step adds `decode_seq_overhead_s` whatever its KV heads (FlashAttention-3's varlen scheduler sorts the
 sequences and sizes their splits), in steps of at most `decode_seq_overhead_max_seqs` sequences where that is
@@ -54,7 +58,7 @@ import numpy as np
 
 from .errors import KvsimError
 from .hardware import HardwareSpec
-from .profile import Profile, fa2_aux_kernels
+from .profile import Profile, fa2_aux_kernels, mmha_num_splits, trtllm_uses_xqa, xqa_num_splits
 
 # Output tiles (rows x columns) that Hopper and Ampere GEMM kernels choose among (CUTLASS's default tile
 # shapes for 16- and 8-bit operands: 64x64 for skinny problems, 128x128, and 128x256 for large ones).
@@ -141,10 +145,48 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
         mem = kv_bytes / (bw * prof.kv_fraction(kv_dtype) * occ * l2_speedup)
         per_seq = prof.decode_seq_s(seqs) if decode and seqs is not None else 0.0
         return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s + per_seq
-    if not decode:
-        prof = prof.for_prefill()
     sms = sm_count(hw)
-    split = prof.decode_units(units, tokens, sms, head_dim, group) if decode else units
+    if not decode:
+        return _tiled_attention(prof.for_prefill(), sms, flops, kv_bytes, kv_dtype, seq_tokens, units, units, head_dim,
+                                False, None, peak, bw, l2_speedup)
+    if prof.kv_split_rule == "trtllm":  # decode callers give `seqs`
+        return _trtllm_decode(prof, sms, flops, kv_bytes, kv_dtype, seq_tokens, units, head_dim, tokens, seqs, peak,
+                              bw, l2_speedup, group)
+    split = prof.decode_units(units, tokens, sms, head_dim, group)
+    comp, mem, t = _tiled_attention(prof, sms, flops, kv_bytes, kv_dtype, seq_tokens, units, split, head_dim, True,
+                                    seqs, peak, bw, l2_speedup)
+    if prof.kv_split_rule == "fa2" and prof.decode_aux_kernel_s:
+        t = t + prof.decode_aux_kernel_s * fa2_aux_kernels(split / units, group, units / seqs)
+    return comp, mem, t
+
+
+def _trtllm_decode(prof: Profile, sms: int, flops, kv_bytes, kv_dtype: str, seq_tokens, units, head_dim, tokens,
+                   seqs, peak: float, bw: float, l2_speedup, group):
+    """A TensorRT-LLM decode step: XQA over (sequence, KV head) units split by its own rule, with a separate
+    rotary-embedding and KV-append kernel for a 16-bit cache; or MMHA, one unit per (sequence, query head),
+    each streaming its KV head's keys and values itself, with the profile's `mmha` terms."""
+    seqs = np.asarray(seqs, dtype=np.float64)
+    group = np.asarray(group, dtype=np.float64)
+    kv_heads = units / np.maximum(seqs, 1e-12)  # 0 for an empty batch
+    past = np.maximum(np.asarray(tokens, dtype=np.float64) - 1.0, 0.0)  # the history before this step's token
+    xqa = trtllm_uses_xqa(seqs, kv_heads, group, past, sms, fp8_cache=kv_dtype == "fp8")
+    split = units * xqa_num_splits(seqs, kv_heads, past, sms)
+    xc, xm, xt = _tiled_attention(prof, sms, flops, kv_bytes, kv_dtype, seq_tokens, units, split, head_dim, True,
+                                  seqs, peak, bw, l2_speedup)
+    if kv_dtype != "fp8":
+        xt = xt + prof.decode_aux_kernel_s
+    mm = prof.for_mmha()
+    heads = units * group
+    mc, mmem, mt = _tiled_attention(mm, sms, flops, kv_bytes * group, kv_dtype, seq_tokens, heads,
+                                    heads * mmha_num_splits(heads, tokens, sms, mm.kv_split_tokens), head_dim, True,
+                                    seqs, peak, bw, l2_speedup)
+    mt = mt + (mm.attention_overhead_s - prof.attention_overhead_s)  # callers add the profile's floor: MMHA's own
+    return np.where(xqa, xc, mc), np.where(xqa, xm, mmem), np.where(xqa, xt, mt)
+
+
+def _tiled_attention(prof: Profile, sms: int, flops, kv_bytes, kv_dtype: str, seq_tokens, units, split, head_dim,
+                     decode: bool, seqs, peak: float, bw: float, l2_speedup):
+    """One attention kernel of a tiled profile with its `units` already split into `split` (decode)."""
     occ = _split_occupancy(prof, split, kv_dtype) if decode else 1.0
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
@@ -152,8 +194,9 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
     dq = prof.kv_dequant_fraction(kv_dtype, head_dim) if decode else prof.kv_dtype_efficiency.get(kv_dtype)
     if dq is not None:
         mem = np.maximum(mem, kv_bytes / (bw * dq))  # occ is 1 in prefill, and decode's bound is device-wide
-    per_unit = prof.attention_seq_overhead_s * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) \
-        ** prof.attn_head_exponent
+    per_unit = prof.kv_dtype_seq_overhead_s.get(kv_dtype, prof.attention_seq_overhead_s) if decode \
+        else prof.attention_seq_overhead_s
+    per_unit = per_unit * (np.asarray(head_dim, dtype=np.float64) / HEAD_DIM_REF) ** prof.attn_head_exponent
     unit_s = np.maximum(units, sms) * per_unit
     if decode and seqs is not None:
         unit_s = unit_s + prof.decode_seq_s(seqs)
@@ -164,6 +207,4 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
         t = (comp ** q + mem ** q + unit_s ** q) ** (1.0 / q)
     else:
         t = np.maximum(comp, mem) + unit_s
-    if decode and prof.kv_split_rule == "fa2" and prof.decode_aux_kernel_s:  # decode callers give `seqs`
-        t = t + prof.decode_aux_kernel_s * fa2_aux_kernels(split / units, group, units / seqs)
     return comp, mem, t

@@ -30,14 +30,17 @@ the roofline is unchanged:
   many tokens;
 - a decode step's KV reads are spread over its (sequence, KV head) pairs, each split into up to
   kv_max_splits pieces of kv_split_tokens (split-KV "flash decoding"; kv_split_rule "fa2": as
-  FlashAttention-2 splits them, fa2_num_splits, with decode_aux_kernel_s per auxiliary kernel): with few such
+  FlashAttention-2 splits them, fa2_num_splits, with decode_aux_kernel_s per auxiliary kernel; "trtllm": on
+  the kernel TensorRT-LLM picks, XQA split by xqa_num_splits or MMHA by mmha_num_splits with the terms in
+  `mmha`, trtllm_uses_xqa): with few such
   pieces the kernel cannot keep enough loads in flight (kv_half_units sets how many it takes,
   kv_occupancy_power how sharply they saturate the memory system); a unit that dequantises a cache stored in
   a dtype listed in kv_dtype_unit_rate streams its KV at that share of a 16-bit unit's rate, so it takes 1/rate
   as many units to fill the bandwidth (FlashAttention-3's fp8 decode: slower per unit at a few sequences, the
   full bandwidth at many);
 - attention pays attention_seq_overhead_s per sequence and KV head in each layer (scheduling a sequence's
-  tiles or splits and its epilogue in varlen and paged kernels);
+  tiles or splits and its epilogue in varlen and paged kernels), decode kernels reading a KV dtype listed in
+  kv_dtype_seq_overhead_s that instead (other kernels: XQA's fp8 Hopper kernel);
 - a decode attention kernel pays decode_seq_overhead_s per sequence whatever its KV heads, in steps of at
   most decode_seq_overhead_max_seqs sequences where that is set (FlashAttention-3's varlen scheduler sorts
   the sequences and sizes their splits in one thread block up to 992 of them, and does neither beyond);
@@ -81,7 +84,7 @@ from .jsonio import read_object
 from .units import canonical_dtype
 
 
-SPLIT_RULES = ("", "fa2")  # Profile.kv_split_rule
+SPLIT_RULES = ("", "fa2", "trtllm")  # Profile.kv_split_rule
 
 # FlashAttention-2's split-KV decoding (csrc/flash_attn/flash_api.cpp, set_params_splitkv and
 # num_splits_heuristic), which vLLM's FlashAttention backend leaves to the kernel on Ampere (it passes
@@ -123,6 +126,57 @@ def fa2_aux_kernels(splits, group, kv_heads) -> np.ndarray:
     group, kv_heads = np.asarray(group, dtype=np.float64), np.asarray(kv_heads, dtype=np.float64)
     return 2.0 * ((group > 1) & (kv_heads > 1)) + (np.asarray(splits) > 1)
 
+
+# TensorRT-LLM's generation attention (AttentionOp::enqueueGeneration, decoderMaskedMultiheadAttention/): a
+# grouped-query step runs the XQA kernel when DecoderXQARunner's mayHavePerfGain holds, the masked multi-head
+# (MMHA) kernel otherwise, and each splits KV its own way (decoderXQAConstants.h, decoderXQAImplCommon.h).
+XQA_MIN_HISTORY_TOKENS = 128  # kMinHistoryTokensPerBlock: a split's least history
+XQA_MIN_BLOCK_FACTOR = 4.0  # kEnableMinBlockFactor: XQA when its thread blocks x 4 reach the SM count
+XQA_TARGET_WAVES = 8  # kTargetWaveFactor: splits shrink until the blocks fill at most 8 waves
+XQA_MAX_SUB_SEQ = 6000  # getXqaMaxNumSubSeq: the multi-block workspace's (sequence, split) slots
+
+
+def _xqa_blocks(past) -> np.ndarray:
+    """history / kMinHistoryTokensPerBlock, at least 1 (integer division, as the source)."""
+    return np.maximum(np.floor(np.asarray(past, dtype=np.float64) / XQA_MIN_HISTORY_TOKENS), 1.0)
+
+
+def trtllm_uses_xqa(seqs, kv_heads, group, past, sms: int, fp8_cache=False) -> np.ndarray:
+    """Whether TensorRT-LLM runs a decode step of `seqs` sequences with `past` cached tokens over `kv_heads` KV
+    heads of `group` query heads each on XQA rather than MMHA: grouped-query steps only, when kv_heads x seqs x
+    max(1, past / 128) thread blocks times 4 reach the SMs (mayHavePerfGain). A step reading an fp8 cache runs
+    XQA whenever it is grouped-query: every such row of the H100 tables times XQA's Hopper fp8 kernel (5-6 us
+    at one sequence, against MMHA's 9-16 us), whatever the block count."""
+    blocks = np.asarray(kv_heads, dtype=np.float64) * np.asarray(seqs, dtype=np.float64) * _xqa_blocks(past)
+    return (np.asarray(group) > 1) & (np.asarray(fp8_cache) | (blocks * XQA_MIN_BLOCK_FACTOR >= sms))
+
+
+def xqa_num_splits(seqs, kv_heads, past, sms: int) -> np.ndarray:
+    """KV splits XQA gives each (sequence, KV head) of a decode step (computeMultiBlockCount): one per 128
+    history tokens, at most round(sqrt(8 x that)) so that the final reduction does not dominate, then cut
+    down to fill at most 8 waves of the SMs and to the workspace's 6,000 (sequence, split) slots."""
+    seqs, kv_heads = (np.asarray(x, dtype=np.float64) for x in (seqs, kv_heads))
+    n = np.floor(np.asarray(past, dtype=np.float64) / XQA_MIN_HISTORY_TOKENS)
+    n = np.maximum(np.minimum(n, np.round(np.sqrt(8.0 * n))), 1.0)
+    adj = seqs * kv_heads * n / sms / XQA_TARGET_WAVES
+    n = np.maximum(np.where(adj > 1.0, np.floor(n / adj), n), 1.0)
+    return np.maximum(np.minimum(n, np.floor(XQA_MAX_SUB_SEQ / np.maximum(seqs, 1.0))), 1.0)
+
+
+def mmha_num_splits(units, tokens, sms: int, loop_tokens) -> np.ndarray:
+    """KV splits (seq_len_tile) MMHA gives each of a decode step's `units` (sequence, query head) pairs with
+    `tokens` keys each (multi_block_grid_setup): enough to fill one wave of the SMs, ceil(SMs / units), which is
+    also the cap AttentionOp::getMaxNumSeqLenTile sizes the workspace for, and at most one per unrolled loop of
+    `loop_tokens` keys. The shared-memory floor on splits (a block holds its keys' logits) binds only where
+    contexts of tens of thousands of tokens meet more units than SMs, and is left out."""
+    units = np.maximum(np.asarray(units, dtype=np.float64), 1.0)
+    by_tokens = np.ceil(np.maximum(np.asarray(tokens, dtype=np.float64), 1.0) / max(loop_tokens, 1.0))
+    return np.maximum(np.minimum(np.ceil(sms / units), by_tokens), 1.0)
+
+
+# attention fields a profile's mmha may set for TensorRT-LLM's MMHA decode kernel (kv_split_rule "trtllm")
+MMHA_FIELDS = frozenset({"kv_efficiency", "attention_seq_overhead_s", "kv_half_units", "kv_occupancy_power",
+                         "kv_split_tokens", "attention_overlap", "attention_overhead_s"})
 
 # attention fields a profile's prefill_attention may set for prefill kernels
 PREFILL_FIELDS = frozenset({"kv_efficiency", "attention_overhead_s", "attention_seq_overhead_s", "window_edge_tokens",
@@ -169,6 +223,9 @@ class Profile:
     kv_dtype_head_efficiency: dict = field(default_factory=dict)
     matmul_dtype_efficiency: dict = field(default_factory=dict)  # matmul dtype -> fraction of its peak
     attention_seq_overhead_s: float = 0.0  # per sequence, per KV head and layer, in attention
+    # KV dtype -> the same for decode kernels reading a cache of that dtype, where they are other kernels
+    # (TensorRT-LLM's XQA runs a Hopper GMMA kernel for fp8 caches and a generic one for 16-bit caches)
+    kv_dtype_seq_overhead_s: dict = field(default_factory=dict)
     decode_seq_overhead_s: float = 0.0  # per sequence of a decode attention kernel, whatever its KV heads
     decode_seq_overhead_max_seqs: float = 0.0  # steps of more sequences than this do not pay it (0: all do)
     kv_half_units: float = 0.0  # parallel units of a decode step at which KV reads reach half speed
@@ -177,11 +234,15 @@ class Profile:
     kv_split_tokens: float = 0.0  # tokens per split of a sequence's KV in decode (0: no splitting)
     kv_max_splits: float = 0.0  # most splits per (sequence, KV head)
     # "fa2": a kernel-level decode step splits KV as FlashAttention-2 decides (fa2_num_splits), in place of
-    # kv_split_tokens and kv_max_splits; "": those two
+    # kv_split_tokens and kv_max_splits; "trtllm": TensorRT-LLM picks XQA (xqa_num_splits) or MMHA (the
+    # fields in `mmha`) per step (trtllm_uses_xqa); "": kv_split_tokens and kv_max_splits
     kv_split_rule: str = ""
-    # under "fa2", per kernel a decode step launches beside attention's own: the grouped-query layout's copies of
-    # the queries and outputs, and the combine of split partial outputs (fa2_aux_kernels)
+    # per kernel a decode step launches beside attention's own: under "fa2" the grouped-query layout's copies of
+    # the queries and outputs and the combine of split partial outputs (fa2_aux_kernels); under "trtllm" XQA's
+    # rotary-embedding and KV-append kernel for a 16-bit cache (its fp8 Hopper kernel does both itself)
     decode_aux_kernel_s: float = 0.0
+    # TensorRT-LLM's MMHA decode kernel (kv_split_rule "trtllm"): its values of the fields in MMHA_FIELDS
+    mmha: dict = field(default_factory=dict)
     matmul_overhead_s: float = 0.0  # per weight matmul per layer
     attention_overhead_s: float = 0.0  # per attention kernel per layer
     window_edge_tokens: float = 0.0  # keys beyond a sliding window that kernels still read
@@ -223,6 +284,12 @@ class Profile:
             object.__setattr__(self, "prefill_attention", {k: float(v) if not isinstance(v, bool) else v
                                                           for k, v in self.prefill_attention.items()})
             self.for_prefill()  # validates the values
+        if not isinstance(self.mmha, dict) or set(self.mmha) - MMHA_FIELDS:
+            raise KvsimError(f"profile {self.name}: mmha may only set {', '.join(sorted(MMHA_FIELDS))}")
+        if self.mmha:
+            object.__setattr__(self, "mmha", {k: float(v) if not isinstance(v, bool) else v
+                                              for k, v in self.mmha.items()})
+            self.for_mmha()  # validates the values
         if self.kv_split_rule not in SPLIT_RULES:
             raise KvsimError(f"profile {self.name}: kv_split_rule must be one of "
                              f"{', '.join(repr(r) for r in SPLIT_RULES)}, got {self.kv_split_rule!r}")
@@ -256,7 +323,7 @@ class Profile:
         if self.attn_head_exponent > 4:
             raise KvsimError(f"profile {self.name}: attn_head_exponent must be at most 4")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
-                     "attn_dtype_efficiency", "kv_dtype_unit_rate", "kv_dtype_overlap"):
+                     "attn_dtype_efficiency", "kv_dtype_unit_rate", "kv_dtype_overlap", "kv_dtype_seq_overhead_s"):
             table = getattr(self, name)
             if not isinstance(table, dict):
                 raise KvsimError(f"profile {self.name}: {name} must map dtypes to fractions")
@@ -267,7 +334,8 @@ class Profile:
                 except ValueError as e:
                     raise KvsimError(f"profile {self.name}: {name}: {e}") from None
                 # operand streams come from L2 as well as memory: their rate may pass the memory bandwidth
-                top = {"matmul_operand_efficiency": 10.0, "kv_dtype_overlap": 64.0}.get(name, 1.5)
+                top = {"matmul_operand_efficiency": 10.0, "kv_dtype_overlap": 64.0,
+                       "kv_dtype_seq_overhead_s": 1e-3}.get(name, 1.5)
                 overlap = name == "kv_dtype_overlap"  # a q below 1 would take longer than the sum of the parts
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                         1 <= v <= top if overlap else 0 < v <= top):
@@ -306,6 +374,11 @@ class Profile:
         if not self.prefill_attention:
             return self
         return replace(self, prefill_attention={}, **self.prefill_attention)
+
+    def for_mmha(self) -> "Profile":
+        """The profile TensorRT-LLM's MMHA decode kernel runs with: mmha's values over these (its
+        kv_split_tokens: the keys of one unrolled loop, mmha_num_splits)."""
+        return replace(self, mmha={}, kv_split_rule="", **self.mmha)
 
     # ----- achieved fractions of the datasheet, shared by the cost model and the kernel fits -----
     def matmul_fraction(self, tokens, dtype: str = ""):

@@ -514,3 +514,68 @@ def test_fa2_decode_steps_pay_their_auxiliary_kernels():
     assert float(step(paid, 1)) == float(step(fa2, 1))
     no_rule = dataclasses.replace(paid, kv_split_rule="")
     assert float(step(no_rule, 4)) == float(step(dataclasses.replace(no_rule, decode_aux_kernel_s=0.0), 4))
+
+
+def test_tensorrt_llm_picks_xqa_or_mmha_as_its_dispatcher_does():
+    """XQA when kv_heads x batch x max(1, history // 128) x 4 reaches the SMs (mayHavePerfGain), grouped-query
+    steps only; the switches the H100 tables show: 8 KV heads at one sequence between 511 and 1,023 cached
+    tokens, one KV head at short contexts between 32 and 64 sequences; an fp8 grouped-query cache always XQA."""
+    from kvsim.profile import trtllm_uses_xqa
+    sms = 132
+    got = trtllm_uses_xqa([1, 1, 32, 64, 1, 1], [8, 8, 1, 1, 32, 8], [4, 4, 32, 32, 1, 4],
+                          [511, 1023, 127, 127, 65535, 1], sms)
+    assert got.tolist() == [False, True, False, True, False, False]
+    assert trtllm_uses_xqa(1, 8, 4, 1, sms, fp8_cache=True)
+    assert not trtllm_uses_xqa(1, 8, 1, 1, sms, fp8_cache=True)  # multi-head: MMHA whatever the cache
+
+
+def test_xqa_splits_as_compute_multi_block_count_does():
+    """One split per 128 history tokens, at most round(sqrt(8 n)), cut to at most 8 waves and 6,000 slots."""
+    from kvsim.profile import xqa_num_splits
+    got = xqa_num_splits([1, 64, 1, 1, 2048, 8], [8, 1, 8, 1, 8, 1], [65535, 32768, 100, 1024, 8192, 1e6], 132)
+    # 511 -> round(sqrt(4088)) = 64; 256 -> 45, 21.8 waves -> floor(45 / 2.73) = 16; under 128 tokens: 1;
+    # 8 -> min(8, 8); 64 -> 23, 2,788 waves -> 1; 7,812 -> 250, 15.2 waves -> floor(250 / 1.89) = 132
+    assert got.tolist() == [64.0, 16.0, 1.0, 8.0, 1.0, 132.0]
+    # the workspace binds only on devices of more than 750 SMs: 250 splits, 16 waves of 1,000 -> 125, then 6000 // 64
+    assert xqa_num_splits(64, 1, 1e6, 1000) == 93.0
+
+
+def test_a_trtllm_profile_prices_each_step_on_the_kernel_it_runs():
+    """Under kv_split_rule "trtllm" an MMHA step runs on the profile's mmha terms, one unit per query head
+    streaming its KV head itself, with MMHA's own floor; an XQA step on the profile's own, plus one auxiliary
+    kernel for a 16-bit cache (none for fp8); mmha may only set its fields; the TensorRT-LLM decode family
+    fixes the rule and fits the MMHA terms."""
+    from kvsim import kernels
+    trt = Profile(tiled=True, kv_split_rule="trtllm", kv_half_units=50.0, attention_seq_overhead_s=3e-8,
+                  decode_aux_kernel_s=3e-6, attention_overhead_s=6e-6,
+                  mmha={"attention_seq_overhead_s": 1e-8, "attention_overhead_s": 9e-6, "kv_half_units": 80.0})
+
+    def step(prof, seqs, kv_heads, group, past, kv_dtype="bf16"):
+        return float(kernels.attention(prof, H100, flops=1e6, kv_bytes=1e6 * kv_heads, kv_dtype=kv_dtype,
+                                       seq_tokens=past + 1.0, units=seqs * kv_heads, head_dim=128, decode=True,
+                                       tokens=past + 1.0, seqs=seqs, peak=1e15, bw=3e12, group=group)[2])
+    mmha = step(trt, 1, 8, 4, 300)  # 8 x 1 x 2 x 4 = 64 < 132: MMHA, as 32 heads each reading their keys
+    assert mmha == pytest.approx(step(trt, 1, 32, 1, 300))
+    later = dataclasses.replace(trt, mmha={**trt.mmha, "attention_overhead_s": 10e-6})
+    assert step(later, 1, 8, 4, 300) == pytest.approx(mmha + 1e-6)
+    xqa = step(trt, 64, 8, 4, 300)
+    assert xqa == pytest.approx(step(dataclasses.replace(trt, decode_aux_kernel_s=0.0), 64, 8, 4, 300) + 3e-6)
+    assert step(trt, 64, 8, 4, 300, "fp8") == step(dataclasses.replace(trt, decode_aux_kernel_s=0.0), 64, 8, 4, 300,
+                                                   "fp8")
+    assert step(dataclasses.replace(trt, mmha={}), 64, 8, 4, 300) == xqa  # XQA never reads the MMHA terms
+    with pytest.raises(KvsimError, match="mmha may only set"):
+        Profile(mmha={"kv_split_rule": 1.0})
+    with pytest.raises(KvsimError, match="kv_dtype_seq_overhead_s"):
+        Profile(kv_dtype_seq_overhead_s={"fp8": -1.0})
+    rows = pd.DataFrame({"batch_size": [1], "step": [1023], "num_heads": [32], "num_key_value_heads": [8],
+                         "head_dim": [128], "kv_cache_dtype": ["fp8"], "window_size": [0], "seconds": [1e-5]})
+    fam = families.decode_attention(rows, framework="trtllm")
+    assert fam.fixed["kv_split_rule"][0] == "trtllm" and "kv_max_splits" not in fam.params
+    assert {"mmha.kv_split_tokens", "kv_dtype_seq_overhead_s.fp8", "decode_aux_kernel_s"} <= set(fam.params)
+
+
+def test_mmha_splits_fill_one_wave_within_its_unrolled_loops():
+    """ceil(SMs / units), the workspace's cap, and no more splits than loops of keys."""
+    from kvsim.profile import mmha_num_splits
+    got = mmha_num_splits([32, 32, 1, 200, 32], [65536, 300, 65536, 65536, 1], 132, 256)
+    assert got.tolist() == [5.0, 2.0, 132.0, 1.0, 1.0]

@@ -128,11 +128,22 @@ FA3_FRAMEWORKS = ("vllm", "sglang")  # their Hopper attention backends run Flash
 FA2_SPLITS = ("fa2", "vllm 0.14 on SM80: FlashAttention-2 with num_splits=0, its num_splits_heuristic decides "
                      "(flash-attention csrc/flash_attn/flash_api.cpp set_params_splitkv)")
 FA2_FRAMEWORKS = ("vllm",)
+# TensorRT-LLM's generation attention picks XQA or MMHA per step and splits KV by each kernel's own rule
+# (kvsim.profile.trtllm_uses_xqa, xqa_num_splits); the collector times the PyTorch flow's TrtllmAttention
+# (AttentionOp::enqueueGeneration) in a CUDA graph. MMHA's keys per unrolled loop depend on the block size it
+# picks at run time, so that length is fitted (Profile.mmha's kv_split_tokens).
+TRTLLM_SPLITS = ("trtllm", "TensorRT-LLM AttentionOp::enqueueGeneration: XQA when DecoderXQARunner::mayHavePerfGain "
+                           "holds (kv heads x batch x max(1, history / 128) x 4 >= SMs), its KV splits by "
+                           "computeMultiBlockCount (decoderXQAImplCommon.h); MMHA otherwise")
+MMHA_PARAMS = {f"mmha.{k}": DECODE_PARAMS[k] for k in ("kv_efficiency", "attention_seq_overhead_s", "kv_half_units",
+                                                       "kv_occupancy_power", "kv_split_tokens", "attention_overlap",
+                                                       "attention_overhead_s")}
 
 
 def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool = False, fa2: bool = False) -> Family:
     """Decode steps: `length` is the cached history (a step reads length + 1 tokens). `fa3` / `fa2`: the
-    framework runs FlashAttention-3 / FlashAttention-2 (with the kernel's own KV splits) on these rows' device."""
+    framework runs FlashAttention-3 / FlashAttention-2 (with the kernel's own KV splits) on these rows' device;
+    TensorRT-LLM runs its own kernels (TRTLLM_SPLITS)."""
     df = _attention_rows(df).assign(length=lambda d: d["step"])
 
     def predict(prof, hw, d):
@@ -152,11 +163,14 @@ def decode_attention(df, l2_bytes: float = 0.0, framework: str = "", fa3: bool =
             params.update({f"{table}.{key.format(d)}": bounds for d in dims})
     params = {**params, "meta.l2_speedup": (1.0, 20.0, 1.5), "meta.l2_overhead_s": (1e-7, 1e-3, 8e-6)} \
         if l2_bytes else params
-    if fa2:  # the kernel's rule in place of fitted split lengths and a cap
-        fixed = {"kv_split_rule": FA2_SPLITS}
+    if fa2 or framework == "trtllm":  # the kernels' own rules in place of fitted split lengths and a cap
+        fixed = {"kv_split_rule": FA2_SPLITS if fa2 else TRTLLM_SPLITS}
         params.pop("kv_split_tokens")
         params.pop("kv_max_splits")
-    else:  # decode_aux_kernel_s prices FlashAttention-2's auxiliary kernels (kvsim.profile.fa2_aux_kernels)
+        if not fa2:  # XQA's fp8 (GMMA) and 16-bit kernels differ in their fixed work per unit
+            params.update(MMHA_PARAMS)
+            params["kv_dtype_seq_overhead_s.fp8"] = DECODE_PARAMS["attention_seq_overhead_s"]
+    else:  # decode_aux_kernel_s prices FlashAttention-2's and XQA's auxiliary kernels
         fixed = {"kv_max_splits": MAX_KV_SPLITS[framework]} if framework in MAX_KV_SPLITS else {}
         params.pop("decode_aux_kernel_s")
     if fa3:

@@ -152,7 +152,7 @@ def _exercised(name: str, df) -> bool:
     if name in ("matmul_dtype_efficiency.fp8", "matmul_operand_efficiency.fp8", "quant_row_overhead_s"):
         return bool(df["gemm_dtype"].isin(["fp8", "fp8_block"]).any())
     if name in ("kv_dtype_efficiency.fp8", "attn_dtype_efficiency.fp8", "kv_dtype_unit_rate.fp8",
-                "kv_dtype_overlap.fp8"):
+                "kv_dtype_overlap.fp8", "kv_dtype_seq_overhead_s.fp8"):
         return bool((df["kv_cache_dtype"] == "fp8").any())
     if name.startswith("kv_dtype_head_efficiency."):
         dt, dim = name.split(".", 1)[1].split("@")

@@ -206,9 +206,9 @@ WEAKEST = """\
 - Per-tensor fp8 GEMMs in vLLM and SGLang (CUTLASS scaled matmuls): a row count one past a multiple of 16
   (129, 257, 1025, ...) runs 20-80% slower than its neighbours at large k, a kernel-dispatch effect no tile
   model describes; and their per-row activation quantisation (`quant_row_overhead_s`) is fitted, not derived.
-- Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts; where the
-  framework's source gives it (vLLM: 32 in CUDA graphs; SGLang: FlashAttention-3's own 128) it is taken from
-  there, otherwise (TensorRT-LLM) the fit extrapolates it.
+- Decode attention beyond the contexts it was fitted on: the split-KV cap binds only at long contexts, so it is
+  taken from the framework's source (vLLM: 32 in CUDA graphs; SGLang: FlashAttention-3's own 128; A100 vLLM:
+  FlashAttention-2's heuristic; TensorRT-LLM: XQA's and MMHA's own rules).
 - Fused MoE blocks: vLLM's Triton kernels run the configuration tuned for their (experts, width, device) where
   vLLM ships one, and switch configurations with the token count (Mixtral's shape takes 1.07 ms at 256 tokens
   and 1.84 ms at 320 on H100, the weights read twice). One efficiency with a tile cost of its own
@@ -225,9 +225,15 @@ WEAKEST = """\
   sequence (whose measured attention rows are L2-resident) is predicted 3-4% slower for it.
 - Large all-reduce messages fitted from small ones: one bandwidth efficiency and a floor cannot follow the
   switch from one-shot to two-shot all-reduce algorithms at large sizes.
-- TensorRT-LLM's attention kernels (XQA decode, its fused prefill): their split-KV cap is not in the sources
-  kvsim reads, so it is extrapolated from shorter contexts, and they differ by head dim more than one set of
-  terms follows.
+- TensorRT-LLM's decode runs three kernels: MMHA for multi-head steps and for grouped-query steps with too few
+  thread blocks (kv heads x batch x max(1, history / 128) x 4 below the SMs), XQA's generic kernel for the rest
+  over a 16-bit cache, and XQA's Hopper kernel over an fp8 cache (every grouped-query fp8 row in the table). The
+  choice and both split rules come from the source; each kernel's fixed costs are fitted. Still missed: XQA
+  streams KV at a rate of its own per head dim (one sequence over 8 KV heads at 64K tokens: 2.0 TB/s at head
+  dim 64, 2.4 at 128 and 256), which the fit sees only at long contexts; the fp8 kernel's fixed cost grows with
+  the query heads per KV head (11 ns a unit at 4, 45 at 32) beyond what the attention ramp charges; and the
+  small-step timings scatter by 10-15% between neighbouring rows. TensorRT-LLM's prefill kernels differ by
+  head dim more than one set of terms follows.
 """
 
 
