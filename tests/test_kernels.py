@@ -579,3 +579,15 @@ def test_mmha_splits_fill_one_wave_within_its_unrolled_loops():
     from kvsim.profile import mmha_num_splits
     got = mmha_num_splits([32, 32, 1, 200, 32], [65536, 300, 65536, 65536, 1], 132, 256)
     assert got.tolist() == [5.0, 2.0, 132.0, 1.0, 1.0]
+
+
+def test_a_dropped_override_term_vanishes_instead_of_inheriting():
+    """A prefill (or MMHA) term the rows drive to zero is 0 in its table, not the decode value a missing entry
+    would fall back to; a plain term is left at its default."""
+    from calibrate.kernels.fit import _vanish
+    prof = Profile(attn_head_exponent=0.4, attention_seq_overhead_s=2e-8,
+                   prefill_attention={"attn_head_exponent": 0.2}, mmha={"attention_seq_overhead_s": 1e-8})
+    out = _vanish(prof, ["prefill_attention.attn_head_exponent", "mmha.attention_seq_overhead_s",
+                         "attention_seq_overhead_s"])
+    assert out.for_prefill().attn_head_exponent == 0.0 and out.for_mmha().attention_seq_overhead_s == 0.0
+    assert out.attention_seq_overhead_s == 0.0 and out.attn_head_exponent == 0.4

@@ -119,6 +119,18 @@ def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | 
         if not dropped:
             return _set(base, values)
         names = [k for k in names if k not in dropped]
+        base = _vanish(base, dropped)
+
+
+# Profile fields holding another kernel's values of the profile's own fields: an entry they lack falls back to
+# the profile's value (fitted by another family), so a term dropped from them is set to 0 instead.
+OVERRIDE_TABLES = ("prefill_attention", "mmha")
+
+
+def _vanish(profile: Profile, names) -> Profile:
+    """`profile` without the named terms: 0 in an override table, left out (at its default) elsewhere."""
+    pinned = {k: 0.0 for k in names if k.split(".", 1)[0] in OVERRIDE_TABLES}
+    return _set(_unset(profile, [k for k in names if k not in pinned]), pinned)
 
 
 def _least_squares(fam: Family, hw: HardwareSpec, base: Profile, df, names: list[str]):
