@@ -278,18 +278,15 @@ class Profile:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        if not isinstance(self.prefill_attention, dict) or set(self.prefill_attention) - PREFILL_FIELDS:
-            raise KvsimError(f"profile {self.name}: prefill_attention may only set {', '.join(sorted(PREFILL_FIELDS))}")
-        if self.prefill_attention:
-            object.__setattr__(self, "prefill_attention", {k: float(v) if not isinstance(v, bool) else v
-                                                          for k, v in self.prefill_attention.items()})
-            self.for_prefill()  # validates the values
-        if not isinstance(self.mmha, dict) or set(self.mmha) - MMHA_FIELDS:
-            raise KvsimError(f"profile {self.name}: mmha may only set {', '.join(sorted(MMHA_FIELDS))}")
-        if self.mmha:
-            object.__setattr__(self, "mmha", {k: float(v) if not isinstance(v, bool) else v
-                                              for k, v in self.mmha.items()})
-            self.for_mmha()  # validates the values
+        for table, allowed, derive in (("prefill_attention", PREFILL_FIELDS, Profile.for_prefill),
+                                       ("mmha", MMHA_FIELDS, Profile.for_mmha)):  # other kernels' values
+            values = getattr(self, table)
+            if not isinstance(values, dict) or set(values) - allowed:
+                raise KvsimError(f"profile {self.name}: {table} may only set {', '.join(sorted(allowed))}")
+            if values:
+                object.__setattr__(self, table, {k: float(v) if not isinstance(v, bool) else v
+                                                 for k, v in values.items()})
+                derive(self)  # validates the values
         if self.kv_split_rule not in SPLIT_RULES:
             raise KvsimError(f"profile {self.name}: kv_split_rule must be one of "
                              f"{', '.join(repr(r) for r in SPLIT_RULES)}, got {self.kv_split_rule!r}")
