@@ -156,8 +156,8 @@ def xqa_num_splits(seqs, kv_heads, past, sms: int) -> np.ndarray:
     history tokens, at most round(sqrt(8 x that)) so that the final reduction does not dominate, then cut
     down to fill at most 8 waves of the SMs and to the workspace's 6,000 (sequence, split) slots."""
     seqs, kv_heads = (np.asarray(x, dtype=np.float64) for x in (seqs, kv_heads))
-    n = np.floor(np.asarray(past, dtype=np.float64) / XQA_MIN_HISTORY_TOKENS)
-    n = np.maximum(np.minimum(n, np.round(np.sqrt(8.0 * n))), 1.0)
+    n = _xqa_blocks(past)
+    n = np.minimum(n, np.round(np.sqrt(8.0 * n)))
     adj = seqs * kv_heads * n / sms / XQA_TARGET_WAVES
     n = np.maximum(np.where(adj > 1.0, np.floor(n / adj), n), 1.0)
     return np.maximum(np.minimum(n, np.floor(XQA_MAX_SUB_SEQ / np.maximum(seqs, 1.0))), 1.0)
