@@ -24,7 +24,11 @@ bandwidth.
 
 Attention. Compute runs at the attention ramp by tokens per sequence (Profile.attention_fraction: a query
 tile's fixed cost amortised over its keys), at `attn_dtype_efficiency[kv dtype]` when the KV dtype has an
-entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels). A decode kernel spreads its
+entry (FlashAttention-3's fp8 path quantises queries and runs its own kernels), and at d / (d +
+`attn_softmax_dims`) of that for heads d wide: each score's softmax runs its exponential on the special-function
+units, a fixed cost per score that narrow heads amortise over less matrix work (fitted on the tables' prefills
+over head dims 64-256: 28-32 columns for vLLM's FlashAttention-3 on H100 and H200, 72 for SGLang's, 65 for
+TensorRT-LLM's context FMHA). A decode kernel spreads its
 KV reads over (sequence, KV head) units, each split along its context in up to `kv_max_splits` pieces of
 `kv_split_tokens` or more (with `kv_split_rule` "fa2", as FlashAttention-2's heuristic splits them, each of
 the step's grouped-query copies and split combine costing `decode_aux_kernel_s`; with "trtllm", on the kernel
@@ -48,7 +52,9 @@ set (past 992 FlashAttention-3 neither sorts nor splits). In decode the three
 parts overlap imperfectly: time = (compute^q + memory^q + units^q)^(1/q) with q = `attention_overlap` (0:
 max(compute, memory) + units); decode kernels reading a KV dtype listed in `kv_dtype_overlap` overlap with
 that q instead (an fp8 unit's fixed work adds to its dequantising stream instead of hiding under it). A
-prefill's KV traffic is the write of the prompt's keys and values into the paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
+prefill's units count (query heads per KV head) ** `prefill_group_exponent` each (1: a kernel that runs
+every query head in thread blocks of its own). A prefill's KV traffic is the write of the prompt's keys and
+values into the paged cache, a kernel of its own that runs before attention, and its units' fixed work adds to its compute
 (the tables find no overlap): time = compute + units + memory.
 """
 
@@ -147,6 +153,7 @@ def attention(prof: Profile, hw: HardwareSpec, *, flops, kv_bytes, kv_dtype: str
         return comp, mem, np.maximum(comp, mem) + units * prof.attention_seq_overhead_s + per_seq
     sms = sm_count(hw)
     if not decode:
+        units = units * np.asarray(group, dtype=np.float64) ** prof.prefill_group_exponent
         return _tiled_attention(prof.for_prefill(), sms, flops, kv_bytes, kv_dtype, seq_tokens, units, units, head_dim,
                                 False, None, peak, bw, l2_speedup)
     if prof.kv_split_rule == "trtllm":  # decode callers give `seqs`
@@ -189,6 +196,9 @@ def _tiled_attention(prof: Profile, sms: int, flops, kv_bytes, kv_dtype: str, se
     """One attention kernel of a tiled profile with its `units` already split into `split` (decode)."""
     occ = _split_occupancy(prof, split, kv_dtype) if decode else 1.0
     frac = prof.attention_fraction(seq_tokens, seq_tokens) * prof.attn_dtype_efficiency.get(kv_dtype, 1.0)
+    if prof.attn_softmax_dims:
+        d = np.asarray(head_dim, dtype=np.float64)
+        frac = frac * d / (d + prof.attn_softmax_dims)
     comp = np.asarray(flops, dtype=np.float64) / (peak * frac)
     mem = kv_bytes / (bw * prof.kv_efficiency * occ * l2_speedup)
     dq = prof.kv_dequant_fraction(kv_dtype, head_dim) if decode else prof.kv_dtype_efficiency.get(kv_dtype)

@@ -262,6 +262,15 @@ class Profile:
     matmul_operand_efficiency: dict = field(default_factory=dict)  # matmul dtype -> tile operand streams / bandwidth
     attn_dtype_efficiency: dict = field(default_factory=dict)  # KV dtype -> attention compute fraction of the ramp
     attn_head_exponent: float = 0.0  # attention_seq_overhead_s scales as (head dim / 128) ** this
+    # A score's softmax (its exponential on the special-function units, which run at a small fraction of the
+    # tensor cores' rate) costs as much matrix work as this many head-dim columns, so attention on heads d wide
+    # computes at d / (d + attn_softmax_dims) of its ramp (whose efficiency is then that of infinitely wide
+    # heads): narrow heads reach less of the peak (0: no such cost).
+    attn_softmax_dims: float = 0.0
+    # A prefill attention kernel's units are (sequence, KV head) pairs, each counting (query heads per KV head) **
+    # this: 1 where every query head runs thread blocks of its own (TensorRT-LLM's context FMHA), 0 where a KV
+    # head's query heads share them (FlashAttention-3 packing grouped queries).
+    prefill_group_exponent: float = 0.0
     # Prefill attention runs other kernels than decode (a causal FlashAttention pass, not split-KV decoding):
     # its values of the attention fields below where they differ (PREFILL_FIELDS).
     prefill_attention: dict = field(default_factory=dict)
@@ -317,8 +326,9 @@ class Profile:
             raise KvsimError(f"profile {self.name}: attention_overlap must be 0 or in [1, 64]")
         if not 1 <= self.kv_occupancy_power <= 16:
             raise KvsimError(f"profile {self.name}: kv_occupancy_power must be in [1, 16]")
-        if self.attn_head_exponent > 4:
-            raise KvsimError(f"profile {self.name}: attn_head_exponent must be at most 4")
+        for name in ("attn_head_exponent", "prefill_group_exponent"):
+            if getattr(self, name) > 4:
+                raise KvsimError(f"profile {self.name}: {name} must be at most 4")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
                      "attn_dtype_efficiency", "kv_dtype_unit_rate", "kv_dtype_overlap", "kv_dtype_seq_overhead_s"):
             table = getattr(self, name)

@@ -45,7 +45,7 @@ KNOWN = Profile(tiled=True, compute_efficiency=0.8, mem_efficiency=0.9, matmul_o
                                          "fp8@256": 90.0}, decode_seq_overhead_s=1e-8,
                 attn_efficiency=0.6, attn_half_tokens=1000.0,
                 attn_dtype_efficiency={"fp8": 0.8}, kv_half_units=50.0, kv_split_tokens=300.0, kv_max_splits=32.0,
-                attn_head_exponent=0.4, attention_overlap=1.3,
+                attn_head_exponent=0.4, attention_overlap=1.3, attn_softmax_dims=50.0, prefill_group_exponent=1.0,
                 prefill_attention={"kv_efficiency": 0.2, "attention_overhead_s": 1.2e-5,
                                    "attention_seq_overhead_s": 3e-8, "window_edge_tokens": 400.0,
                                    "attn_head_exponent": 0.2})
@@ -96,6 +96,8 @@ def test_attention_fits_recover_known_parameters():
         err = fit.ape(fam.predict(prof, H100, fam.rows), fam.rows["seconds"])
         assert err.max() < 0.03, fam.name
     assert prof.attn_efficiency == pytest.approx(0.6, rel=0.05)
+    assert prof.attn_softmax_dims == pytest.approx(50.0, rel=0.1)
+    assert prof.prefill_group_exponent == pytest.approx(1.0, rel=0.05)
     # per head dim: each is its own compiled kernel, with its own dequantisation rate and key tiles
     for key, value in KNOWN.kv_dtype_head_efficiency.items():
         assert prof.kv_dtype_head_efficiency[key] == pytest.approx(value, rel=0.05), key
@@ -140,7 +142,8 @@ NEW_TERMS = {"matmul_tile_fixed_k": 200.0, "matmul_half_ctas": 200.0, "quant_row
              "matmul_operand_efficiency": {"fp8": 0.2}, "attn_dtype_efficiency": {"fp8": 0.3},
              "attn_head_exponent": 2.0, "attention_overlap": 1.0, "kv_occupancy_power": 8.0,
              "kv_dtype_unit_rate": {"fp8": 0.2}, "prefill_attention": {"attention_overhead_s": 1e-3},
-             "decode_seq_overhead_s": 1e-6}
+             "decode_seq_overhead_s": 1e-6, "attn_softmax_dims": 500.0,
+             "prefill_group_exponent": 3.0}  # 16 units x 4 ** 3 fill more than one wave
 
 
 @pytest.mark.parametrize("term", sorted(NEW_TERMS))
@@ -591,3 +594,41 @@ def test_a_dropped_override_term_vanishes_instead_of_inheriting():
                          "attention_seq_overhead_s"])
     assert out.for_prefill().attn_head_exponent == 0.0 and out.for_mmha().attention_seq_overhead_s == 0.0
     assert out.attention_seq_overhead_s == 0.0 and out.attn_head_exponent == 0.4
+
+
+def test_prefill_units_follow_query_heads_as_the_exponent_says():
+    """With prefill_group_exponent 1 a prefill over 32 query heads costs as many units whatever its KV heads (one
+    per query head, TensorRT-LLM's context FMHA); at 0 its units are its (sequence, KV head) pairs."""
+    from kvsim import kernels
+    kw = dict(flops=0.0, kv_bytes=0.0, kv_dtype="bf16", seq_tokens=1.0, head_dim=128, decode=False, peak=1e15,
+              bw=3e12)
+    for exponent in (0.0, 1.0):
+        prof = Profile(tiled=True, attention_seq_overhead_s=1e-8, prefill_group_exponent=exponent)
+        t = {kvh: float(kernels.attention(prof, H100, units=256 * kvh, group=32 / kvh, **kw)[2]) for kvh in (1, 8, 32)}
+        if exponent:
+            assert t[1] == pytest.approx(t[8], rel=1e-12) == pytest.approx(t[32], rel=1e-12)
+            assert t[1] == pytest.approx(256 * 32 * 1e-8, rel=1e-12)
+        else:
+            assert t[8] == pytest.approx(8 * t[1], rel=1e-12)
+
+
+def test_narrow_heads_compute_at_a_smaller_share_of_the_ramp():
+    from kvsim import kernels
+    kw = dict(kv_bytes=0.0, kv_dtype="bf16", seq_tokens=4096.0, units=8.0, decode=False, peak=1e15, bw=3e12)
+    prof = Profile(tiled=True, attn_efficiency=0.5, attn_softmax_dims=64.0)
+    for d in (64, 128, 256):
+        comp = float(kernels.attention(prof, H100, flops=1e12, head_dim=d, **kw)[0])
+        assert comp == pytest.approx(1e12 / (1e15 * 0.5 * d / (d + 64.0)), rel=1e-12)
+
+
+def test_terms_one_head_dim_or_one_group_cannot_identify_are_not_fitted():
+    """attn_softmax_dims only trades off against attn_efficiency over one head dim, and the prefill group exponent
+    needs more than one query-per-KV-head ratio; FlashAttention-2 keeps the exponent fixed (FA2_PREFILL_FIXED)."""
+    _, pre = _attention_rows()
+    one = pre[(pre.head_dim == 128) & (pre.num_key_value_heads == 8)]
+    prof = fit.fit_family(families.prefill_attention(one), H100, Profile(tiled=True, attn_softmax_dims=7.0,
+                                                                         prefill_group_exponent=0.3))
+    assert prof.attn_softmax_dims == 0.0 and prof.prefill_group_exponent == 0.0
+    fam = families.prefill_attention(pre, fa2=True)
+    assert fit.fit_family(fam, H100, Profile(tiled=True)).prefill_group_exponent == 0.0
+    assert "prefill_group_exponent" in fam.fixed

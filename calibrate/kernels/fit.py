@@ -35,7 +35,8 @@ PREFILL_PARAMS = {"attn_efficiency": (0.01, 1.2, 0.6), "attn_half_tokens": (1.0,
                   "prefill_attention.attention_overhead_s": (1e-8, 1e-3, 1e-5),
                   "prefill_attention.attention_seq_overhead_s": (1e-11, 1e-4, 2e-8),
                   "prefill_attention.window_edge_tokens": (1e-2, 1e4, 256.0),
-                  "prefill_attention.attn_head_exponent": (1e-3, 3.0, 0.3)}
+                  "prefill_attention.attn_head_exponent": (1e-3, 3.0, 0.3),
+                  "attn_softmax_dims": (1e-2, 1e4, 32.0), "prefill_group_exponent": (1e-3, 1.5, 0.5)}
 DECODE_PARAMS = {"kv_efficiency": (0.05, 1.0, 0.9), "kv_dtype_efficiency.fp8": (0.05, 1.0, 0.6),
                  "attention_seq_overhead_s": (1e-11, 1e-4, 2e-8), "attention_overhead_s": (1e-8, 1e-3, 1e-5),
                  "kv_dtype_unit_rate.fp8": (0.05, 1.0, 0.6), "kv_occupancy_power": (1.0, 16.0, 2.0),
@@ -173,6 +174,10 @@ def _exercised(name: str, df) -> bool:
         dt, _, dim = name.split(".", 1)[1].rpartition("@")
         rows = (df["window_size"] > 0) & (df["head_dim"] == int(dim))
         return bool((rows & ((df["kv_cache_dtype"] == dt) if dt else (df["kv_cache_dtype"] != "fp8"))).any())
+    if name == "attn_softmax_dims":  # with one head dim it only trades off against attn_efficiency
+        return df["head_dim"].nunique() > 1
+    if name == "prefill_group_exponent":
+        return (df["num_heads"] / df["num_key_value_heads"]).nunique() > 1
     if name.endswith("window_edge_tokens"):
         return bool((df["window_size"] > 0).any())
     return True

@@ -101,7 +101,7 @@ def prefill_attention(prof: Profile, hw: HardwareSpec, batch, isl, heads, kv_hea
         _, _, t = kernels.attention(prof, hw, flops=b[sel] * pairs * h[sel] * (4 * d[sel] + 5),
                                     kv_bytes=b[sel] * p[sel] * kvh[sel] * 2 * d[sel] * elem, kv_dtype=kv_dt,
                                     seq_tokens=p[sel], units=b[sel] * kvh[sel], head_dim=d[sel], decode=False,
-                                    peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw))
+                                    peak=_peak(prof, hw, "bf16"), bw=_bw(prof, hw), group=h[sel] / kvh[sel])
         out[sel] = t + prof.attention_overhead_s
     return out
 
