@@ -174,6 +174,11 @@ def mmha_num_splits(units, tokens, sms: int, loop_tokens) -> np.ndarray:
     return np.maximum(np.minimum(np.ceil(sms / units), by_tokens), 1.0)
 
 
+# Largest value a float field may take: a cost in seconds ("_s") at most 10 s (the widest range a fit allows, a
+# forward pass's fixed cost), a count (tokens, units, tiles, head-dim columns) at most 1e9; sizes and rates where they are plausible.
+_FIELD_CEILING = {"reserved_bytes": 1e15, "runtime_bytes": 1e15, "cudagraph_bytes": 1e15,
+                  "memory_bandwidth": 1e15, "peak_flops": 1e18}
+
 # attention fields a profile's mmha may set for TensorRT-LLM's MMHA decode kernel (kv_split_rule "trtllm")
 MMHA_FIELDS = frozenset({"kv_efficiency", "attention_seq_overhead_s", "kv_half_units", "kv_occupancy_power",
                          "kv_split_tokens", "attention_overlap", "attention_overhead_s"})
@@ -308,6 +313,9 @@ class Profile:
                 v = getattr(self, f.name)
                 if not isinstance(v, (int, float)) or v != v or v < 0 or v == float("inf"):
                     raise KvsimError(f"profile {self.name}: {f.name} must be a finite non-negative number, got {v!r}")
+                top = _FIELD_CEILING.get(f.name, 10.0 if f.name.endswith("_s") else 1e9)
+                if v > top:  # a finite but absurd term would print an absurd time with exit code 0
+                    raise KvsimError(f"profile {self.name}: {f.name} must be at most {top:g}, got {v!r}")
         for name in ("mem_efficiency", "kv_efficiency", "compute_efficiency", "policy_efficiency"):
             if not 0 < getattr(self, name) <= 1.5:
                 raise KvsimError(f"profile {self.name}: {name} must be in (0, 1.5]")

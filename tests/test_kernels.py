@@ -632,3 +632,11 @@ def test_terms_one_head_dim_or_one_group_cannot_identify_are_not_fitted():
     fam = families.prefill_attention(pre, fa2=True)
     assert fit.fit_family(fam, H100, Profile(tiled=True)).prefill_group_exponent == 0.0
     assert "prefill_group_exponent" in fam.fixed
+
+
+@pytest.mark.parametrize("field, value", [("attn_softmax_dims", 1e308), ("attention_seq_overhead_s", 1e6),
+                                          ("prefill_group_exponent", 5.0), ("memory_bandwidth", 1e300)])
+def test_a_profile_with_an_absurd_term_is_refused(field, value):
+    """A finite but absurd term would print an absurd time with exit code 0: the profile refuses it."""
+    with pytest.raises(KvsimError, match=field):
+        Profile(**{field: value})
