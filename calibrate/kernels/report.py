@@ -232,8 +232,17 @@ WEAKEST = """\
   streams KV at a rate of its own per head dim (one sequence over 8 KV heads at 64K tokens: 2.0 TB/s at head
   dim 64, 2.4 at 128 and 256), which the fit sees only at long contexts; the fp8 kernel's fixed cost grows with
   the query heads per KV head (11 ns a unit at 4, 45 at 32) beyond what the attention ramp charges; and the
-  small-step timings scatter by 10-15% between neighbouring rows. TensorRT-LLM's prefill kernels differ by
-  head dim more than one set of terms follows.
+  small-step timings scatter by 10-15% between neighbouring rows.
+- Prefill attention's ramp: one ramp by tokens per sequence, a softmax cost per score (`attn_softmax_dims`) and
+  units per (sequence, KV head) or per query head (`prefill_group_exponent`: TensorRT-LLM's context FMHA runs
+  every query head on its own, 1.00; FlashAttention-3 packs them, 0.01-0.05) still leave the ramp's shape off:
+  on H100 TensorRT-LLM prompts of 64-128 tokens run 7-11% faster than predicted and 16K-token ones 9% faster
+  (contexts of 8K and more fitted from shorter ones: 17%, vLLM 18%), and its head-dim-128 kernel pays less per
+  query head than the 64- and 256-wide ones, so its 16-bit prompts of up to 512 tokens run 20-30% faster than
+  predicted (an unseen head dim is the worst hold-out left there, 17.6%). On A100,
+  FlashAttention-2 packs a KV head's query heads for one-token queries only (`seqlenq_ngroups_swapped`), which
+  no single exponent follows (fitted, 0.57 took batches of 64 and more from 19.4% to 23.9%), so its units stay
+  per KV head.
 """
 
 
