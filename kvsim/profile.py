@@ -175,9 +175,11 @@ def mmha_num_splits(units, tokens, sms: int, loop_tokens) -> np.ndarray:
 
 
 # Largest value a float field may take: a cost in seconds ("_s") at most 10 s (the widest range a fit allows, a
-# forward pass's fixed cost), a count (tokens, units, tiles, head-dim columns) at most 1e9; sizes and rates where they are plausible.
+# forward pass's fixed cost), a count (tokens, units, tiles, head-dim columns) at most 1e9; exponents, sizes and
+# rates where they are plausible.
 _FIELD_CEILING = {"reserved_bytes": 1e15, "runtime_bytes": 1e15, "cudagraph_bytes": 1e15,
-                  "memory_bandwidth": 1e15, "peak_flops": 1e18}
+                  "memory_bandwidth": 1e15, "peak_flops": 1e18, "attn_head_exponent": 4.0,
+                  "prefill_group_exponent": 4.0}
 
 # attention fields a profile's mmha may set for TensorRT-LLM's MMHA decode kernel (kv_split_rule "trtllm")
 MMHA_FIELDS = frozenset({"kv_efficiency", "attention_seq_overhead_s", "kv_half_units", "kv_occupancy_power",
@@ -186,6 +188,8 @@ MMHA_FIELDS = frozenset({"kv_efficiency", "attention_seq_overhead_s", "kv_half_u
 # attention fields a profile's prefill_attention may set for prefill kernels
 PREFILL_FIELDS = frozenset({"kv_efficiency", "attention_overhead_s", "attention_seq_overhead_s", "window_edge_tokens",
                             "attn_head_exponent"})
+# Profile fields holding another kernel's values of the profile's own fields, and the fields each may set
+OVERRIDE_TABLES = {"prefill_attention": PREFILL_FIELDS, "mmha": MMHA_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -292,15 +296,14 @@ class Profile:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
-        for table, allowed, derive in (("prefill_attention", PREFILL_FIELDS, Profile.for_prefill),
-                                       ("mmha", MMHA_FIELDS, Profile.for_mmha)):  # other kernels' values
+        for table, allowed in OVERRIDE_TABLES.items():
             values = getattr(self, table)
             if not isinstance(values, dict) or set(values) - allowed:
                 raise KvsimError(f"profile {self.name}: {table} may only set {', '.join(sorted(allowed))}")
             if values:
-                object.__setattr__(self, table, {k: float(v) if not isinstance(v, bool) else v
-                                                 for k, v in values.items()})
-                derive(self)  # validates the values
+                values = {k: float(v) if not isinstance(v, bool) else v for k, v in values.items()}
+                object.__setattr__(self, table, values)
+                replace(self, **{table: {}}, **values)  # validates the values as the profile's own
         if self.kv_split_rule not in SPLIT_RULES:
             raise KvsimError(f"profile {self.name}: kv_split_rule must be one of "
                              f"{', '.join(repr(r) for r in SPLIT_RULES)}, got {self.kv_split_rule!r}")
@@ -334,9 +337,6 @@ class Profile:
             raise KvsimError(f"profile {self.name}: attention_overlap must be 0 or in [1, 64]")
         if not 1 <= self.kv_occupancy_power <= 16:
             raise KvsimError(f"profile {self.name}: kv_occupancy_power must be in [1, 16]")
-        for name in ("attn_head_exponent", "prefill_group_exponent"):
-            if getattr(self, name) > 4:
-                raise KvsimError(f"profile {self.name}: {name} must be at most 4")
         for name in ("kv_dtype_efficiency", "matmul_dtype_efficiency", "matmul_operand_efficiency",
                      "attn_dtype_efficiency", "kv_dtype_unit_rate", "kv_dtype_overlap", "kv_dtype_seq_overhead_s"):
             table = getattr(self, name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvsim.hardware import HardwareSpec
-from kvsim.profile import Profile
+from kvsim.profile import OVERRIDE_TABLES, Profile
 
 # (lower, upper, start); "table.key" names an entry of a dict-valued Profile field
 GEMM_PARAMS = {"compute_efficiency": (0.05, 1.2, 0.8), "mem_efficiency": (0.05, 1.2, 0.8),
@@ -123,13 +123,9 @@ def fit_family(fam: Family, hw: HardwareSpec, base: Profile, rows: np.ndarray | 
         base = _vanish(base, dropped)
 
 
-# Profile fields holding another kernel's values of the profile's own fields: an entry they lack falls back to
-# the profile's value (fitted by another family), so a term dropped from them is set to 0 instead.
-OVERRIDE_TABLES = ("prefill_attention", "mmha")
-
-
 def _vanish(profile: Profile, names) -> Profile:
-    """`profile` without the named terms: 0 in an override table, left out (at its default) elsewhere."""
+    """`profile` without the named terms: 0 in an override table (an entry it lacks falls back to the profile's
+    value, fitted by another family), left out (at its default) elsewhere."""
     pinned = {k: 0.0 for k in names if k.split(".", 1)[0] in OVERRIDE_TABLES}
     return _set(_unset(profile, [k for k in names if k not in pinned]), pinned)
 
