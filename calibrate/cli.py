@@ -46,7 +46,8 @@ def cmd_probe(argv) -> int:
         r = run(a.device, dtypes, a.quick, progress)
     main_dtype = (a.dtype or (["bf16"] if a.device != "cpu" else ["fp32"]))[0]
     profile = {"params": {"name": Path(a.out).stem, "memory_bandwidth": r["memory_bandwidth"],
-                          "peak_flops": r["peak_flops"][main_dtype], "device": r["device_name"]},
+                          "peak_flops": r["peak_flops"][main_dtype], "cache_bytes": r["cache_bytes"],
+                          "device": r["device_name"]},
                "kind": "probe", "dtype": main_dtype, "probe": r,
                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     write_json(Path(a.out), profile)
@@ -103,7 +104,8 @@ def cmd_calibrate(argv) -> int:
     hw_name = a.hardware or ("cpu" if "cuda" not in str(df.get("device", ["cpu"])[0]) else "h100-sxm")
     hw = load_hardware(hw_name)
     base = load_profile(a.probe) if a.probe else Profile()
-    base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops, device=device)
+    base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops,
+                   cache_bytes=base.cache_bytes, device=device)
     problem = Problem(df, hw, base)
     free = free_params(names, problem)
     fixed = {}

@@ -39,18 +39,31 @@ PARAMS = {
     "materialised_reads": (1e-4, 2.0, 0.5),
     "unfused_scan_s": (1e-14, 1e-7, 1e-10),
     "unfused_chunk_s": (1e-14, 1e-7, 1e-10),
+    "unfused_delta_s": (1e-14, 1e-7, 1e-10),
     "unfused_attention_s": (1e-14, 1e-7, 1e-10),
+    "unfused_sink_s": (1e-14, 1e-7, 1e-10),
     "unfused_state_s": (1e-14, 1e-7, 1e-10),
+    "unfused_spill": (1e-4, 100.0, 0.5),
 }
 # Parameters of terms only some architectures have: fitted by default only where the data holds such a model
-# (elsewhere nothing identifies them and they keep the base profile's value).
-ONLY_WITH = {"unfused_scan_s": lambda spec: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1
-                                              for l in spec.layers),
-             "unfused_chunk_s": lambda spec: any(isinstance(l.mixer, (Mamba, LinearAttention))
-                                                 and float(np.max(l.mixer.chunk_elements(1))) > 0
-                                                 for l in spec.layers),
-             "unfused_attention_s": lambda spec: any(unfused_attention(l) for l in spec.layers),
-             "unfused_state_s": lambda spec: any(isinstance(l.mixer, (Mamba, LinearAttention)) for l in spec.layers)}
+# (elsewhere nothing identifies them and they keep the base profile's value). Each test takes a model spec and
+# the base profile.
+def _chunked(spec, kind) -> bool:
+    return any(isinstance(l.mixer, kind) and float(np.max(l.mixer.chunk_elements(1))) > 0 for l in spec.layers)
+
+
+ONLY_WITH = {"unfused_scan_s": lambda spec, base: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1
+                                                    for l in spec.layers),
+             "unfused_chunk_s": lambda spec, base: _chunked(spec, Mamba),
+             "unfused_delta_s": lambda spec, base: _chunked(spec, LinearAttention),
+             "unfused_attention_s": lambda spec, base: any(unfused_attention(l) for l in spec.layers),
+             "unfused_sink_s": lambda spec, base: any(unfused_attention(l) and getattr(l.mixer, "sinks", False)
+                                                      for l in spec.layers),
+             "unfused_state_s": lambda spec, base: any(isinstance(l.mixer, (Mamba, LinearAttention))
+                                                       for l in spec.layers),
+             # temporaries outgrow a cache only where they exist and the base profile knows the cache's size
+             "unfused_spill": lambda spec, base: base.cache_bytes > 0 and (
+                 any(unfused_attention(l) for l in spec.layers) or _chunked(spec, (Mamba, LinearAttention)))}
 
 
 def model_spec(name: str, base: str | Path | None = None):
@@ -118,7 +131,8 @@ def free_params(names=None, problem: "Problem | None" = None) -> tuple[str, ...]
     the base profile's values."""
     if names is None:
         specs = [g.spec for g in problem.groups] if problem is not None else []
-        return tuple(k for k in PARAMS if k not in ONLY_WITH or any(ONLY_WITH[k](s) for s in specs))
+        base = problem.base if problem is not None else None
+        return tuple(k for k in PARAMS if k not in ONLY_WITH or any(ONLY_WITH[k](s, base) for s in specs))
     unknown = [n for n in names if n not in PARAMS]
     if unknown or not names:
         raise KvsimError(f"--fit: unknown parameter {', '.join(unknown) or '(none given)'}; valid: {', '.join(PARAMS)}")

@@ -4,12 +4,14 @@ hardware figures (memory bandwidth, matrix FLOP/s) are the ones measured here ra
 Streams: a large copy (bytes read + written) and a large reduction (bytes read). Matrices: GEMMs of square
 and skinny (decode-like) shapes per dtype. Overheads: the latency of a one-element op and of a small matmul.
 Each figure is the median of timed repeats after warm-up (CUDA events on a GPU, perf_counter on the CPU).
+The last-level cache's size is read, not timed: from the OS (Linux sysfs) on the CPU, from the driver on a GPU.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,6 +66,27 @@ def overheads(device: str, repeats: int) -> dict:
                                                                                             repeats * 20)}
 
 
+SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def cache_bytes(device: str, sysfs: Path = SYSFS_CACHE) -> int:
+    """The last-level cache's size in bytes (0 where the OS does not say): a GPU's L2, or the CPU's largest
+    data or unified cache level as Linux lists it for CPU 0 (sysfs sizes read like "32768K")."""
+    if device.startswith("cuda"):
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
+    best = (0, 0)
+    for index in sysfs.glob("index*"):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+            best = max(best, (level, int(size.rstrip("KMG")) * scale))
+        except (OSError, ValueError):
+            continue
+    return best[1]
+
+
 def run(device: str = "cpu", dtypes=None, quick: bool = False, progress=None) -> dict:
     cuda = device.startswith("cuda")
     dtypes = dtypes or (["bf16", "fp16", "fp32"] if cuda else ["fp32"])
@@ -80,6 +103,7 @@ def run(device: str = "cpu", dtypes=None, quick: bool = False, progress=None) ->
         return out
     result = {"device": device, "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
               "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+              "cache_bytes": cache_bytes(device),
               "stream": stage(f"stream {big >> 20} MiB", lambda: bandwidth(device, big, repeats)), "gemm": [],
               "overhead": stage("op overheads", lambda: overheads(device, repeats))}
     for dt in dtypes:

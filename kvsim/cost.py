@@ -40,6 +40,9 @@ from .weights import resolve as resolve_weights
 # An unfused Mamba-1 scan (transformers' mamba_selective_scan) steps each prompt token with a multiply, an add
 # and a matmul with C.
 SCAN_STEP_KERNELS = 3
+# Bytes per element of an unfused recurrent path's temporaries: transformers' torch SSD, delta-rule and scan
+# paths upcast to fp32 (`.float()`) whatever the model's dtype.
+UNFUSED_TEMP_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -675,7 +678,7 @@ class CostModel:
         prof, mixer = self.profile, grp.layer.mixer
         if prof.unfused_scan_s and isinstance(mixer, Mamba) and mixer.version == 1:
             self._add_unfused_scan(ph, grp, q_tokens, b, totals)
-        if prof.unfused_chunk_s and isinstance(mixer, (Mamba, LinearAttention)):
+        if isinstance(mixer, (Mamba, LinearAttention)) and self._chunk_cost(mixer):
             self._add_unfused_chunks(ph, grp, q_tokens, b, totals)
         if prof.unfused_attention_s and unfused_attention(grp.layer):
             self._add_unfused_attention(ph, grp, q_tokens, k_tokens, b, totals)
@@ -689,8 +692,11 @@ class CostModel:
         heads = ctx.layout.n_q_heads / self.tp
         elements = heads * np.asarray(q_tokens, dtype=np.float64) * np.asarray(k_tokens, dtype=np.float64) * \
             np.asarray(b, dtype=np.float64)
-        _add_executor_time(ph, "unfused attention scores", grp.count * self.profile.unfused_attention_s * elements,
-                           totals)
+        mixer = grp.layer.mixer
+        per = self.profile.unfused_attention_s + (self.profile.unfused_sink_s if getattr(mixer, "sinks", False)
+                                                  else 0.0)
+        _add_executor_time(ph, "unfused attention scores",
+                           grp.count * self._spilled(per, elements * self.abytes) * elements, totals)
 
     def _add_unfused_state(self, ph: Phase, grp: Group, b, totals: bool) -> None:
         """An unfused recurrent decode step (transformers' torch paths) builds state-sized temporaries (the
@@ -699,9 +705,10 @@ class CostModel:
         (not the conv window), beyond the state's own read and write that the roofline charges. A fused
         kernel updates the state in place in one pass (0)."""
         mixer = grp.layer.mixer
-        elements = sum(part.elements for part in mixer.state_parts(self.model.hidden) if part.kind == "ssm")
-        t = grp.count * self.profile.unfused_state_s * elements * np.asarray(b, dtype=np.float64) / self.tp
-        _add_executor_time(ph, "unfused state update", t, totals)
+        elements = sum(part.elements for part in mixer.state_parts(self.model.hidden) if part.kind == "ssm") * \
+            np.asarray(b, dtype=np.float64) / self.tp
+        per = self._spilled(self.profile.unfused_state_s, elements * UNFUSED_TEMP_BYTES)
+        _add_executor_time(ph, "unfused state update", grp.count * per * elements, totals)
 
     def _add_unfused_scan(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
         """An unfused Mamba-1 selective scan over the prompt (transformers' torch path; fused kernels keep it
@@ -709,19 +716,38 @@ class CostModel:
         and stepped through for every prompt token, unfused_scan_s seconds per element and token (elementwise
         work over strided slices, far from the roofline), and each token's step launches SCAN_STEP_KERNELS
         kernels for the whole batch."""
-        m, per = grp.layer.mixer, self.profile.unfused_scan_s
+        m = grp.layer.mixer
         tokens = np.asarray(p, dtype=np.float64)
-        elementwise = per * m.d_inner * m.d_state * tokens * b / self.tp
+        step = m.d_inner * m.d_state * np.asarray(b, dtype=np.float64) / self.tp  # one token's temporaries
+        elementwise = self._spilled(self.profile.unfused_scan_s, step * UNFUSED_TEMP_BYTES) * step * tokens
         launches = SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
         _add_executor_time(ph, "unfused SSM scan", grp.count * (elementwise + launches), totals)
 
+    def _chunk_cost(self, mixer) -> float:
+        """Seconds per L x L element of `mixer`'s unfused chunked prefill: Mamba-2's SSD (unfused_chunk_s) or the
+        gated delta rule (unfused_delta_s), whose torch paths materialise and pass over different tensors."""
+        return self.profile.unfused_delta_s if isinstance(mixer, LinearAttention) else self.profile.unfused_chunk_s
+
     def _add_unfused_chunks(self, ph: Phase, grp: Group, p, b, totals: bool) -> None:
         """An unfused chunked prefill (transformers' torch paths of Mamba-2's SSD and the gated delta rule): per
-        chunk and head it materialises L x L tensors (decay segment sums, their exponentials and masks, C.B^T
-        with B and C repeated to every head) in many elementwise passes and permuted copies, unfused_chunk_s
-        seconds per element; fused kernels keep them on chip (their FLOP are in the mixer's prefill_flops)."""
-        elements = grp.layer.mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
-        _add_executor_time(ph, "unfused chunked scan", grp.count * self.profile.unfused_chunk_s * elements, totals)
+        chunk and head it materialises L x L tensors (SSD: decay segment sums, their exponentials and masks, C.B^T
+        with B and C repeated to every head; the delta rule: decay and score matrices, triangular solves and a
+        sequential scan over chunks) in many passes, _chunk_cost seconds per element; fused kernels keep them on
+        chip (their FLOP are in the mixer's prefill_flops). The whole batch's chunks are one tensor."""
+        mixer = grp.layer.mixer
+        elements = mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
+        per = self._spilled(self._chunk_cost(mixer), elements * UNFUSED_TEMP_BYTES)
+        _add_executor_time(ph, "unfused chunked scan", grp.count * per * elements, totals)
+
+    def _spilled(self, per_element_s: float, nbytes) -> np.ndarray:
+        """`per_element_s` of an unfused temporary of `nbytes`: the share of it beyond the last-level cache
+        streams through DRAM on each of its passes, unfused_spill times dearer (0 without a cache size)."""
+        prof = self.profile
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        if not (prof.unfused_spill and prof.cache_bytes):
+            return per_element_s + 0.0 * nbytes
+        beyond = np.clip(1.0 - prof.cache_bytes / np.maximum(nbytes, 1.0), 0.0, None)
+        return per_element_s * (1.0 + prof.unfused_spill * beyond)
 
     def phase(self, p, b, s, prefill: bool) -> Phase:
         """One whole forward pass: the prefill of p tokens (s ignored) or decode step s+1."""

@@ -59,10 +59,12 @@ the roofline is unchanged:
 - tensor-parallel all-reduces reach comm_efficiency of the interconnect and pay allreduce_overhead_s each.
 
 Executor terms fitted from harness runs, 0 by default: materialised_reads (unfused KV copies in decode) and
-unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token) and unfused_chunk_s (an
-unfused chunked prefill's L x L tensors per chunk and head: Mamba-2's SSD, the gated delta rule) and
-unfused_attention_s (a prompt attention run unfused, per query head and query-key element: MLA and sink logits
-under eager torch) and unfused_state_s (a recurrent decode step through state-sized temporaries).
+unfused_scan_s (an unfused Mamba-1 selective scan stepping a prompt token by token), unfused_chunk_s and
+unfused_delta_s (an unfused chunked prefill's L x L tensors per chunk and head: Mamba-2's SSD, the gated delta
+rule), unfused_attention_s (a prompt attention run unfused, per query head and query-key element: MLA and sink
+logits under eager torch) with unfused_sink_s beyond it for sink logits, and unfused_state_s (a recurrent decode
+step through state-sized temporaries); each grows by unfused_spill for the share of its temporaries beyond the
+device's last-level cache (cache_bytes, from the probe).
 
 With `tiled` set (profiles fitted to kernel tables), every weight matmul and attention kernel is priced as
 one GPU kernel by kvsim/kernels.py: tiles and waves over the device's SMs, split-K, a tile's fixed work
@@ -177,7 +179,7 @@ def mmha_num_splits(units, tokens, sms: int, loop_tokens) -> np.ndarray:
 # Largest value a float field may take: a cost in seconds ("_s") at most 10 s (the widest range a fit allows, a
 # forward pass's fixed cost), a count (tokens, units, tiles, head-dim columns) at most 1e9; exponents, sizes and
 # rates where they are plausible.
-_FIELD_CEILING = {"reserved_bytes": 1e15, "runtime_bytes": 1e15, "cudagraph_bytes": 1e15,
+_FIELD_CEILING = {"reserved_bytes": 1e15, "runtime_bytes": 1e15, "cudagraph_bytes": 1e15, "cache_bytes": 1e15,
                   "memory_bandwidth": 1e15, "peak_flops": 1e18, "attn_head_exponent": 4.0,
                   "prefill_group_exponent": 4.0}
 
@@ -215,12 +217,24 @@ class Profile:
     # Unfused executors run Mamba-1's selective scan over a prompt token by token, discretising and stepping
     # every state element per token (cost.CostModel._add_unfused_scan); fused scan kernels cost nothing here (0).
     unfused_scan_s: float = 0.0  # seconds per state element and prompt token of that loop
-    # Unfused executors run chunked prefills (Mamba-2's SSD, the gated delta rule) as many elementwise passes over
+    # Unfused executors run Mamba-2's chunked prefill (SSD) as many elementwise passes and batched products over
     # L x L tensors per chunk and head (cost.CostModel._add_unfused_chunks); fused kernels keep them on chip (0).
     unfused_chunk_s: float = 0.0  # seconds per element of those tensors
+    # The gated delta rule's torch path per chunk and head: L x L decay and score matrices, two triangular solves
+    # against them and a sequential scan over the chunks, a different and dearer path per L x L element than
+    # SSD's (transformers' torch_chunk_gated_delta_rule; flash-linear-attention's kernels: 0).
+    unfused_delta_s: float = 0.0  # seconds per L x L element
     # Unfused executors run a prompt's attention that torch's fused kernel cannot (MLA's unequal score and value
     # widths, sink logits) by materialising every head's scores (cost.unfused_attention); fused kernels: 0.
     unfused_attention_s: float = 0.0  # seconds per score element
+    # Sink logits add passes of their own to that path: the sink column concatenated to every row of scores (an
+    # unaligned copy), their max subtracted, and the column sliced off again before the values are weighted.
+    unfused_sink_s: float = 0.0  # seconds per score element, beyond unfused_attention_s
+    # Those temporaries (scores, L x L tensors, state-sized ones) stream through DRAM on every pass once they
+    # outgrow the last-level cache: their per-element costs grow by unfused_spill times the share of the tensor
+    # beyond cache_bytes (cost.CostModel._spilled).
+    unfused_spill: float = 0.0
+    cache_bytes: float = 0.0  # the device's last-level cache, as the probe reads it (0: unknown, no spill term)
     # Unfused executors step a recurrent state in decode through state-sized temporaries
     # (cost.CostModel._add_unfused_state); fused kernels update it in place (0).
     unfused_state_s: float = 0.0  # seconds per recurrent state element per decode step

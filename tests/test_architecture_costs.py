@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kvsim import Profile, Workload, load_hardware, load_model, parse_composition, predict
-from kvsim.model import MLA, MLP, Attention, Layer, Mamba, ModelSpec
+from kvsim.model import MLA, MLP, Attention, Layer, LinearAttention, Mamba, ModelSpec
 
 HW = load_hardware("h100-sxm")
 
@@ -77,8 +77,9 @@ def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
     from calibrate.fit import free_params
 
     class Problem:
-        def __init__(self, specs):
+        def __init__(self, specs, cache_bytes=0.0):
             self.groups = [type("G", (), {"spec": s})() for s in specs]
+            self.base = Profile(cache_bytes=cache_bytes)
 
     assert "unfused_scan_s" not in free_params(None, Problem([load_model("gpt2")]))
     assert "unfused_scan_s" in free_params(None, Problem([load_model("gpt2"), _mamba(1)]))
@@ -89,6 +90,14 @@ def test_calibration_frees_the_scan_term_only_with_mamba_1_data():
     assert "unfused_state_s" not in free_params(None, Problem([load_model("gpt2")]))
     assert "unfused_attention_s" in free_params(None, Problem([load_model("deepseek-v2-lite")]))
     assert "unfused_attention_s" not in free_params(None, Problem([load_model("gpt2"), _mamba(2)]))
+    assert "unfused_sink_s" not in free_params(None, Problem([load_model("deepseek-v2-lite")]))
+    assert "unfused_sink_s" in free_params(None, Problem([ModelSpec("s", 128, 100, (Layer(
+        Attention(4, 2, 32, sinks=True), MLP(256)),))]))
+    assert "unfused_delta_s" not in free_params(None, Problem([_mamba(2)]))
+    # the spill term needs temporaries that can outgrow a cache, and the cache's size
+    assert "unfused_spill" not in free_params(None, Problem([_mamba(2)]))
+    assert "unfused_spill" in free_params(None, Problem([_mamba(2)], cache_bytes=1e6))
+    assert "unfused_spill" not in free_params(None, Problem([_mamba(1), load_model("gpt2")], cache_bytes=1e6))
 
 
 def test_mamba2_prefill_runs_the_chunked_ssd_at_its_chunk_rate():
@@ -110,9 +119,10 @@ def test_mamba2_prefill_runs_the_chunked_ssd_at_its_chunk_rate():
     assert from_hf_config(cfg).layers[0].mixer.chunk == 128
 
 
-def test_unfused_chunk_term_is_exact_and_neutral_by_default():
-    """unfused_chunk_s: per element of the padded chunks' L x L per-head tensors of Mamba-2 and the gated delta
-    rule, in the prefill only; zero changes nothing, and models without chunked layers never pay it."""
+def test_unfused_chunk_terms_are_exact_and_neutral_by_default():
+    """unfused_chunk_s per element of the padded chunks' L x L per-head tensors of Mamba-2's SSD, unfused_delta_s
+    per element of the gated delta rule's, in the prefill only; zero changes nothing, each path pays its own
+    term only, and models without chunked layers pay neither."""
     base = Profile(name="t", mem_efficiency=0.5)
     on = dataclasses.replace(base, unfused_chunk_s=1e-9)
     p, b = np.array([64, 300]), 2
@@ -125,10 +135,34 @@ def test_unfused_chunk_term_is_exact_and_neutral_by_default():
 
     from kvsim.hf import from_hf_config, load_json
     gdn = from_hf_config(load_json(Path(__file__).parents[1] / "measured/configs/qwen3-next-small.json"))
-    assert float(predict(gdn, HW, None, Workload(prompt=640), on).ttft_s) > \
+    delta = dataclasses.replace(base, unfused_delta_s=1e-9)
+    gdn_layers = [l for l in gdn.layers if isinstance(l.mixer, LinearAttention)]
+    heads = gdn_layers[0].mixer.n_heads
+    extra = predict(gdn, HW, None, Workload(prompt=640), delta).ttft_s - \
+        predict(gdn, HW, None, Workload(prompt=640), base).ttft_s
+    assert float(extra) == pytest.approx(len(gdn_layers) * 1e-9 * 10 * heads * 64 * 64, rel=1e-9)  # 10 chunks of 64
+    assert float(predict(gdn, HW, None, Workload(prompt=640), on).ttft_s) == \
         float(predict(gdn, HW, None, Workload(prompt=640), base).ttft_s)
+    assert np.array_equal(predict(m2, HW, None, wl, delta).ttft_s, predict(m2, HW, None, wl, base).ttft_s)
     for other in (_mamba(1), ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)):
-        assert np.array_equal(predict(other, HW, None, wl, on).ttft_s, predict(other, HW, None, wl, base).ttft_s)
+        for prof in (on, delta):
+            assert np.array_equal(predict(other, HW, None, wl, prof).ttft_s,
+                                  predict(other, HW, None, wl, base).ttft_s)
+
+
+def test_unfused_temporaries_beyond_the_cache_cost_unfused_spill_more():
+    """An unfused temporary within cache_bytes costs its per-element term; the share of it beyond costs
+    unfused_spill times more (Mamba-2's L x L tensors in fp32, a batch's chunks together); without a cache size
+    or a spill nothing changes."""
+    m2 = _mamba(2)  # 8 heads, chunks of 256: one chunk's tensors are 8 x 256 x 256 x 4 B = 2 MiB per sequence
+    base = Profile(name="t", mem_efficiency=0.5, unfused_chunk_s=1e-9)
+    spill = dataclasses.replace(base, unfused_spill=3.0, cache_bytes=float(4 << 20))
+    wl = Workload(prompt=np.array([256, 1024]), gen=4, batch=2)  # 4 MiB (fits) and 16 MiB (a quarter fits)
+    extra = predict(m2, HW, None, wl, spill).ttft_s - predict(m2, HW, None, wl, base).ttft_s
+    elements = np.array([1, 4]) * 8 * 256 * 256 * 2
+    assert np.allclose(extra, 3 * 1e-9 * elements * 3.0 * np.array([0.0, 0.75]), rtol=1e-9)
+    for no in (dataclasses.replace(spill, cache_bytes=0.0), dataclasses.replace(spill, unfused_spill=0.0)):
+        assert np.array_equal(predict(m2, HW, None, wl, no).ttft_s, predict(m2, HW, None, wl, base).ttft_s)
 
 
 def test_eager_moe_launches_scale_with_the_experts_a_pass_hits():
@@ -173,6 +207,12 @@ def test_unfused_attention_term_is_exact_in_whole_and_chunked_prefills():
     extra = predict(sink, HW, None, wl, on).ttft_s - predict(sink, HW, None, wl, base).ttft_s
     assert np.allclose(extra, 3 * 1e-9 * 4 * p * p * b, rtol=1e-9)
     assert np.array_equal(predict(sink, HW, None, wl, on).tpot_s, predict(sink, HW, None, wl, base).tpot_s)
+    # sink logits' own passes (unfused_sink_s) come on top, and only for layers that have them
+    sunk = dataclasses.replace(on, unfused_sink_s=2e-9)
+    extra = predict(sink, HW, None, wl, sunk).ttft_s - predict(sink, HW, None, wl, base).ttft_s
+    assert np.allclose(extra, 3 * 3e-9 * 4 * p * p * b, rtol=1e-9)
+    wide = ModelSpec("v", 128, 100, (Layer(Attention(4, 2, 32, v_head_dim=16), MLP(256)),) * 3)
+    assert np.array_equal(predict(wide, HW, None, wl, sunk).ttft_s, predict(wide, HW, None, wl, on).ttft_s)
     plain = ModelSpec("a", 128, 100, (Layer(Attention(4, 2, 32), MLP(256)),) * 3)
     assert np.array_equal(predict(plain, HW, None, wl, on).ttft_s, predict(plain, HW, None, wl, base).ttft_s)
     chunked = [Serving(CostModel(sink, HW, parse_composition([]), kv_dtype="bf16", weight_dtype=None, tp=1, pp=1,

@@ -146,8 +146,22 @@ def test_probe_writes_a_usable_profile(tmp_path):
     from kvsim import load_profile
     prof = load_profile(out)
     assert prof.memory_bandwidth > 1e8 and prof.peak_flops > 1e8
+    assert prof.cache_bytes == json.loads(out.read_text())["probe"]["cache_bytes"] >= 0
     pred = predict(load_model("gpt2"), load_hardware("cpu"), None, Workload(prompt=64, gen=4, kv_dtype="fp32"), prof)
     assert np.isfinite(pred.tpot_s)
+
+
+def test_probe_reads_the_last_level_cache_from_sysfs(tmp_path):
+    """The largest data or unified level (never the instruction cache), whatever order sysfs lists them in;
+    an unreadable or odd entry is skipped, and no entries at all give 0."""
+    from calibrate.probe import cache_bytes
+    for i, (level, kind, size) in enumerate([(3, "Unified", "32768K"), (1, "Data", "32K"),
+                                             (4, "Instruction", "64M"), (2, "Unified", "1M"), (5, "Data", "x")]):
+        (tmp_path / f"index{i}").mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / f"index{i}" / name).write_text(f"{value}\n")
+    assert cache_bytes("cpu", tmp_path) == 32 << 20
+    assert cache_bytes("cpu", tmp_path / "missing") == 0
 
 
 def test_extrapolation_schemes_and_domain_are_recorded(tmp_path):
