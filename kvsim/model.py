@@ -425,9 +425,9 @@ GDN_CHUNK = 64
 # An eager MoE block (transformers' experts_implementation="eager" loop) finds the experts its tokens hit
 # (one-hot, permute, sum, compare, nonzero, zeros for the output) and then runs each hit expert in turn: select
 # its tokens, gather them, gate-up, activation, multiply, down, gather the routing weights, scale, scatter-add: a
-# pass over many tokens launches these for every expert, one decode token's for its top-k. transformers 5.25
-# picks "grouped_mm" instead wherever torch can dispatch it (the harness's MoE models on this CPU included), whose
-# launches do not grow with the experts hit: this term over-counts those runs.
+# pass over many tokens launches these for every expert, one decode token's for its top-k. The harness runs this
+# loop with its own matmuls (measured/linear.py native_experts); transformers 5.25's default, "grouped_mm", launches
+# a fixed number of kernels per block whatever the experts hit, so this term over-counts its runs.
 _MOE_DISPATCH_KERNELS = 6
 _MOE_EXPERT_KERNELS = 9
 

@@ -10,6 +10,13 @@ each weight row once where it lies. `native_matmuls(model)` swaps each `nn.Linea
 and each of transformers' `Conv1D` (GPT-2's projections: x @ weight[in, out]) for a `NativeConv1D`, whose same
 parameter is laid out once as [out, in] in memory (its shape unchanged) so that decode.c reads it row by row;
 rows beyond MAX_ROWS (a prefill) and other dtypes or devices go to torch as before.
+
+Routed experts are no nn.Linear: transformers 5 keeps each MoE layer's experts as stacked [experts, out, in]
+parameters and runs them through its `grouped_mm` experts implementation, which on the CPU hands each expert's
+rows to the BLAS and so packs the expert's weight on every call too (Mixtral's shape, one decode step of 8
+sequences: its experts' weights stream at about 9.5 GB/s against 34 for one row). `native_matmuls` therefore
+also selects `native_experts_forward` for them: transformers' eager experts loop, each hit expert's matmuls
+through the same skinny matmul.
 """
 
 from __future__ import annotations
@@ -46,10 +53,72 @@ class NativeConv1D(Conv1D):
         return super().forward(x)
 
 
+EXPERTS = "kvsim_native"  # the experts implementation native_matmuls registers and selects
+
+
+def _expert_matmul(x: torch.Tensor, w: torch.Tensor, bias, transposed: bool) -> torch.Tensor:
+    """x @ one expert's weight (+ bias): w stored [out, in], or [in, out] (`is_transposed`: gpt-oss) laid out by
+    native_matmuls so that its transpose is row-major."""
+    w = w.t() if transposed else w
+    if _native(x, w, bias):
+        return linear(x, w, bias)
+    return torch.nn.functional.linear(x, w, bias)
+
+
+def native_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                           top_k_weights: torch.Tensor) -> torch.Tensor:
+    """transformers' eager experts loop over the experts the tokens hit (rows gathered, projected, gated, projected
+    back, weighted by their router scores and added), with the matmuls through the skinny matmul for a decode
+    step's rows; transformers' own grouped_mm where decode.use_native says torch (KVSIM_ATTENTION=torch)."""
+    if not use_native(hidden_states.device):
+        from transformers.integrations.moe import grouped_mm_experts_forward
+        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+    out = torch.zeros_like(hidden_states)
+    for e in torch.unique(top_k_index).tolist():
+        if not 0 <= e < self.num_experts:  # an expert-parallel sentinel: another rank's expert
+            continue
+        token, pos = torch.where(top_k_index == e)
+        x = hidden_states[token]
+        up, up_bias = (self.gate_up_proj, "gate_up_proj_bias") if self.has_gate else (self.up_proj, "up_proj_bias")
+        h = _expert_matmul(x, up[e], getattr(self, up_bias)[e] if self.has_bias else None, self.is_transposed)
+        h = self._apply_gate(h) if self.has_gate else self.act_fn(h)
+        y = _expert_matmul(h, self.down_proj[e], self.down_proj_bias[e] if self.has_bias else None,
+                           self.is_transposed)
+        if self.has_post_expert_norm:
+            y = self.post_expert_norm(y)
+        out.index_add_(0, token, (y * top_k_weights[token, pos, None]).to(out.dtype))
+    return out
+
+
+def _experts_modules(model: nn.Module) -> list[nn.Module]:
+    """The stacked-experts modules of transformers' `use_experts_implementation` classes."""
+    return [m for m in model.modules() if hasattr(m, "is_transposed") and hasattr(m, "has_gate")
+            and isinstance(getattr(m, "down_proj", None), nn.Parameter)]
+
+
+def native_experts(model: nn.Module) -> None:
+    """Run `model`'s routed experts through native_experts_forward (idempotent): registered as transformers'
+    experts implementation EXPERTS and selected, with [in, out] weights laid out once as [out, in] in memory
+    (their shapes and parameters unchanged)."""
+    experts = _experts_modules(model)
+    if not experts:
+        return
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    ALL_EXPERTS_FUNCTIONS.register(EXPERTS, native_experts_forward)
+    for mod in experts:
+        if mod.is_transposed:
+            for p in mod.parameters(recurse=False):
+                if p.dim() == 3 and not p.data.transpose(-1, -2).is_contiguous():
+                    p.data = p.data.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if getattr(model.config, "_experts_implementation", None) != EXPERTS:
+        model.set_experts_implementation(EXPERTS)
+
+
 def native_matmuls(model: nn.Module) -> None:
     """Swap every plain `nn.Linear` of `model` for a NativeLinear and every `Conv1D` for a NativeConv1D over the
-    same parameters (idempotent); each call still asks decode.use_native, so KVSIM_ATTENTION=torch runs torch's
-    matmuls."""
+    same parameters, and run its routed experts through native_experts (idempotent); each call still asks
+    decode.use_native, so KVSIM_ATTENTION=torch runs torch's matmuls."""
+    native_experts(model)
     for name, mod in list(model.named_modules()):
         if type(mod) is nn.Linear:
             new = NativeLinear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")

@@ -275,3 +275,34 @@ def test_native_matmuls_keep_parameters_ties_and_fall_back():
         assert torch.allclose(lin(x), torch.nn.functional.linear(x, lin.weight), rtol=1e-4, atol=1e-4)
     x = torch.randn(2, lin.in_features, dtype=torch.float64)
     assert lin(x.float()).dtype == torch.float32 and lin.double()(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("arch", ["mixtral-moe", "gpt-oss-sinks", "deepseek-v3-mla", "jamba-hybrid",
+                                  "qwen3-next-deltanet"])
+def test_native_experts_equal_transformers_grouped_mm(arch, monkeypatch):
+    """Routed experts run transformers' eager loop with the skinny matmul (gpt-oss's [in, out] experts laid out
+    once, shapes unchanged) and give what transformers' own grouped_mm gives, for a decode step's rows and a
+    prefill's; the torch executor keeps transformers' grouped_mm."""
+    from transformers.integrations.moe import grouped_mm_experts_forward
+
+    from measured.linear import EXPERTS, _experts_modules, native_experts_forward, native_matmuls
+    model = tiny(arch)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    native_matmuls(model)
+    native_matmuls(model)  # idempotent
+    assert model.config._experts_implementation == EXPERTS
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    mod = _experts_modules(model)[0]
+    for p in mod.parameters(recurse=False):
+        torch.nn.init.normal_(p, std=0.1)  # some classes start their experts at zero
+    k = model.config.num_experts_per_tok
+    for rows in (1, 5, 40):
+        x = torch.randn(rows, model.config.hidden_size)
+        index = torch.stack([torch.randperm(mod.num_experts)[:k] for _ in range(rows)])
+        weights = torch.rand(rows, k)
+        with torch.no_grad():
+            ref = grouped_mm_experts_forward(mod, x, index, weights)
+            assert torch.allclose(native_experts_forward(mod, x, index, weights), ref, rtol=1e-5, atol=1e-5)
+            monkeypatch.setenv("KVSIM_ATTENTION", "torch")
+            assert torch.equal(native_experts_forward(mod, x, index, weights), ref)
+            monkeypatch.delenv("KVSIM_ATTENTION")
