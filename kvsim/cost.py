@@ -255,7 +255,6 @@ class Phase:
     flops: object = 0.0
     bytes: object = 0.0
     policy_layers: int = 0
-    kernels: object = 0.0  # eager kernel launches that depend on the pass (ModelSpec.expert_kernels), beyond kernels()
     # per operation class (label -> [flops, bytes, compute_s, memory_s, time_s]): what `kvsim predict
     # --breakdown` prints; the same numbers as the totals, split by where they were added
     parts: dict = field(default_factory=dict, compare=False)
@@ -284,8 +283,7 @@ class Phase:
         for k, v in other.parts.items():
             parts[k] = [a + b for a, b in zip(parts.get(k, [0.0] * 5), v)]
         return Phase(*(getattr(self, f) + getattr(other, f) for f in
-                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers",
-                        "kernels")),
+                       ("compute_s", "memory_s", "time_s", "host_s", "comm_s", "flops", "bytes", "policy_layers")),
                      parts=parts)
 
 
@@ -493,9 +491,7 @@ class CostModel:
     def pass_phase(self, tokens, b) -> Phase:
         """fixed_phase of one forward pass over `tokens` rows from `b` sequences (one logit row each): a
         serving step mixing prefill chunks and decode tokens is one such pass."""
-        ph = self._kernel_pass_phase(tokens, b) if self.profile.tiled else self._roofline_pass_phase(tokens, b)
-        ph.kernels = self.model.expert_kernels(tokens)
-        return ph
+        return self._kernel_pass_phase(tokens, b) if self.profile.tiled else self._roofline_pass_phase(tokens, b)
 
     def _roofline_pass_phase(self, tokens, b) -> Phase:
         """pass_phase as the per-layer roofline prices it."""
@@ -767,7 +763,7 @@ class CostModel:
         if prof.tiled and prof.prefill_attention:  # a pass with prompt tokens runs the prefill kernels
             attn_floor = np.where(np.asarray(prompt_tokens) > 0, prof.for_prefill().attention_overhead_s, attn_floor)
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
-                  + prof.kernel_overhead_s * (self.kernels + ph.kernels) + prof.matmul_overhead_s * self.matmuls
+                  + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
                   + attn_floor * self.attention_kernels)
         device = device + prof.prefill_token_overhead_s * prompt_tokens + prof.policy_layer_overhead_s * policy_layers
         overlap = self.policy.place is not None and self.policy.place.overlap

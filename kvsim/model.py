@@ -422,14 +422,12 @@ _ATTENTION_KERNELS = 8  # scores, scale, max, subtract, exp, sum, divide, weight
 # transformers) and the gated delta rule's (fla's chunk_gated_delta_rule and transformers' torch path: 64).
 SSD_CHUNK = 256
 GDN_CHUNK = 64
-# An eager MoE block (transformers' experts_implementation="eager" loop) finds the experts its tokens hit
-# (one-hot, permute, sum, compare, nonzero, zeros for the output) and then runs each hit expert in turn: select
-# its tokens, gather them, gate-up, activation, multiply, down, gather the routing weights, scale, scatter-add: a
-# pass over many tokens launches these for every expert, one decode token's for its top-k. The harness runs this
-# loop with its own matmuls (measured/linear.py native_experts); transformers 5.25's default, "grouped_mm", launches
-# a fixed number of kernels per block whatever the experts hit, so this term over-counts its runs.
-_MOE_DISPATCH_KERNELS = 6
-_MOE_EXPERT_KERNELS = 9
+# A MoE block's routed experts as transformers 5 runs them by default ("grouped_mm", and the harness's native
+# grouped experts): the (token, expert) pairs sorted by expert, gathered, counted and offset, both projections one
+# grouped matmul each with the gate between, the router weights applied and the rows put back and summed per token:
+# a fixed set of launches whatever experts the pass's tokens hit (transformers' "eager" loop instead launches
+# about nine per hit expert; no engine kvsim models runs it by default).
+_MOE_GROUPED_KERNELS = 16
 
 
 def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
@@ -456,8 +454,8 @@ def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
     else:
         n += 10
     mlp = layer.mlp
-    if isinstance(mlp, MoE):  # the routed experts' kernels depend on the pass's tokens: ModelSpec.expert_kernels
-        n += 4 + _MOE_DISPATCH_KERNELS + 5 * mlp.n_shared  # router (gemm, softmax, top-k, gather), dispatch, shared
+    if isinstance(mlp, MoE):
+        n += 4 + _MOE_GROUPED_KERNELS + 5 * mlp.n_shared  # router (gemm, softmax, top-k, gather), experts, shared
         n += 3 if mlp.shared_gate and mlp.n_shared else 0  # gate gemm, sigmoid, multiply
     elif mlp is not None:
         n += 5 if mlp.gated else 3  # gate, up, act, mul, down | up, act, down
@@ -537,13 +535,6 @@ class ModelSpec:
         rope = self.learned_positions == 0
         per = sum(layer_kernels(layer, self.norm_bias, rope) for layer in self.layers)
         return per + 2 + (_NORM_KERNELS[self.norm_bias] if self.final_norm else 0) + 1
-
-    def expert_kernels(self, tokens) -> np.ndarray:
-        """Kernels an eager forward pass over `tokens` routed tokens launches for the routed experts it hits
-        (uniform routing: touched_experts), summed over the MoE layers."""
-        tokens = np.asarray(tokens, dtype=np.float64)
-        return sum((_MOE_EXPERT_KERNELS * touched_experts(layer.mlp.n_experts, layer.mlp.top_k, tokens)
-                    for layer in self.layers if isinstance(layer.mlp, MoE)), 0.0 * tokens)
 
     def with_(self, **changes) -> "ModelSpec":
         values = {f.name: getattr(self, f.name) for f in fields(self)}

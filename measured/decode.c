@@ -720,3 +720,27 @@ int kvsim_linear(int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx, c
   }
   return 0;
 }
+
+/* A MoE block's routed experts in one call: x's rows sorted by expert, rows [ends[e - 1], ends[e]) (from 0 for
+   e = 0) times expert e's weight w + e * lde ([n, k] rows of stride ldw), plus bias + e * ldb where given; rows
+   beyond ends[experts - 1] (another rank's experts) are left alone. Each hit expert's weight is read once, as
+   kvsim_linear reads one weight; the (expert, row block) pairs are spread over threads. */
+int kvsim_grouped_linear(int64_t experts, const int64_t *ends, int64_t n, int64_t k, const float *x, int64_t ldx,
+                         const float *w, int64_t lde, int64_t ldw, const float *bias, int64_t ldb, float *y,
+                         int64_t ldy, int64_t threads) {
+  if (experts < 1 || n < 1 || k < 1) return -1;
+  const int64_t blocks = (n + LIN_NW - 1) / LIN_NW;
+  const int64_t rows = ends[experts - 1];
+#pragma omp parallel for schedule(dynamic, 8) num_threads((int)threads) if (threads > 1 && rows * n * k >= 65536)
+  for (int64_t t = 0; t < experts * blocks; t++) {
+    const int64_t e = t / blocks, bj = t % blocks;
+    const int64_t start = e ? ends[e - 1] : 0, m = ends[e] - start;
+    if (m <= 0) continue;
+    const int64_t j = bj * LIN_NW, nw = n - j < LIN_NW ? n - j : LIN_NW;
+    lin_rows(x + start * ldx, ldx, m, w + e * lde + j * ldw, ldw, nw, k, y + start * ldy, ldy, j);
+    if (bias)
+      for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < nw; c++) y[(start + r) * ldy + j + c] += bias[e * ldb + j + c];
+  }
+  return 0;
+}

@@ -224,6 +224,8 @@ def library() -> ctypes.CDLL:
     lib.kvsim_quantize.restype = ctypes.c_int
     lib.kvsim_linear.argtypes = [i64, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64, i64]
     lib.kvsim_linear.restype = ctypes.c_int
+    lib.kvsim_grouped_linear.argtypes = [i64, ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, i64, i64]
+    lib.kvsim_grouped_linear.restype = ctypes.c_int
     return lib
 
 
@@ -240,6 +242,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if rc:
         raise ValueError(f"native linear refused a {tuple(x2.shape)} x {tuple(weight.shape)} matmul")
     return y.reshape(*x.shape[:-1], n)
+
+
+def grouped_linear(x: torch.Tensor, ends: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Rows of x [s, k] sorted by expert, rows ends[e - 1]:ends[e] times weight[e] [n, k]^T (+ bias[e]), every
+    expert in one call of decode.c's skinny matmul (each hit expert's weight read once); rows past ends[-1] are 0.
+    fp32, weight rows contiguous; callers keep it to a decode step's few rows."""
+    k, n = x.shape[-1], weight.shape[1]
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    ends = ends.to(torch.int64).contiguous()
+    y = torch.zeros(x.shape[0], n, dtype=torch.float32, device=x.device)
+    rc = library().kvsim_grouped_linear(weight.shape[0], ends.data_ptr(), n, k, x.data_ptr(), x.stride(0),
+                                        weight.data_ptr(), weight.stride(0), weight.stride(1),
+                                        0 if bias is None else bias.data_ptr(),
+                                        0 if bias is None else bias.stride(0), y.data_ptr(), n,
+                                        torch.get_num_threads())
+    if rc:
+        raise ValueError(f"native grouped linear refused {tuple(x.shape)} rows against {tuple(weight.shape)}")
+    return y
 
 
 def quantize(x: torch.Tensor, bits: int, group: int, scale_bits: int):

@@ -234,6 +234,24 @@ def test_native_linear_equals_torch(m, k, n):
         assert torch.allclose(decode.linear(x, w, bias), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_native_grouped_linear_equals_one_matmul_per_expert():
+    """decode.c's grouped skinny matmul: each expert's rows against its own weight (and bias), experts with no
+    rows skipped, rows past the last expert's end (another rank's experts) left at zero."""
+    experts, n, k = 5, 13, 40
+    w, b = torch.randn(experts, n, k), torch.randn(experts, n)
+    counts = torch.tensor([2, 0, 3, 1, 0])
+    x = torch.randn(int(counts.sum()) + 2, k)  # two sentinel rows at the end
+    ends = torch.cumsum(counts, 0)
+    for bias in (None, b):
+        got = decode.grouped_linear(x, ends, w, bias)
+        start = 0
+        for e, end in enumerate(ends.tolist()):
+            ref = torch.nn.functional.linear(x[start:end], w[e], None if bias is None else bias[e])
+            assert torch.allclose(got[start:end], ref, rtol=1e-4, atol=1e-4)
+            start = end
+        assert torch.equal(got[start:], torch.zeros(2, n))
+
+
 def test_native_matmuls_take_gpt2s_conv1d_in_place():
     """GPT-2's Conv1D projections (x @ weight[in, out]) run the skinny matmul too: the same parameter, its shape
     and state-dict name unchanged, its values laid out [out, in]; decode-sized calls and prefills agree with
@@ -280,9 +298,9 @@ def test_native_matmuls_keep_parameters_ties_and_fall_back():
 @pytest.mark.parametrize("arch", ["mixtral-moe", "gpt-oss-sinks", "deepseek-v3-mla", "jamba-hybrid",
                                   "qwen3-next-deltanet"])
 def test_native_experts_equal_transformers_grouped_mm(arch, monkeypatch):
-    """Routed experts run transformers' eager loop with the skinny matmul (gpt-oss's [in, out] experts laid out
-    once, shapes unchanged) and give what transformers' own grouped_mm gives, for a decode step's rows and a
-    prefill's; the torch executor keeps transformers' grouped_mm."""
+    """Routed experts run grouped through decode.c's skinny matmul (gpt-oss's [in, out] experts laid out once,
+    shapes unchanged) and give what transformers' own grouped_mm gives, for a decode step's rows; a prefill's
+    rows and the torch executor keep transformers' grouped_mm."""
     from transformers.integrations.moe import grouped_mm_experts_forward
 
     from measured.linear import EXPERTS, _experts_modules, native_experts_forward, native_matmuls
