@@ -95,7 +95,7 @@ def cmd_calibrate(argv) -> int:
         raise KvsimError("--out must be a .json file")
     check_target(out, "--out", stream_ok=False)
     from .data import load
-    from .fit import Problem, cross_validate, domain, extrapolate, fit, fits_needed, free_params, summary
+    from .fit import Problem, at_floor, cross_validate, domain, extrapolate, fit, fits_needed, free_params, summary
     names = [x.strip() for x in a.fit.split(",") if x.strip()] if a.fit is not None else None
     free_params(names)  # an unknown name is refused before the data loads
 
@@ -123,13 +123,22 @@ def cmd_calibrate(argv) -> int:
     from measured.progress import Progress
     with Progress(fits_needed(df, a.folds, a.holdout_batch_above, a.holdout_seq_above), "calibrate",
                   unit="fit") as progress:
+        # first on every row: a term it drives to nothing is fixed at 0 before the held-out fits, which then
+        # score the model that ships
+        progress.current("fit on every row")
+        final = fit(problem, free=free)
+        dropped = at_floor(final, free)
+        if dropped and len(dropped) < len(free):
+            for k in dropped:
+                fixed[k] = "0: the fit on every row drove it to its lower bound (the data do not identify it)"
+            free = tuple(k for k in free if k not in dropped)
+            progress.note(f"fixed at 0 (at their lower bound): {', '.join(dropped)}")
+            final = fit(problem, free=free)
+        progress.done("fit on every row")
         held_ttft, held_tpot = cross_validate(problem, a.folds, a.seed, lambda s: progress.done("held-out", s),
                                               free=free)
         schemes = extrapolate(problem, a.holdout_batch_above, a.holdout_seq_above, free,
                               lambda s: progress.done("extrapolation", s) if "skipped" not in s else progress.note(s))
-        progress.current("final fit on every row")
-        final = fit(problem, free=free)
-        progress.done("final fit on every row")
     train_ttft, train_tpot = problem.predict(final)
     raw_ttft, raw_tpot = problem.predict(Profile(name="uncalibrated", memory_bandwidth=base.memory_bandwidth,
                                                  peak_flops=base.peak_flops))

@@ -154,6 +154,12 @@ def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = N
 
     free = free_params(free, problem)
     rows = np.arange(len(problem.df)) if rows is None else rows
+    # a term no training model has (a held-out model's own mechanism) does not move the residuals: it keeps the
+    # base profile's value rather than wherever the optimizer started it
+    specs = [g.spec for g in problem.groups if np.isin(g.rows, rows).any()]
+    free = tuple(k for k in free if k not in ONLY_WITH or any(ONLY_WITH[k](s, problem.base) for s in specs))
+    if not free:
+        return problem.profile({})
     lo = np.log([PARAMS[k][0] for k in free])
     hi = np.log([PARAMS[k][1] for k in free])
 
@@ -171,6 +177,13 @@ def fit(problem: Problem, rows: np.ndarray | None = None, start: dict | None = N
         if best is None or res.cost < best.cost:
             best = res
     return problem.profile(_values(best.x, free))
+
+
+def at_floor(profile: Profile, free) -> tuple[str, ...]:
+    """The `free` parameters a fit left at their lower bound whose default is 0 (overheads and executor terms):
+    terms the data drive to nothing, which cannot be identified and are fixed at 0 instead of reported as fitted."""
+    default = Profile()
+    return tuple(k for k in free if getattr(default, k) == 0 and getattr(profile, k) <= PARAMS[k][0] * 1.01)
 
 
 def _start(overhead_scale: float) -> dict:

@@ -285,3 +285,31 @@ def test_every_shipped_profile_is_named_as_its_file():
     from kvsim.profile import load_profile, shipped_profiles
     for name, path in shipped_profiles().items():
         assert load_profile(path).name == name, path
+
+
+def test_terms_a_fit_drives_to_their_floor_are_named_for_fixing():
+    """An overhead or executor term (default 0) left at its lower bound is not identified by the data; an
+    efficiency at its floor, or a term above it, is not named."""
+    from calibrate.fit import PARAMS, at_floor
+    free = ("policy_layer_overhead_s", "step_overhead_s", "unfused_spill", "mem_efficiency")
+    prof = Profile(name="t", policy_layer_overhead_s=PARAMS["policy_layer_overhead_s"][0], step_overhead_s=1e-3,
+                   unfused_spill=PARAMS["unfused_spill"][0], mem_efficiency=PARAMS["mem_efficiency"][0])
+    assert at_floor(prof, free) == ("policy_layer_overhead_s", "unfused_spill")
+    assert at_floor(prof, ("step_overhead_s",)) == ()
+
+
+def test_a_fit_without_a_terms_model_keeps_that_terms_base_value():
+    """Rows of a model with a term of its own (Mamba-1's unfused scan) held out of a fit: nothing in the training
+    rows moves the term, so it keeps the base profile's value (0) instead of wherever the optimizer started."""
+    import dataclasses
+
+    import pandas as pd
+
+    from calibrate.fit import Problem, fit
+    truth = dataclasses.replace(TRUE, unfused_scan_s=1e-9)
+    df = pd.DataFrame(synthetic_rows(truth, models=("smollm2-135m", "mamba-2.8b"), policies=("full",),
+                                     seqs=(128, 512), batches=(1, 4)))
+    problem = Problem(df, load_hardware("cpu"), Profile(name="base"))
+    dense = np.where(df["model"] == "smollm2-135m")[0]
+    assert fit(problem, dense, free=("step_overhead_s", "unfused_scan_s")).unfused_scan_s == 0.0
+    assert fit(problem, free=("step_overhead_s", "unfused_scan_s")).unfused_scan_s > 0.0
