@@ -4,7 +4,9 @@ One layer's attention over a prompt, timed alone (best of --repeats after a warm
 equal q/k/v widths (torch's fused CPU kernel), SDPA with a narrower value (MLA's widths: the math fallback,
 which materialises every head's scores) and measured/sinks.py's explicit softmax with sink logits (gpt-oss).
 Prints each one's time and its time per query head and query-key element, the unit of the cost model's
-unfused_attention_s. Run it alone on the machine.
+unfused_attention_s (unfused_sink_s on top for sinks), with the size of one layer's scores: per element the
+unfused paths cost more once the scores outgrow the last-level cache (the cost model's unfused_spill). Run it
+alone on the machine.
 
     python benchmarks/bench_unfused_attention.py [--repeats 3]
 """
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from measured.sinks import sink_prefill_attention  # noqa: E402
 
-SHAPES = ((64, 1024), (32, 2048), (128, 512))  # (query heads, prompt tokens)
+SHAPES = ((64, 128), (64, 256), (64, 512), (64, 1024), (32, 2048), (128, 512))  # (query heads, prompt tokens)
 HEAD_DIM, NARROW_V = 64, 32
 
 
@@ -42,8 +44,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, head dim {HEAD_DIM}")
-    print(f"{'heads':>5} {'tokens':>6} | {'fused ms':>8} {'math ms':>8} {'sinks ms':>8} | ns per element: "
-          f"{'fused':>5} {'math':>5} {'sinks':>5}")
+    print(f"{'heads':>5} {'tokens':>6} {'scores MB':>9} | {'fused ms':>8} {'math ms':>8} {'sinks ms':>8} | "
+          f"ns per element: {'fused':>5} {'math':>5} {'sinks':>5}")
     for heads, t in SHAPES:
         q, k, v = (torch.randn(1, heads, t, HEAD_DIM) for _ in range(3))
         narrow = torch.randn(1, heads, t, NARROW_V)
@@ -52,8 +54,8 @@ def main() -> None:
         math = best(lambda: F.scaled_dot_product_attention(q, k, narrow, is_causal=True), a.repeats)
         sink = best(lambda: sink_prefill_attention(q, k, narrow, HEAD_DIM ** -0.5, 0, sinks), a.repeats)
         per = heads * t * t / 1e9
-        print(f"{heads:>5} {t:>6} | {fused * 1e3:>8.0f} {math * 1e3:>8.0f} {sink * 1e3:>8.0f} | "
-              f"{'':>16}{fused / per:>5.2f} {math / per:>5.2f} {sink / per:>5.2f}")
+        print(f"{heads:>5} {t:>6} {heads * t * t * 4 / 1e6:>9.0f} | {fused * 1e3:>8.1f} {math * 1e3:>8.1f} "
+              f"{sink * 1e3:>8.1f} | {'':>16}{fused / per:>5.2f} {math / per:>5.2f} {sink / per:>5.2f}")
 
 
 if __name__ == "__main__":
