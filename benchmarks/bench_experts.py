@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from calibrate.probe import time_call  # noqa: E402
 from measured.linear import _experts_modules, native_experts_forward, native_matmuls  # noqa: E402
 
 MODELS = ("mixtral-small", "jamba-small", "gpt-oss-small", "qwen3-next-small", "deepseek-v3-small")
@@ -29,13 +28,7 @@ ROWS = (1, 4, 8, 16)
 
 
 def median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return time_call(fn, "cpu", repeats, warmup=1)
 
 
 def main() -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from calibrate.probe import time_call  # noqa: E402
 from measured.sinks import sink_prefill_attention  # noqa: E402
 
 SHAPES = ((64, 128), (64, 256), (64, 512), (64, 1024), (32, 2048), (128, 512))  # (query heads, prompt tokens)
@@ -29,13 +29,7 @@ HEAD_DIM, NARROW_V = 64, 32
 
 
 def best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return time_call(fn, "cpu", repeats, warmup=1, best=True)
 
 
 def main() -> None:

@@ -13,23 +13,21 @@ cost per element rises once they outgrow the last-level cache (unfused_spill). R
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import transformers.models.mamba2.modeling_mamba2 as mamba2
 from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from calibrate.probe import time_call  # noqa: E402
+
 POINTS = ((1, 128), (1, 512), (1, 1024), (4, 512), (1, 2048), (4, 1024), (8, 512))  # (batch, prompt tokens)
 
 
 def best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return time_call(fn, "cpu", repeats, warmup=1, best=True)
 
 
 def ssd(b: int, t: int, repeats: int) -> tuple[float, int]:

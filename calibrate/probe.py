@@ -18,7 +18,7 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _time(fn, device: str, repeats: int, warmup: int = 2, best: bool = False) -> float:
+def time_call(fn, device: str, repeats: int, warmup: int = 2, best: bool = False) -> float:
     """Median seconds per call, or the fastest call with best=True (STREAM's convention for a peak)."""
     for _ in range(warmup):
         fn()
@@ -42,8 +42,8 @@ def bandwidth(device: str, nbytes: int, repeats: int) -> dict:
     n = nbytes // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    t_copy = _time(lambda: dst.copy_(src), device, repeats, best=True)
-    t_read = _time(lambda: src.sum(), device, repeats, best=True)
+    t_copy = time_call(lambda: dst.copy_(src), device, repeats, best=True)
+    t_read = time_call(lambda: src.sum(), device, repeats, best=True)
     return {"bytes": n * 4, "copy_bytes_per_s": 2 * n * 4 / t_copy, "read_bytes_per_s": n * 4 / t_read}
 
 
@@ -53,7 +53,7 @@ def gemms(device: str, dtype: str, sizes, repeats: int) -> list[dict]:
     for m, k, n in sizes:
         a = torch.randn(m, k, device=device, dtype=dt)
         b = torch.randn(k, n, device=device, dtype=dt)
-        t = _time(lambda: a @ b, device, repeats)
+        t = time_call(lambda: a @ b, device, repeats)
         out.append({"dtype": dtype, "m": m, "k": k, "n": n, "seconds": t, "flops_per_s": 2 * m * k * n / t})
     return out
 
@@ -62,7 +62,7 @@ def overheads(device: str, repeats: int) -> dict:
     x = torch.ones(1, device=device)
     a = torch.randn(8, 64, device=device)
     b = torch.randn(64, 64, device=device)
-    return {"op_s": _time(lambda: x.add_(1), device, repeats * 20), "small_matmul_s": _time(lambda: a @ b, device,
+    return {"op_s": time_call(lambda: x.add_(1), device, repeats * 20), "small_matmul_s": time_call(lambda: a @ b, device,
                                                                                             repeats * 20)}
 
 
