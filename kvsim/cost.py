@@ -40,6 +40,9 @@ from .weights import resolve as resolve_weights
 # An unfused Mamba-1 scan (transformers' mamba_selective_scan) steps each prompt token with a multiply, an add
 # and a matmul with C.
 SCAN_STEP_KERNELS = 3
+# The gated delta rule's torch prefill walks its chunks in a Python loop: kernels launched per chunk (the chunk's
+# decayed state read, its correction, the output and the state's update), counted as layer_kernels' are.
+DELTA_CHUNK_KERNELS = 9
 # Bytes per element of an unfused recurrent path's temporaries: transformers' torch SSD, delta-rule and scan
 # paths upcast to fp32 (`.float()`) whatever the model's dtype.
 UNFUSED_TEMP_BYTES = 4
@@ -324,7 +327,7 @@ class CostModel:
         self.raw_gemm_peak = peak * hardware.peak_flops(self.gemm_dtype) / hardware.peak_flops(self.act_dtype)
         self.bw = bw * profile.mem_efficiency
         self.peak = peak * profile.compute_efficiency
-        self.kernels = model.kernels()
+        self.kernels, self.prefill_kernels = model.kernels(), model.kernels(prefill=True)
         # Norms, residuals, activations and rope; off only to compare with tables that time matmuls and
         # attention alone (calibrate/kernels/compose.py).
         self.elementwise = True
@@ -733,7 +736,10 @@ class CostModel:
         mixer = grp.layer.mixer
         elements = mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
         per = self._spilled(self._chunk_cost(mixer), elements * UNFUSED_TEMP_BYTES)
-        _add_executor_time(ph, "unfused chunked scan", grp.count * per * elements, totals)
+        # The delta rule's chunk loop launches one set per chunk for the whole batch; SSD has no loop.
+        launches = DELTA_CHUNK_KERNELS * mixer.chunks(p) * self.profile.kernel_overhead_s \
+            if isinstance(mixer, LinearAttention) else 0.0
+        _add_executor_time(ph, "unfused chunked scan", grp.count * (per * elements + launches), totals)
 
     def _spilled(self, per_element_s: float, nbytes) -> np.ndarray:
         """`per_element_s` of an unfused temporary of `nbytes`: the share of it beyond the last-level cache
@@ -762,8 +768,9 @@ class CostModel:
         attn_floor = prof.attention_overhead_s
         if prof.tiled and prof.prefill_attention:  # a pass with prompt tokens runs the prefill kernels
             attn_floor = np.where(np.asarray(prompt_tokens) > 0, prof.for_prefill().attention_overhead_s, attn_floor)
+        kernels = np.where(np.asarray(prompt_tokens) > 0, self.prefill_kernels, self.kernels)
         device = (ph.time_s + ph.comm_s + prof.step_overhead_s + prof.layer_overhead_s * self.model.n_layers
-                  + prof.kernel_overhead_s * self.kernels + prof.matmul_overhead_s * self.matmuls
+                  + prof.kernel_overhead_s * kernels + prof.matmul_overhead_s * self.matmuls
                   + attn_floor * self.attention_kernels)
         device = device + prof.prefill_token_overhead_s * prompt_tokens + prof.policy_layer_overhead_s * policy_layers
         overlap = self.policy.place is not None and self.policy.place.overlap

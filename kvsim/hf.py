@@ -9,6 +9,7 @@ preset cannot silently change a number.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -228,12 +229,23 @@ def _llama_like(cfg: dict) -> ModelSpec:
                      max_context=_get(cfg, "max_position_embeddings", 0) or 0)
 
 
+# Activations transformers writes out as formulas (NewGELUActivation, FastGELUActivation, QuickGELUActivation):
+# one eager kernel per operation. Every other activation it names runs as one torch kernel.
+_FORMULA_ACTIVATIONS = {"gelu_new": 8, "gelu_fast": 8, "quick_gelu": 3}
+
+
+def act_kernels(cfg: dict, default: str) -> int:
+    """Eager kernels of a config's MLP activation (its `activation_function` or `hidden_act`, else `default`)."""
+    name = cfg.get("activation_function") or cfg.get("hidden_act") or default
+    return _FORMULA_ACTIVATIONS.get(name, 1) if isinstance(name, str) else 1
+
+
 def _gpt2(cfg: dict) -> ModelSpec:
     hidden = _get(cfg, "n_embd", required=True)
     heads = _get(cfg, "n_head", required=True)
     inner = _get(cfg, "n_inner", None) or 4 * hidden
     attn = Attention(heads, heads, _head_dim(hidden, heads), qkv_bias=True, o_bias=True, fused_qkv=True)
-    layer = Layer(attn, MLP(inner, gated=False, bias=True), norms=2)
+    layer = Layer(attn, MLP(inner, gated=False, bias=True, act_kernels=act_kernels(cfg, "gelu_new")), norms=2)
     n_pos = _get(cfg, "n_positions", 1024)
     return ModelSpec(cfg.get("_kvsim_name", "gpt2"), hidden, _get(cfg, "vocab_size", required=True),
                      (layer,) * _get(cfg, "n_layer", required=True), tied_embeddings=True,
@@ -249,11 +261,13 @@ def _deepseek(cfg: dict) -> ModelSpec:
         raise KvsimError(f"MLA cache form must be latent or decompressed, got {form!r}")
     mla = MLA(_get(cfg, "num_attention_heads", required=True), _get(cfg, "kv_lora_rank", required=True),
               _get(cfg, "qk_rope_head_dim", required=True), _get(cfg, "qk_nope_head_dim", required=True),
-              _get(cfg, "v_head_dim", required=True), q_lora_rank=_get(cfg, "q_lora_rank", 0) or 0, cache=form)
+              _get(cfg, "v_head_dim", required=True), q_lora_rank=_get(cfg, "q_lora_rank", 0) or 0, cache=form,
+              complex_rope=cfg.get("model_type") == "deepseek_v2")
     dense = MLP(_get(cfg, "intermediate_size", required=True))
     moe = MoE(_get(cfg, "n_routed_experts", required=True), _get(cfg, "num_experts_per_tok", required=True),
               _get(cfg, "moe_intermediate_size", required=True), n_shared=_get(cfg, "n_shared_experts", 0) or 0,
-              router_bias=cfg.get("model_type") == "deepseek_v3")
+              router_bias=cfg.get("model_type") == "deepseek_v3",
+              group_routing=cfg.get("model_type") == "deepseek_v3" or cfg.get("topk_method") == "group_limited_greedy")
     first_dense = _get(cfg, "first_k_dense_replace", 0)
     freq = _get(cfg, "moe_layer_freq", 1) or 1
     layers = tuple(Layer(mla, moe if (i >= first_dense and i % freq == 0) else dense) for i in range(n_layers))
@@ -288,7 +302,7 @@ def _mamba(cfg: dict) -> ModelSpec:
 def _jamba(cfg: dict) -> ModelSpec:
     n_layers = _get(cfg, "num_hidden_layers", required=True)
     hidden = _get(cfg, "hidden_size", required=True)
-    attn = _attention(cfg, 0)
+    attn = dataclasses.replace(_attention(cfg, 0), rope=False)
     d_state = _get(cfg, "mamba_d_state", 16)
     dt_rank = cfg.get("mamba_dt_rank", "auto")
     dt_rank = math.ceil(hidden / 16) if dt_rank == "auto" else _get(cfg, "mamba_dt_rank")
@@ -296,14 +310,16 @@ def _jamba(cfg: dict) -> ModelSpec:
                   dt_rank=dt_rank, conv_bias=bool(cfg.get("mamba_conv_bias", True)),
                   proj_bias=bool(cfg.get("mamba_proj_bias", False)), bc_norms=True)
     dense = MLP(_get(cfg, "intermediate_size", required=True))
-    moe = MoE(_get(cfg, "num_experts", 16), _get(cfg, "num_experts_per_tok", 2),
-              _get(cfg, "intermediate_size", required=True))
+    experts = _get(cfg, "num_experts", 16)
+    # one expert is transformers' plain MLP (JambaMLP), whatever num_experts_per_tok says
+    moe = MoE(experts, _get(cfg, "num_experts_per_tok", 2), _get(cfg, "intermediate_size", required=True)) \
+        if experts > 1 else dense
     a_period, a_off = _get(cfg, "attn_layer_period", 8), _get(cfg, "attn_layer_offset", 4)
     e_period, e_off = _get(cfg, "expert_layer_period", 2), _get(cfg, "expert_layer_offset", 1)
     layers = []
     for i in range(n_layers):
         mixer = attn if i % a_period == a_off else mamba
-        mlp = moe if (moe.n_experts > 1 and i % e_period == e_off) else dense
+        mlp = moe if i % e_period == e_off else dense
         layers.append(Layer(mixer, mlp, norms=2))
     return ModelSpec(cfg.get("_kvsim_name", "jamba"), hidden, _get(cfg, "vocab_size", required=True),
                      tuple(layers), tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),

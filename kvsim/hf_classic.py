@@ -10,9 +10,13 @@ cached per KV head. Where they differ in weights, it is read: biases, fused QKV,
 from __future__ import annotations
 
 from .errors import KvsimError
-from .hf import _get
+from .hf import _get, act_kernels
 from .model import MLP, Attention, Layer, ModelSpec
 from .units import canonical_dtype
+
+
+# Each family's config default activation (transformers' *Config classes), when a config names none.
+_ACTIVATIONS = {"opt": "relu", "gptj": "gelu_new", "gpt_neox": "gelu", "phi": "gelu_new", "falcon": "gelu"}
 
 
 def _dtype(cfg: dict) -> str:
@@ -31,7 +35,8 @@ def _decoder(cfg: dict, family: str, *, hidden: int, heads: int, kv_heads: int, 
     if heads == 0 or hidden % heads:
         raise KvsimError(f"config hidden size {hidden} is not a multiple of {heads} attention heads")
     attn = Attention(heads, kv_heads, hidden // heads, qkv_bias=qkv_bias, o_bias=o_bias, fused_qkv=fused_qkv)
-    layer = Layer(attn, MLP(inner, gated=False, bias=mlp_bias), norms=norms)
+    layer = Layer(attn, MLP(inner, gated=False, bias=mlp_bias, act_kernels=act_kernels(cfg, _ACTIVATIONS[family])),
+                  norms=norms)
     return ModelSpec(cfg.get("_kvsim_name", family), hidden, _get(cfg, "vocab_size", required=True),
                      (layer,) * n_layers, tied_embeddings=tied, weight_dtype=_dtype(cfg),
                      learned_positions=learned_positions, lm_head_bias=lm_head_bias, norm_bias=True,

@@ -74,6 +74,7 @@ class Attention:
     sinks: bool = False
     # A sigmoid gate on each head's output, computed by a query projection twice as wide (Qwen3-Next).
     out_gate: bool = False
+    rope: bool = True  # rotary embedding on q and k (False: Jamba's attention has no positional encoding)
     # Block-sparse attention (Longformer/BigBird): each query sees `local_blocks` blocks around it,
     # `global_blocks` blocks at the start of the sequence and `random_blocks` random earlier blocks.
     block: int = 0
@@ -140,6 +141,7 @@ class MLA:
     v_head_dim: int
     q_lora_rank: int = 0  # 0: queries projected directly from the hidden state
     cache: str = "latent"  # "latent": as DeepSeek caches it; "decompressed": per-head K and V
+    complex_rope: bool = False  # rotary embedding as a complex product (DeepSeek-V2's code; V3 rotates halves)
 
     def __post_init__(self):
         _positive(self, "n_heads", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
@@ -341,8 +343,12 @@ class LinearAttention:
     def chunk_elements(self, tokens) -> np.ndarray:
         """Elements of the L x L per-head tensors an unfused chunked prefill materialises per sequence: the gated
         delta rule's torch path runs chunks of GDN_CHUNK tokens (its kernels too); plain linear attention none."""
+        return self.chunks(tokens) * self.n_heads * GDN_CHUNK * GDN_CHUNK
+
+    def chunks(self, tokens) -> np.ndarray:
+        """Chunks of GDN_CHUNK tokens a gated delta rule's chunked prefill of `tokens` runs (0 without one)."""
         t = np.asarray(tokens, dtype=np.float64)
-        return np.ceil(t / GDN_CHUNK) * self.n_heads * GDN_CHUNK * GDN_CHUNK if self.delta_rule else 0.0 * t
+        return np.ceil(t / GDN_CHUNK) if self.delta_rule else 0.0 * t
 
 
 @dataclass(frozen=True)
@@ -350,6 +356,7 @@ class MLP:
     intermediate: int
     gated: bool = True  # SwiGLU/GeGLU: gate, up and down projections
     bias: bool = False
+    act_kernels: int = 1  # kernels of the activation in eager execution (GPT-2's gelu_new formula: 8)
 
     def __post_init__(self):
         _positive(self, "intermediate")
@@ -378,6 +385,7 @@ class MoE:
     router_bias: bool = False  # a bias per expert on the router (DeepSeek-V3's score correction, gpt-oss)
     bias: bool = False  # biases on every expert's projections (gpt-oss)
     shared_gate: bool = False  # a sigmoid gate (hidden -> 1) on the shared experts' output (Qwen3-Next)
+    group_routing: bool = False  # experts chosen within the best-scoring groups (DeepSeek-V3, V2's group-limited)
 
     def __post_init__(self):
         _positive(self, "n_experts", "top_k", "expert_intermediate")
@@ -417,7 +425,9 @@ Mixer = Attention | MLA | Mamba | LinearAttention
 # Kernels one layer launches per forward pass in eager execution (each has a fixed dispatch cost).
 _NORM_KERNELS = {True: 1, False: 6}  # LayerNorm is one fused kernel; RMSNorm is cast, pow, mean, rsqrt, 2 muls
 _ROPE_KERNELS = 10  # rotate-half and multiply-add, for q and k
-_ATTENTION_KERNELS = 8  # scores, scale, max, subtract, exp, sum, divide, weighted values
+# Attention itself: the cache's K and V writes, one attention kernel (torch's SDPA in transformers' default path,
+# the harness's native decode attention) and its output (eager softmax-by-parts would be eight more).
+_ATTENTION_KERNELS = 4
 # Chunk lengths of the chunked prefill algorithms: Mamba-2's SSD (its configs' chunk_size default; mamba_ssm and
 # transformers) and the gated delta rule's (fla's chunk_gated_delta_rule and transformers' torch path: 64).
 SSD_CHUNK = 256
@@ -428,6 +438,25 @@ GDN_CHUNK = 64
 # a fixed set of launches whatever experts the pass's tokens hit (transformers' "eager" loop instead launches
 # about nine per hit expert; no engine kvsim models runs it by default).
 _MOE_GROUPED_KERNELS = 16
+_GROUP_ROUTING_KERNELS = 13  # group scores (top-2 sum per group), the groups' top-k, their mask, a masked top-k
+_SINK_KERNELS = 25  # the sink logits' merge into the softmax (max, exp, denominators, rescale) and their rope
+_WINDOW_KERNELS = 5  # a window's ring buffer: the slot (subtract, clamp), two scatters and the positions' fill
+# MLA beyond its projections and norms, by cache form: the latent one absorbs the up-projections into the query
+# and output (two einsums) and writes latent and RoPE key; the decompressed one projects K and V per head.
+_MLA_KERNELS = {"latent": 14, "decompressed": 9}
+_COMPLEX_ROPE_KERNELS = 2  # DeepSeek-V2's rotary embedding: one complex multiplication each for q and k
+# Kernels of a recurrent mixer per pass as transformers 5.25's torch paths run it (mamba_ssm's and fla's fused
+# kernels need a GPU): (decode step, prefill). Decode: projections, the conv window's shift and conv, softplus of
+# the time step, the decay's exps, the state's decay-and-add, its read-out, the skip and the gate (the delta
+# rule adds l2 norms of q and k, its read-correct-write and a gated RMSNorm). Prefill: the same projections and
+# conv over the prompt with the scan's own setup; per-token and per-chunk launches are priced where the scan is
+# (cost.CostModel._add_unfused_scan, _add_unfused_chunks). tests/harness/test_kernel_counts.py holds these to the
+# ops the harness dispatches.
+_MAMBA1_KERNELS = (29, 28)
+_BC_NORM_KERNELS = 16  # Jamba's RMSNorms on the time step, B and C (in place of Mamba-1's plain casts)
+_MAMBA2_KERNELS = (35, 73)
+_DELTA_RULE_KERNELS = (49, 69)
+_LINEAR_ATTENTION_KERNELS = 10  # plain linear attention: projections, feature map, state update and read-out
 
 
 def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
@@ -438,27 +467,35 @@ def touched_experts(n_experts, top_k, tokens) -> np.ndarray:
     return n_experts * (1.0 - miss)
 
 
-def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool) -> int:
-    """Kernels a layer launches per forward pass (decode or prefill) in eager execution."""
+def layer_kernels(layer: "Layer", layer_norm: bool, rope: bool, prefill: bool = False) -> int:
+    """Kernels a layer launches per forward pass (a decode step, or a prefill's fixed set) in eager execution."""
     norm = _NORM_KERNELS[layer_norm]
     n = layer.norms * norm + 2  # two residual adds
     mixer = layer.mixer
     if isinstance(mixer, Attention):
-        n += (1 if mixer.fused_qkv else 3) + 1 + _ATTENTION_KERNELS + (_ROPE_KERNELS if rope else 0)
+        n += (1 if mixer.fused_qkv else 3) + 1 + _ATTENTION_KERNELS + (_ROPE_KERNELS if rope and mixer.rope else 0)
         n += 2 * norm if mixer.qk_norm else 0
         n += 2 if mixer.out_gate else 0  # sigmoid, multiply
+        n += _SINK_KERNELS if mixer.sinks else 0
+        n += _WINDOW_KERNELS if mixer.window else 0
     elif isinstance(mixer, MLA):
-        n += (5 if mixer.q_lora_rank else 3) + 3 + 1 + _ATTENTION_KERNELS + _ROPE_KERNELS
+        n += (4 + norm if mixer.q_lora_rank else 3) + norm  # q (or q_a, its norm, q_b), kv_a, o; the latent's norm
+        n += _MLA_KERNELS[mixer.cache] + (_COMPLEX_ROPE_KERNELS if mixer.complex_rope else _ROPE_KERNELS)
     elif isinstance(mixer, Mamba):
-        n += 12  # in/x/dt/out projections, conv, activations, discretisation, state update, gate
+        n += (_MAMBA1_KERNELS if mixer.version == 1 else _MAMBA2_KERNELS)[prefill]
+        n += _BC_NORM_KERNELS if mixer.bc_norms else 0
+    elif mixer.delta_rule:
+        n += _DELTA_RULE_KERNELS[prefill]
     else:
-        n += 10
+        n += _LINEAR_ATTENTION_KERNELS
     mlp = layer.mlp
     if isinstance(mlp, MoE):
-        n += 4 + _MOE_GROUPED_KERNELS + 5 * mlp.n_shared  # router (gemm, softmax, top-k, gather), experts, shared
+        # router (gemm, softmax, top-k, gather), routed experts, and the shared experts as one MLP as wide as all
+        n += 4 + _MOE_GROUPED_KERNELS + (5 if mlp.n_shared else 0)
         n += 3 if mlp.shared_gate and mlp.n_shared else 0  # gate gemm, sigmoid, multiply
+        n += _GROUP_ROUTING_KERNELS if mlp.group_routing else 0
     elif mlp is not None:
-        n += 5 if mlp.gated else 3  # gate, up, act, mul, down | up, act, down
+        n += (4 if mlp.gated else 2) + mlp.act_kernels  # gate, up, mul, down | up, down; and the activation
     return n
 
 
@@ -529,11 +566,11 @@ class ModelSpec:
         n = self.embedding_params() + sum(self.layer_params(i) for i in range(self.n_layers))
         return n + (self._norm_params() if self.final_norm else 0)
 
-    def kernels(self) -> int:
-        """Kernels one forward pass launches in eager execution: every layer, plus embedding, final norm
-        and logits."""
+    def kernels(self, prefill: bool = False) -> int:
+        """Kernels one forward pass (a decode step, or a prefill's fixed set) launches in eager execution: every
+        layer, plus embedding, final norm and logits."""
         rope = self.learned_positions == 0
-        per = sum(layer_kernels(layer, self.norm_bias, rope) for layer in self.layers)
+        per = sum(layer_kernels(layer, self.norm_bias, rope, prefill) for layer in self.layers)
         return per + 2 + (_NORM_KERNELS[self.norm_bias] if self.final_norm else 0) + 1
 
     def with_(self, **changes) -> "ModelSpec":

@@ -179,6 +179,48 @@ def test_grouped_moe_launches_do_not_depend_on_the_experts_a_pass_hits():
         assert float(extra) == pytest.approx(1e-5 * m.kernels(), rel=1e-9)
 
 
+def test_recurrent_mixers_launch_their_torch_paths_kernels_in_each_phase():
+    """kernel_overhead_s over a recurrent model: a decode step launches the decode path's kernels, a prefill the
+    prefill path's fixed set; the gated delta rule's chunk loop adds DELTA_CHUNK_KERNELS per chunk of its
+    unfused prefill (the launches are the executor's: none without the unfused term)."""
+    from pathlib import Path
+
+    from kvsim.cost import DELTA_CHUNK_KERNELS
+    from kvsim.hf import from_hf_config, load_json
+    gdn = from_hf_config(load_json(Path(__file__).parents[1] / "measured/configs/qwen3-next-small.json"))
+    chunks = sum(isinstance(l.mixer, LinearAttention) for l in gdn.layers) * 10  # 640 tokens: 10 chunks of 64
+    for m, prefill_launches in ((_mamba(2), 0), (gdn, DELTA_CHUNK_KERNELS * chunks)):
+        assert m.kernels(prefill=True) != m.kernels()
+        base = Profile(name="z", unfused_chunk_s=1e-12, unfused_delta_s=1e-12)
+        slow = dataclasses.replace(base, kernel_overhead_s=1e-5)
+        wl = Workload(prompt=640, gen=4)
+        a, b = predict(m, HW, None, wl, slow), predict(m, HW, None, wl, base)
+        assert float(a.ttft_s - b.ttft_s) == pytest.approx(1e-5 * (m.kernels(prefill=True) + prefill_launches),
+                                                           rel=1e-9)
+        assert float(a.tpot_s - b.tpot_s) == pytest.approx(1e-5 * m.kernels(), rel=1e-9)
+
+
+def test_eager_kernel_counts_follow_the_config():
+    """What a config says about the eager path: GPT-2's gelu_new is a formula of eight kernels, Jamba's attention
+    has no rotary embedding, DeepSeek-V2's rope is a complex product, V3 routes within groups."""
+    from kvsim.hf import from_hf_config
+    gpt2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 128}
+    relu = from_hf_config({**gpt2, "activation_function": "relu"})
+    assert from_hf_config(gpt2).kernels() - relu.kernels() == 2 * 7
+    jamba = from_hf_config({"model_type": "jamba", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                            "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_period": 2,
+                            "attn_layer_offset": 1, "num_experts": 1, "vocab_size": 128})
+    assert [l.mixer.rope for l in jamba.layers if isinstance(l.mixer, Attention)] == [False]
+    ds = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 16, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "kv_lora_rank": 32, "q_lora_rank": None, "qk_rope_head_dim": 4,
+          "qk_nope_head_dim": 8, "v_head_dim": 8, "n_routed_experts": 8, "num_experts_per_tok": 2,
+          "first_k_dense_replace": 1, "vocab_size": 128}
+    v2, v3 = from_hf_config({**ds, "model_type": "deepseek_v2"}), from_hf_config({**ds, "model_type": "deepseek_v3"})
+    assert v2.layers[1].mixer.complex_rope and not v3.layers[1].mixer.complex_rope
+    assert v3.layers[1].mlp.group_routing and not v2.layers[1].mlp.group_routing
+    assert v3.kernels() - v2.kernels() == 2 * (10 - 2) + 13  # rotate-half rope in both layers, V3's group routing
+
+
 def test_unfused_attention_is_what_torchs_fused_cpu_kernel_cannot_run():
     """Unequal score and value widths (MLA, either cache form) and sink logits; not plain, grouped or
     windowed attention."""
