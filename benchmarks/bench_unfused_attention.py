@@ -18,18 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from calibrate.probe import time_call  # noqa: E402
-from measured.sinks import sink_prefill_attention  # noqa: E402
+from calibrate.probe import ATTENTION_HEAD_DIM, attention_paths  # noqa: E402
 
 SHAPES = ((64, 128), (64, 256), (64, 512), (64, 1024), (32, 2048), (128, 512))  # (query heads, prompt tokens)
-HEAD_DIM, NARROW_V = 64, 32
-
-
-def best(fn, repeats: int) -> float:
-    return time_call(fn, "cpu", repeats, warmup=1, best=True)
 
 
 def main() -> None:
@@ -37,18 +30,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, head dim {HEAD_DIM}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 1, "
+          f"head dim {ATTENTION_HEAD_DIM}")
     print(f"{'heads':>5} {'tokens':>6} {'scores MB':>9} | {'fused ms':>8} {'math ms':>8} {'sinks ms':>8} | "
           f"ns per element: {'fused':>5} {'math':>5} {'sinks':>5}")
     for heads, t in SHAPES:
-        q, k, v = (torch.randn(1, heads, t, HEAD_DIM) for _ in range(3))
-        narrow = torch.randn(1, heads, t, NARROW_V)
-        sinks = torch.zeros(heads)
-        fused = best(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), a.repeats)
-        math = best(lambda: F.scaled_dot_product_attention(q, k, narrow, is_causal=True), a.repeats)
-        sink = best(lambda: sink_prefill_attention(q, k, narrow, HEAD_DIM ** -0.5, 0, sinks), a.repeats)
-        per = heads * t * t / 1e9
-        print(f"{heads:>5} {t:>6} {heads * t * t * 4 / 1e6:>9.0f} | {fused * 1e3:>8.1f} {math * 1e3:>8.1f} "
+        r = attention_paths(heads, t, a.repeats)
+        fused, math, sink = r["fused"], r["math"], r["sinks"]
+        per = r["elements"] / 1e9
+        print(f"{heads:>5} {t:>6} {r['elements'] * 4 / 1e6:>9.0f} | {fused * 1e3:>8.1f} {math * 1e3:>8.1f} "
               f"{sink * 1e3:>8.1f} | {'':>16}{fused / per:>5.2f} {math / per:>5.2f} {sink / per:>5.2f}")
 
 

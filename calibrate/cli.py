@@ -42,12 +42,12 @@ def cmd_probe(argv) -> int:
     from .probe import run
     from measured.progress import Progress
     dtypes = a.dtype or (["bf16", "fp16", "fp32"] if a.device != "cpu" else ["fp32"])
-    with Progress(2 + len(dtypes), "probe", unit="stage") as progress:
+    with Progress(2 + len(dtypes) + (a.device == "cpu"), "probe", unit="stage") as progress:
         r = run(a.device, dtypes, a.quick, progress)
     main_dtype = (a.dtype or (["bf16"] if a.device != "cpu" else ["fp32"]))[0]
     profile = {"params": {"name": Path(a.out).stem, "memory_bandwidth": r["memory_bandwidth"],
                           "peak_flops": r["peak_flops"][main_dtype], "cache_bytes": r["cache_bytes"],
-                          "device": r["device_name"]},
+                          "device": r["device_name"], **r.get("unfused", {})},
                "kind": "probe", "dtype": main_dtype, "probe": r,
                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     write_json(Path(a.out), profile)
@@ -55,6 +55,10 @@ def cmd_probe(argv) -> int:
           + ", ".join(f"{k} GEMM {v / 1e12:.3f} TFLOP/s" for k, v in r["peak_flops"].items())
           + f", op {r['overhead']['op_s'] * 1e6:.1f} us -> {a.out}")
     return 0
+
+
+# Terms `kvsim probe` times on the CPU (calibrate.probe.executor_paths) that a calibration takes from its probe.
+PROBED = ("unfused_chunk_s", "unfused_delta_s", "unfused_attention_s", "unfused_sink_s")
 
 
 def cmd_calibrate(argv) -> int:
@@ -104,8 +108,10 @@ def cmd_calibrate(argv) -> int:
     hw_name = a.hardware or ("cpu" if "cuda" not in str(df.get("device", ["cpu"])[0]) else "h100-sxm")
     hw = load_hardware(hw_name)
     base = load_profile(a.probe) if a.probe else Profile()
+    # the probe's measured peaks and cache, and its torch paths' unfused terms: where no training model has a
+    # path, its term keeps the probe's value
     base = Profile(name=out.stem, memory_bandwidth=base.memory_bandwidth, peak_flops=base.peak_flops,
-                   cache_bytes=base.cache_bytes, device=device)
+                   cache_bytes=base.cache_bytes, device=device, **{k: getattr(base, k) for k in PROBED})
     problem = Problem(df, hw, base)
     free = free_params(names, problem)
     fixed = {}

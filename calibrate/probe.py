@@ -5,6 +5,14 @@ Streams: a large copy (bytes read + written) and a large reduction (bytes read).
 and skinny (decode-like) shapes per dtype. Overheads: the latency of a one-element op and of a small matmul.
 Each figure is the median of timed repeats after warm-up (CUDA events on a GPU, perf_counter on the CPU).
 The last-level cache's size is read, not timed: from the OS (Linux sysfs) on the CPU, from the driver on a GPU.
+
+On the CPU, where transformers runs its torch paths (mamba_ssm's and fla's fused kernels need a GPU), the probe
+also times those paths alone at sizes within the cache and writes their cost per element as the profile's
+unfused terms: Mamba-2's chunked SSD and the gated delta rule per element of their L x L per-head tensors
+(unfused_chunk_s, unfused_delta_s: their whole time, of which the FLOP the roofline charges are a few percent),
+the math fallback attention per score beyond torch's fused kernel (unfused_attention_s) and sink logits' softmax
+beyond that (unfused_sink_s). A calibration fits these where its data has such a model and keeps the probe's
+value where it has none (a held-out model's own mechanism).
 """
 
 from __future__ import annotations
@@ -66,6 +74,67 @@ def overheads(device: str, repeats: int) -> dict:
                                                                                             repeats * 20)}
 
 
+# The torch paths' shapes: Mamba-2's SSD at measured/configs/mamba2-small.json's (24 heads of 64, state 128,
+# chunks of 256), the gated delta rule at qwen3-next-small.json's (32 value heads over 16 key heads of 32, chunks
+# of 64), attention with 64-dim heads and MLA's narrower values (32).
+SSD_SHAPE = dict(heads=24, head_dim=64, state=128, chunk=256)
+DELTA_SHAPE = dict(heads=32, key_heads=16, head_dim=32, chunk=64)
+ATTENTION_HEAD_DIM, NARROW_V = 64, 32
+
+
+def ssd_chunks(b: int, t: int, repeats: int) -> tuple[float, int]:
+    """Fastest seconds of transformers' torch SSD chunk scan over b x t tokens, and its L x L elements."""
+    import transformers.models.mamba2.modeling_mamba2 as mamba2
+    heads, p, n, chunk = (SSD_SHAPE[k] for k in ("heads", "head_dim", "state", "chunk"))
+    x, dt = torch.randn(b, t, heads, p), torch.rand(b, t, heads)
+    a, bb, cc = -torch.rand(heads), torch.randn(b, t, 1, n), torch.randn(b, t, 1, n)
+    scan = getattr(mamba2.mamba2_chunk_scan, "__wrapped__", mamba2.mamba2_chunk_scan)  # the torch fallback
+    s = time_call(lambda: scan(x, dt, a, bb, cc, chunk_size=chunk, D=torch.ones(heads), dt_bias=torch.zeros(heads),
+                               dt_softplus=True), "cpu", repeats, warmup=1, best=True)
+    return s, b * heads * -(-t // chunk) * chunk * chunk
+
+
+def delta_chunks(b: int, t: int, repeats: int) -> tuple[float, int]:
+    """Fastest seconds of transformers' torch chunked gated delta rule over b x t tokens, and its L x L
+    elements."""
+    from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
+    heads, key_heads, d, chunk = (DELTA_SHAPE[k] for k in ("heads", "key_heads", "head_dim", "chunk"))
+    q, k = torch.randn(b, t, key_heads, d), torch.randn(b, t, key_heads, d)
+    v, g, beta = torch.randn(b, t, heads, d), -torch.rand(b, t, heads), torch.rand(b, t, heads)
+    s = time_call(lambda: torch_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk,
+                                                       use_qk_l2norm_in_kernel=True), "cpu", repeats, warmup=1,
+                  best=True)
+    return s, b * heads * -(-t // chunk) * chunk * chunk
+
+
+def attention_paths(heads: int, t: int, repeats: int) -> dict:
+    """Fastest seconds of one causal prompt attention over t tokens three ways: torch's fused CPU kernel (equal
+    widths), its math fallback (MLA's narrower values) and the harness's sink softmax (gpt-oss); and the score
+    elements (query heads x t x t) each materialises or streams."""
+    import torch.nn.functional as F
+
+    from measured.sinks import sink_prefill_attention
+    q, k, v = (torch.randn(1, heads, t, ATTENTION_HEAD_DIM) for _ in range(3))
+    narrow, sinks = torch.randn(1, heads, t, NARROW_V), torch.zeros(heads)
+    best = lambda fn: time_call(fn, "cpu", repeats, warmup=1, best=True)  # noqa: E731
+    return {"fused": best(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+            "math": best(lambda: F.scaled_dot_product_attention(q, k, narrow, is_causal=True)),
+            "sinks": best(lambda: sink_prefill_attention(q, k, narrow, ATTENTION_HEAD_DIM ** -0.5, 0, sinks)),
+            "elements": heads * t * t}
+
+
+def executor_paths(repeats: int) -> dict:
+    """The unfused terms (seconds per element) of transformers' torch paths on this CPU, at sizes whose
+    temporaries fit a 16 MiB cache (beyond it they cost unfused_spill more, which calibration fits)."""
+    ssd, ssd_el = ssd_chunks(1, 512, repeats)
+    delta, delta_el = delta_chunks(1, 512, repeats)
+    att = attention_paths(64, 256, repeats)
+    per = lambda key: att[key] / att["elements"]  # noqa: E731
+    return {"unfused_chunk_s": ssd / ssd_el, "unfused_delta_s": delta / delta_el,
+            "unfused_attention_s": max(per("math") - per("fused"), 0.0),
+            "unfused_sink_s": max(per("sinks") - per("math"), 0.0)}
+
+
 SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
@@ -108,6 +177,8 @@ def run(device: str = "cpu", dtypes=None, quick: bool = False, progress=None) ->
               "overhead": stage("op overheads", lambda: overheads(device, repeats))}
     for dt in dtypes:
         result["gemm"] += stage(f"{dt} GEMMs", lambda: gemms(device, dt, sizes, repeats))
+    if not cuda:
+        result["unfused"] = stage("torch paths", lambda: executor_paths(repeats))
     result["memory_bandwidth"] = max(result["stream"]["copy_bytes_per_s"], result["stream"]["read_bytes_per_s"])
     result["peak_flops"] = {dt: max(g["flops_per_s"] for g in result["gemm"] if g["dtype"] == dt) for dt in dtypes}
     return result

@@ -147,6 +147,10 @@ def test_probe_writes_a_usable_profile(tmp_path):
     prof = load_profile(out)
     assert prof.memory_bandwidth > 1e8 and prof.peak_flops > 1e8
     assert prof.cache_bytes == json.loads(out.read_text())["probe"]["cache_bytes"] >= 0
+    # the torch paths' unfused terms, which a calibration on this probe keeps where its data has no such model
+    from calibrate.cli import PROBED
+    assert set(json.loads(out.read_text())["probe"]["unfused"]) == set(PROBED)
+    assert all(getattr(prof, k) >= 0 for k in PROBED) and prof.unfused_chunk_s > 0 and prof.unfused_delta_s > 0
     pred = predict(load_model("gpt2"), load_hardware("cpu"), None, Workload(prompt=64, gen=4, kv_dtype="fp32"), prof)
     assert np.isfinite(pred.tpot_s)
 
@@ -313,3 +317,23 @@ def test_a_fit_without_a_terms_model_keeps_that_terms_base_value():
     dense = np.where(df["model"] == "smollm2-135m")[0]
     assert fit(problem, dense, free=("step_overhead_s", "unfused_scan_s")).unfused_scan_s == 0.0
     assert fit(problem, free=("step_overhead_s", "unfused_scan_s")).unfused_scan_s > 0.0
+
+
+def test_calibrate_keeps_the_probes_terms_its_data_cannot_fit(tmp_path):
+    """`kvsim calibrate --probe`: the probe's peaks and its torch paths' unfused terms are the base; a term no
+    model in the data exercises (sinks, the delta rule, SSD on dense rows) ships with the probe's value."""
+    from calibrate.cli import PROBED
+    data = tmp_path / "native.csv"
+    write(data, [{**x, "executor": "native-c"} for x in synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))],
+          COLUMNS + ["executor"])
+    probe = tmp_path / "probe.json"
+    terms = {k: (i + 1) * 1e-9 for i, k in enumerate(PROBED)}
+    probe.write_text(json.dumps({"params": {"name": "probe", "memory_bandwidth": 3e10, "peak_flops": 2e11,
+                                            "cache_bytes": 1 << 25, **terms}, "kind": "probe"}))
+    out = tmp_path / "fit.json"
+    r = kvsim("calibrate", "--data", str(data), "--probe", str(probe), "--out", str(out), "--hardware", "cpu",
+              "--folds", "2", "--no-plot", "--fit", "mem_efficiency")
+    assert r.returncode == 0, r.stderr
+    params = json.loads(out.read_text())["params"]
+    assert {k: params[k] for k in PROBED} == terms
+    assert params["memory_bandwidth"] == 3e10 and params["cache_bytes"] == 1 << 25
