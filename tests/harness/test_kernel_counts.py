@@ -5,9 +5,7 @@ small model's decode step, so a count that is off by a mixer's worth mis-prices 
 import pytest
 
 from kvsim import parse_composition
-from kvsim.cost import DELTA_CHUNK_KERNELS, SCAN_STEP_KERNELS
 from kvsim.hf import from_hf_config
-from kvsim.model import LinearAttention, Mamba, layer_kernels
 from measured import dispatch
 from measured.validate import ARCHS, tiny_model
 
@@ -17,28 +15,27 @@ PROMPT = 40  # beyond the tiny sliding windows (16-24 tokens): a full window's r
 TOLERANCE = 0.15
 
 
-def _scan_launches(layer) -> int:
-    """Launches of a prefill's scan that grow with the prompt, which the cost model prices beside the scan."""
-    mixer = layer.mixer
-    if isinstance(mixer, Mamba) and mixer.version == 1:
-        return SCAN_STEP_KERNELS * PROMPT
-    if isinstance(mixer, LinearAttention):
-        return DELTA_CHUNK_KERNELS * int(mixer.chunks(PROMPT))
-    return 0
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_layer_kernels_match_the_harness(arch):
     model = tiny_model(arch)  # fp32 as built (tests share conftest's tiny models and may cast them)
     spec = from_hf_config(model.config.to_dict())
     prefill, decode = dispatch.layer_kernels(model, parse_composition([]), PROMPT)
-    rope = spec.learned_positions == 0
+    kv_prefill, kv_decode = dispatch.predicted(spec, PROMPT)
     assert len(decode) == len(prefill) == spec.n_layers
     for i, layer in enumerate(spec.layers):
-        step = layer_kernels(layer, spec.norm_bias, rope)
-        assert decode[i] == pytest.approx(step, rel=TOLERANCE), f"layer {i} decode: {type(layer.mixer).__name__}"
-        whole = layer_kernels(layer, spec.norm_bias, rope, prefill=True) + _scan_launches(layer)
-        assert prefill[i] == pytest.approx(whole, rel=TOLERANCE), f"layer {i} prefill: {type(layer.mixer).__name__}"
+        name = type(layer.mixer).__name__
+        assert decode[i] == pytest.approx(kv_decode[i], rel=TOLERANCE), f"layer {i} decode: {name}"
+        assert prefill[i] == pytest.approx(kv_prefill[i], rel=TOLERANCE), f"layer {i} prefill: {name}"
+
+
+def test_the_comparison_prints_a_row_per_layer(tmp_path, capsys):
+    import json
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(ARCHS["mamba"]))
+    assert dispatch.main([str(cfg), "--prompt", "8"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 1 + ARCHS["mamba"]["num_hidden_layers"] and rows[1].split()[1] == "Mamba"
+    assert dispatch.main([str(tmp_path / "missing.json")]) == 2
 
 
 def test_the_count_skips_views_and_counts_native_calls():
