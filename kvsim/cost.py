@@ -185,7 +185,9 @@ def _activation_width(model: ModelSpec, layer: Layer) -> tuple[int, int]:
     else:
         mix = 3 * mixer.n_heads * mixer.key_dim + 2 * mixer.n_heads * mixer.value_dim
     inter = layer.mlp.active_intermediate() if layer.mlp is not None else 0
-    written = 5 * h + mix + 3 * inter  # norm outs, o-proj out, residual adds, mlp outs
+    # an activation written as a formula (GPT-2's gelu_new) writes an intermediate-wide tensor per operation
+    formula = layer.mlp.act_kernels - 1 if isinstance(layer.mlp, MLP) else 0
+    written = 5 * h + mix + (3 + formula) * inter  # norm outs, o-proj out, residual adds, mlp outs
     live = 2 * h + max(mix, 3 * inter)
     return written, live
 

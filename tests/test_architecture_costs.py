@@ -207,6 +207,10 @@ def test_eager_kernel_counts_follow_the_config():
     gpt2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 128}
     relu = from_hf_config({**gpt2, "activation_function": "relu"})
     assert from_hf_config(gpt2).kernels() - relu.kernels() == 2 * 7
+    # and each of the formula's operations writes (and the next reads) a tensor as wide as the intermediate
+    wl = Workload(prompt=100, gen=2, kv_dtype="fp32")
+    extra = predict(from_hf_config(gpt2), HW, None, wl).prefill_bytes - predict(relu, HW, None, wl).prefill_bytes
+    assert int(extra) == 2 * 7 * 2 * 100 * 256 * 4  # layers x extra writes x (write, read) x tokens x 4 x 64 x fp32
     jamba = from_hf_config({"model_type": "jamba", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
                             "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_period": 2,
                             "attn_layer_offset": 1, "num_experts": 1, "vocab_size": 128})

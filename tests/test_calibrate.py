@@ -85,18 +85,20 @@ def test_calibrate_writes_a_profile_and_keeps_a_better_one(tmp_path):
     rows = synthetic_rows(policies=POLICIES[:1], seqs=(128, 512))
     write(data, rows)
     out = tmp_path / "fit.json"
+    # the layer overhead is the truth's largest fixed cost: with the rest at their defaults a fit of these two
+    # keeps both off their bounds (a term at its floor would be fixed, not listed as fitted)
     r = kvsim("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--folds", "3",
-              "--fit", "mem_efficiency,step_overhead_s")
+              "--fit", "mem_efficiency,layer_overhead_s")
     assert r.returncode == 0, r.stderr
     prof = json.loads(out.read_text())
-    assert prof["fitted"] == ["mem_efficiency", "step_overhead_s"]
+    assert prof["fitted"] == ["mem_efficiency", "layer_overhead_s"]
     assert prof["provenance"]["rows"] == len(rows) == 12 and len(prof["provenance"]["data_sha256"]) == 64
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # a profile whose recorded held-out error is better is kept, unless --force
     better = {**prof, "heldout": {**prof["heldout"], "tpot_mape": 0.0, "ttft_mape": 0.0}}
     out.write_text(json.dumps(better))
     args = ("calibrate", "--data", str(data), "--out", str(out), "--hardware", "cpu", "--folds", "3", "--no-plot",
-            "--fit", "mem_efficiency,step_overhead_s")
+            "--fit", "mem_efficiency,layer_overhead_s")
     r = kvsim(*args)
     assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert json.loads(out.read_text()) == better
