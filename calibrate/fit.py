@@ -49,7 +49,7 @@ PARAMS = {
 # (elsewhere nothing identifies them and they keep the base profile's value). Each test takes a model spec and
 # the base profile.
 def _chunked(spec, kind) -> bool:
-    return any(isinstance(l.mixer, kind) and float(np.max(l.mixer.chunk_elements(1))) > 0 for l in spec.layers)
+    return any(isinstance(l.mixer, kind) and l.mixer.chunked for l in spec.layers)
 
 
 ONLY_WITH = {"unfused_scan_s": lambda spec, base: any(isinstance(l.mixer, Mamba) and l.mixer.version == 1

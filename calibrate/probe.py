@@ -70,8 +70,8 @@ def overheads(device: str, repeats: int) -> dict:
     x = torch.ones(1, device=device)
     a = torch.randn(8, 64, device=device)
     b = torch.randn(64, 64, device=device)
-    return {"op_s": time_call(lambda: x.add_(1), device, repeats * 20), "small_matmul_s": time_call(lambda: a @ b, device,
-                                                                                            repeats * 20)}
+    return {"op_s": time_call(lambda: x.add_(1), device, repeats * 20),
+            "small_matmul_s": time_call(lambda: a @ b, device, repeats * 20)}
 
 
 # The torch paths' shapes: Mamba-2's SSD at measured/configs/mamba2-small.json's (24 heads of 64, state 128,

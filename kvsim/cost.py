@@ -137,6 +137,18 @@ def prefill_dims(layer: Layer, ctx: LayerCtx) -> tuple[int, int]:
     return ctx.layout.score_dim, ctx.layout.value_dim
 
 
+def scan_launches(mixer, tokens) -> np.ndarray:
+    """Launches of an unfused prefill's scan that grow with the prompt, for the whole batch: a stepped Mamba-1
+    scan's SCAN_STEP_KERNELS per token, the delta rule's chunk loop's DELTA_CHUNK_KERNELS per chunk (SSD has no
+    loop; layer_kernels counts every mixer's fixed set)."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    if isinstance(mixer, Mamba) and mixer.version == 1:
+        return SCAN_STEP_KERNELS * tokens
+    if isinstance(mixer, LinearAttention):
+        return DELTA_CHUNK_KERNELS * mixer.chunks(tokens)
+    return 0.0 * tokens
+
+
 def unfused_attention(layer: Layer) -> bool:
     """Whether an eager torch executor runs this layer's prompt attention unfused: the fused CPU kernel
     behind scaled_dot_product_attention (flash) takes one head width for q, k and v and no sink logits, so
@@ -679,7 +691,7 @@ class CostModel:
         prof, mixer = self.profile, grp.layer.mixer
         if prof.unfused_scan_s and isinstance(mixer, Mamba) and mixer.version == 1:
             self._add_unfused_scan(ph, grp, q_tokens, b, totals)
-        if isinstance(mixer, (Mamba, LinearAttention)) and self._chunk_cost(mixer):
+        if isinstance(mixer, (Mamba, LinearAttention)) and mixer.chunked and self._chunk_cost(mixer):
             self._add_unfused_chunks(ph, grp, q_tokens, b, totals)
         if prof.unfused_attention_s and unfused_attention(grp.layer):
             self._add_unfused_attention(ph, grp, q_tokens, k_tokens, b, totals)
@@ -721,7 +733,7 @@ class CostModel:
         tokens = np.asarray(p, dtype=np.float64)
         step = m.d_inner * m.d_state * np.asarray(b, dtype=np.float64) / self.tp  # one token's temporaries
         elementwise = self._spilled(self.profile.unfused_scan_s, step * UNFUSED_TEMP_BYTES) * step * tokens
-        launches = SCAN_STEP_KERNELS * tokens * self.profile.kernel_overhead_s
+        launches = scan_launches(m, tokens) * self.profile.kernel_overhead_s
         _add_executor_time(ph, "unfused SSM scan", grp.count * (elementwise + launches), totals)
 
     def _chunk_cost(self, mixer) -> float:
@@ -738,9 +750,7 @@ class CostModel:
         mixer = grp.layer.mixer
         elements = mixer.chunk_elements(p) * np.asarray(b, dtype=np.float64) / self.tp
         per = self._spilled(self._chunk_cost(mixer), elements * UNFUSED_TEMP_BYTES)
-        # The delta rule's chunk loop launches one set per chunk for the whole batch; SSD has no loop.
-        launches = DELTA_CHUNK_KERNELS * mixer.chunks(p) * self.profile.kernel_overhead_s \
-            if isinstance(mixer, LinearAttention) else 0.0
+        launches = scan_launches(mixer, p) * self.profile.kernel_overhead_s
         _add_executor_time(ph, "unfused chunked scan", grp.count * (per * elements + launches), totals)
 
     def _spilled(self, per_element_s: float, nbytes) -> np.ndarray:

@@ -255,6 +255,11 @@ class Mamba:
     def ssd_chunk(self) -> int:
         return (self.chunk or SSD_CHUNK) if self.version == 2 else 0
 
+    @property
+    def chunked(self) -> bool:
+        """Whether its prefill runs a chunked algorithm (Mamba-2's SSD; Mamba-1 scans token by token)."""
+        return self.version == 2
+
     def prefill_flops(self, tokens) -> np.ndarray:
         """A sequence's prefill of `tokens` outside the projections. Mamba-1 steps its state token by token
         (step_flops each); Mamba-2 runs the chunked SSD algorithm its kernels (and transformers' torch path) run:
@@ -345,10 +350,15 @@ class LinearAttention:
         delta rule's torch path runs chunks of GDN_CHUNK tokens (its kernels too); plain linear attention none."""
         return self.chunks(tokens) * self.n_heads * GDN_CHUNK * GDN_CHUNK
 
+    @property
+    def chunked(self) -> bool:
+        """Whether its prefill runs a chunked algorithm (the gated delta rule's; plain linear attention none)."""
+        return self.delta_rule
+
     def chunks(self, tokens) -> np.ndarray:
         """Chunks of GDN_CHUNK tokens a gated delta rule's chunked prefill of `tokens` runs (0 without one)."""
         t = np.asarray(tokens, dtype=np.float64)
-        return np.ceil(t / GDN_CHUNK) if self.delta_rule else 0.0 * t
+        return np.ceil(t / GDN_CHUNK) if self.chunked else 0.0 * t
 
 
 @dataclass(frozen=True)

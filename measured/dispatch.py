@@ -15,13 +15,11 @@ preset name or a config.json, random weights): where a new architecture's count 
 from __future__ import annotations
 
 import sys
-from collections import Counter
-
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kvsim.cost import DELTA_CHUNK_KERNELS, SCAN_STEP_KERNELS
-from kvsim.model import LinearAttention, Mamba, ModelSpec
+from kvsim.cost import scan_launches
+from kvsim.model import ModelSpec
 from kvsim.model import layer_kernels as kvsim_layer
 
 from .loop import Session
@@ -30,7 +28,7 @@ from .loop import Session
 class _Count(TorchDispatchMode):
     def __init__(self):
         super().__init__()
-        self.ops = Counter()
+        self.kernels = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -39,7 +37,7 @@ class _Count(TorchDispatchMode):
             inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
             if first.untyped_storage().data_ptr() in inputs:
                 return out  # a view or a no-op cast: its input's storage, no kernel
-        self.ops[str(func)] += 1
+        self.kernels += 1
         return out
 
 
@@ -57,10 +55,10 @@ def layer_kernels(model, policy, prompt: int, batch: int = 1) -> tuple[list[int]
     marks: dict[int, int] = {}
 
     def before(mod, *_):
-        marks[id(mod)] = sum(counter.ops.values())
+        marks[id(mod)] = counter.kernels
 
     def after(mod, *_):
-        counts.append(sum(counter.ops.values()) - marks.pop(id(mod)))
+        counts.append(counter.kernels - marks.pop(id(mod)))
 
     hooks = [h for layer in layers for h in (layer.register_forward_pre_hook(before),
                                               layer.register_forward_hook(after))]
@@ -84,9 +82,7 @@ def predicted(spec: ModelSpec, prompt: int) -> tuple[list[int], list[int]]:
     rope = spec.learned_positions == 0
     prefill, decode = [], []
     for layer in spec.layers:
-        mixer = layer.mixer
-        grows = SCAN_STEP_KERNELS * prompt if isinstance(mixer, Mamba) and mixer.version == 1 else \
-            DELTA_CHUNK_KERNELS * int(mixer.chunks(prompt)) if isinstance(mixer, LinearAttention) else 0
+        grows = int(scan_launches(layer.mixer, prompt))
         prefill.append(kvsim_layer(layer, spec.norm_bias, rope, prefill=True) + grows)
         decode.append(kvsim_layer(layer, spec.norm_bias, rope))
     return prefill, decode

@@ -189,7 +189,8 @@ def test_recurrent_mixers_launch_their_torch_paths_kernels_in_each_phase():
     from kvsim.hf import from_hf_config, load_json
     gdn = from_hf_config(load_json(Path(__file__).parents[1] / "measured/configs/qwen3-next-small.json"))
     chunks = sum(isinstance(l.mixer, LinearAttention) for l in gdn.layers) * 10  # 640 tokens: 10 chunks of 64
-    for m, prefill_launches in ((_mamba(2), 0), (gdn, DELTA_CHUNK_KERNELS * chunks)):
+    # Mamba-1 has no chunks: the chunk terms launch nothing there (its per-token launches go with unfused_scan_s)
+    for m, prefill_launches in ((_mamba(1), 0), (_mamba(2), 0), (gdn, DELTA_CHUNK_KERNELS * chunks)):
         assert m.kernels(prefill=True) != m.kernels()
         base = Profile(name="z", unfused_chunk_s=1e-12, unfused_delta_s=1e-12)
         slow = dataclasses.replace(base, kernel_overhead_s=1e-5)

@@ -46,6 +46,6 @@ def test_the_count_skips_views_and_counts_native_calls():
     counter = dispatch._Count()
     with counter:
         y = x.view(8, 4).t().to(torch.float32)  # views and a same-dtype cast
-        assert sum(counter.ops.values()) == 0
+        assert counter.kernels == 0
         (y * 2).add_(1)  # a kernel and an in-place kernel
-    assert sum(counter.ops.values()) == 2
+    assert counter.kernels == 2
